@@ -1,0 +1,3 @@
+"""Shared fixtures; each family lives in its own module."""
+
+pytest_plugins = ["tests.model_fixtures"]

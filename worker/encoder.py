@@ -1,0 +1,208 @@
+"""StaticEncoder: a Model2Vec static model, encoding texts exactly as ``model2vec`` 0.10.0 does.
+
+The rules (each from ``model2vec.StaticModel.encode``): cut every text to ``max_length *
+median token length`` characters, tokenize without special tokens, keep the first ``max_length``
+tokens, drop the unknown token, mean-pool ``table[mapping[id]] * weights[id]``, then optionally
+L2-normalise. Output is always float32.
+
+Speed: the tokenizer's own thread pool tokenizes batch k+1 while batch k is pooled, and pooling
+is one sparse product (see :mod:`worker.pooling`), so an encode costs little more than tokenizing.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from producer.errors import InvalidInputError, ModelLoadError
+from worker.loader import ModelFiles, load_model_files
+from worker.pooling import mean_pool, normalize_rows, select_tokens
+
+DEFAULT_MAX_LENGTH: Final = 512
+DEFAULT_BATCH_SIZE: Final = 1024
+
+
+class _Unset:
+    """Marks an argument left out, where ``None`` has a meaning of its own (no truncation)."""
+
+
+UNSET: Final = _Unset()
+
+
+def _unk_token_id(tokenizer: Tokenizer) -> int | None:
+    """Return the id model2vec drops from every text (the unk token, or a Unigram unk_id)."""
+    unk_token = getattr(tokenizer.model, "unk_token", None)
+    if unk_token is not None:
+        return tokenizer.token_to_id(unk_token)
+    if hasattr(tokenizer.model, "unk_token"):
+        return None
+    import json
+
+    unk_id = json.loads(tokenizer.to_str())["model"].get("unk_id")
+    return int(unk_id) if unk_id is not None else None
+
+
+def _median_token_length(tokenizer: Tokenizer) -> int:
+    return int(np.median([len(token) for token in tokenizer.get_vocab()]))
+
+
+def _check_texts(texts: object) -> Sequence[str]:
+    """Accept a list or tuple of str; otherwise raise one error naming the offending item."""
+    if isinstance(texts, str | bytes) or not isinstance(texts, Sequence):
+        raise InvalidInputError(
+            f"texts must be a list of str, got {type(texts).__name__}"
+            + ("; wrap a single text in a list: [text]" if isinstance(texts, str) else "")
+        )
+    for index, text in enumerate(texts):
+        if type(text) is not str:
+            raise InvalidInputError(f"texts[{index}] must be str, got {type(text).__name__}")
+    return texts
+
+
+def _find_unencodable(texts: Sequence[str]) -> InvalidInputError:
+    for index, text in enumerate(texts):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return InvalidInputError(
+                f"texts[{index}] is not valid Unicode ({exc.reason} at character {exc.start}); "
+                "decode your bytes with errors='replace' or drop lone surrogates"
+            )
+    return InvalidInputError("the tokenizer rejected the batch; check that every text is a valid str")
+
+
+class StaticEncoder:
+    """A loaded Model2Vec static model: ``encode(texts) -> float32 (n, dim)``."""
+
+    def __init__(
+        self,
+        files: ModelFiles,
+        *,
+        normalize: bool | None = None,
+        max_length: int | _Unset | None = UNSET,
+    ) -> None:
+        config = files.config
+        self.model_id: str = files.model_id
+        self.source_dir: Path = files.source_dir
+        self.normalize: bool = bool(config.get("normalize", False)) if normalize is None else normalize
+        self.max_length: int | None = (
+            config.get("max_length", DEFAULT_MAX_LENGTH) if isinstance(max_length, _Unset) else max_length
+        )
+        table = files.embeddings
+        self._integer_table = table.dtype.kind in "iu"
+        # float16/int8 widen exactly to float32; the widened table is built before a worker forks,
+        # so the pool processes share its pages.
+        self._table = np.ascontiguousarray(table, dtype=np.float32)
+        self._weights = None if files.weights is None else np.asarray(files.weights, dtype=np.float32)
+        self._mapping = None if files.mapping is None else np.asarray(files.mapping, dtype=np.intp)
+        self._tokenizer = Tokenizer.from_str(files.tokenizer.to_str())
+        self._tokenizer.no_padding()
+        self._tokenizer.no_truncation()  # truncation to max_length tokens is done on the ids
+        self._unk_id = _unk_token_id(self._tokenizer)
+        self._median_token_length = _median_token_length(self._tokenizer)
+        vocab_size = self._tokenizer.get_vocab_size()
+        rows_needed = vocab_size if self._mapping is None else len(self._mapping)
+        if self._mapping is None and len(self._table) < vocab_size:
+            raise ModelLoadError(
+                f"{self.source_dir}: table has {len(self._table)} rows for a vocabulary of {vocab_size} "
+                "tokens and no 'mapping' tensor; the model files do not belong together"
+            )
+        if self._weights is not None and len(self._weights) < rows_needed:
+            raise ModelLoadError(f"{self.source_dir}: 'weights' has fewer entries than the vocabulary")
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        source: str | os.PathLike[str] | None = None,
+        *,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        token: str | None = None,
+        normalize: bool | None = None,
+        max_length: int | _Unset | None = UNSET,
+    ) -> StaticEncoder:
+        """Load ``source``: ``None`` for the bundled model, a local folder, or a Hugging Face Hub id."""
+        files = load_model_files(source, revision=revision, cache_dir=cache_dir, token=token)
+        return cls(files, normalize=normalize, max_length=max_length)
+
+    @property
+    def dim(self) -> int:
+        """Length of every output vector."""
+        return int(self._table.shape[1])
+
+    @property
+    def table_nbytes(self) -> int:
+        """Bytes held by the widened table (shared between forked pool processes)."""
+        return int(self._table.nbytes)
+
+    def __repr__(self) -> str:
+        return f"StaticEncoder(model_id={self.model_id!r}, dim={self.dim}, normalize={self.normalize})"
+
+    def tokenize(self, texts: Sequence[str], max_length: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids of ``texts`` as (flat ids, per-text lengths), after truncation and unk removal."""
+        if max_length is not None:
+            limit = max_length * self._median_token_length
+            texts = [text[:limit] for text in texts]
+        try:
+            encodings = self._tokenizer.encode_batch_fast(texts, add_special_tokens=False)
+        except TypeError as exc:
+            raise _find_unencodable(texts) from exc
+        id_lists = [encoding.ids for encoding in encodings]
+        lengths = np.fromiter(map(len, id_lists), dtype=np.int64, count=len(id_lists))
+        ids = np.fromiter(itertools.chain.from_iterable(id_lists), dtype=np.intp, count=int(lengths.sum()))
+        return select_tokens(ids, lengths, max_length, self._unk_id)
+
+    def _pool(self, ids: np.ndarray, lengths: np.ndarray, normalize: bool) -> np.ndarray:
+        vectors = mean_pool(
+            ids,
+            lengths,
+            self._table,
+            token_weights=self._weights,
+            mapping=self._mapping,
+            exact_integer_table=self._integer_table and self._weights is None,
+        )
+        return normalize_rows(vectors) if normalize else vectors
+
+    def encode(
+        self,
+        texts: Sequence[str],
+        *,
+        max_length: int | _Unset | None = UNSET,
+        normalize: bool | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        **_ignored: Any,
+    ) -> np.ndarray:
+        """Encode texts into a float32 array of shape (len(texts), dim).
+
+        ``max_length`` (tokens; ``None`` for no limit) and ``normalize`` default to the model's
+        config; ``batch_size`` is the number of texts tokenized per call.
+        """
+        texts = _check_texts(texts)
+        if batch_size < 1:
+            raise InvalidInputError(f"batch_size must be >= 1, got {batch_size}")
+        limit = self.max_length if isinstance(max_length, _Unset) else max_length
+        do_normalize = self.normalize if normalize is None else normalize
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        starts = range(0, len(texts), batch_size)
+        if len(starts) <= 1:
+            if texts:
+                out[:] = self._pool(*self.tokenize(texts, limit), do_normalize)
+            return out
+        # Tokenize the next batch on a helper thread (the tokenizer releases the GIL) while this
+        # thread pools the current one.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedq-tokenize") as pool:
+            pending = pool.submit(self.tokenize, texts[0:batch_size], limit)
+            for start in starts:
+                ids, lengths = pending.result()
+                following = start + batch_size
+                if following < len(texts):
+                    pending = pool.submit(self.tokenize, texts[following : following + batch_size], limit)
+                out[start : start + len(lengths)] = self._pool(ids, lengths, do_normalize)
+        return out
