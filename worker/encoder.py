@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
-from tokenizers import Tokenizer
+from tokenizers import Encoding, Tokenizer
 
 from producer.errors import InvalidInputError, ModelLoadError
 from worker.loader import ModelFiles, load_model_files
@@ -145,19 +145,24 @@ class StaticEncoder:
     def __repr__(self) -> str:
         return f"StaticEncoder(model_id={self.model_id!r}, dim={self.dim}, normalize={self.normalize})"
 
-    def tokenize(self, texts: Sequence[str], max_length: int | None) -> tuple[np.ndarray, np.ndarray]:
-        """Token ids of ``texts`` as (flat ids, per-text lengths), after truncation and unk removal."""
+    def _run_tokenizer(self, texts: Sequence[str], max_length: int | None) -> list[Encoding]:
         if max_length is not None:
             limit = max_length * self._median_token_length
             texts = [text[:limit] for text in texts]
         try:
-            encodings = self._tokenizer.encode_batch_fast(texts, add_special_tokens=False)
+            return self._tokenizer.encode_batch_fast(texts, add_special_tokens=False)
         except TypeError as exc:
             raise _find_unencodable(texts) from exc
+
+    def _token_ids(self, encodings: list[Encoding], max_length: int | None) -> tuple[np.ndarray, np.ndarray]:
         id_lists = [encoding.ids for encoding in encodings]
         lengths = np.fromiter(map(len, id_lists), dtype=np.int64, count=len(id_lists))
         ids = np.fromiter(itertools.chain.from_iterable(id_lists), dtype=np.intp, count=int(lengths.sum()))
         return select_tokens(ids, lengths, max_length, self._unk_id)
+
+    def tokenize(self, texts: Sequence[str], max_length: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids of ``texts`` as (flat ids, per-text lengths), after truncation and unk removal."""
+        return self._token_ids(self._run_tokenizer(_check_texts(texts), max_length), max_length)
 
     def _pool(self, ids: np.ndarray, lengths: np.ndarray, normalize: bool) -> np.ndarray:
         vectors = mean_pool(
@@ -193,16 +198,19 @@ class StaticEncoder:
         starts = range(0, len(texts), batch_size)
         if len(starts) <= 1:
             if texts:
-                out[:] = self._pool(*self.tokenize(texts, limit), do_normalize)
+                out[:] = self._pool(*self._token_ids(self._run_tokenizer(texts, limit), limit), do_normalize)
             return out
-        # Tokenize the next batch on a helper thread (the tokenizer releases the GIL) while this
-        # thread pools the current one.
+        # The tokenizer (which releases the GIL and runs on all cores) works on the next batch on a
+        # helper thread while this thread reads the ids of the current one and pools them.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedq-tokenize") as pool:
-            pending = pool.submit(self.tokenize, texts[0:batch_size], limit)
+            pending = pool.submit(self._run_tokenizer, texts[0:batch_size], limit)
             for start in starts:
-                ids, lengths = pending.result()
+                encodings = pending.result()
                 following = start + batch_size
                 if following < len(texts):
-                    pending = pool.submit(self.tokenize, texts[following : following + batch_size], limit)
+                    pending = pool.submit(
+                        self._run_tokenizer, texts[following : following + batch_size], limit
+                    )
+                ids, lengths = self._token_ids(encodings, limit)
                 out[start : start + len(lengths)] = self._pool(ids, lengths, do_normalize)
         return out

@@ -1,0 +1,126 @@
+"""Encoder throughput against model2vec and the tokenizer floor, plus worker memory.
+
+Usage: python bench/bench_encoder.py [--docs 100000] [--rounds 3]
+
+For each model (the bundled float16 one, a float32 copy of it, and the vocabulary-quantized
+int8 model of tokenlearn-static-model), runs in one process, alternating, round by round:
+  ours       StaticEncoder.encode(texts)
+  model2vec  StaticModel.encode(texts) with its defaults
+  floor      Tokenizer.encode_batch_fast over the same batches (no pooling at all)
+and prints the median docs/s of each and the ratios. model2vec sets TOKENIZERS_PARALLELISM=false
+for the whole process when it multiprocesses; it is reset before every run so that each
+contender gets the tokenizer's own parallelism.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from corpus import paragraphs
+from memory import fork_memory_report
+
+
+def _float32_copy(source: Path, target: Path) -> Path:
+    from safetensors.numpy import load_file, save_file
+
+    target.mkdir(parents=True, exist_ok=True)
+    tensors = {
+        k: (v.astype(np.float32) if v.dtype == np.float16 else v)
+        for k, v in load_file(source / "model.safetensors").items()
+    }
+    save_file(tensors, str(target / "model.safetensors"))
+    config = json.loads((source / "config.json").read_text())
+    config["embedding_dtype"] = "float32"
+    (target / "config.json").write_text(json.dumps(config))
+    (target / "tokenizer.json").write_bytes((source / "tokenizer.json").read_bytes())
+    return target
+
+
+def _timed(run: Callable[[], object]) -> float:
+    os.environ.pop("TOKENIZERS_PARALLELISM", None)
+    gc.collect()
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+def bench_model(name: str, path: Path, texts: list[str], rounds: int) -> dict[str, float]:
+    from model2vec import StaticModel
+    from tokenizers import Tokenizer
+
+    from worker.encoder import StaticEncoder
+
+    ours = StaticEncoder.from_pretrained(path)
+    reference = StaticModel.from_pretrained(path, force_download=False)
+    tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    batch = 1024
+
+    def floor() -> None:
+        for start in range(0, len(texts), batch):
+            tokenizer.encode_batch_fast(texts[start : start + batch], add_special_tokens=False)
+
+    contenders: dict[str, Callable[[], object]] = {
+        "ours": lambda: ours.encode(texts),
+        "model2vec": lambda: reference.encode(texts),
+        "floor": floor,
+    }
+    seconds: dict[str, list[float]] = {key: [] for key in contenders}
+    ours.encode(texts[:2000])  # warm caches for every contender alike
+    reference.encode(texts[:2000])
+    floor_warm = texts[:2000]
+    tokenizer.encode_batch_fast(floor_warm, add_special_tokens=False)
+    for _ in range(rounds):
+        for key, run in contenders.items():
+            seconds[key].append(_timed(run))
+    rates = {key: len(texts) / statistics.median(values) for key, values in seconds.items()}
+    print(
+        f"{name:<22} ours {rates['ours']:>8,.0f}/s  model2vec {rates['model2vec']:>8,.0f}/s  "
+        f"floor {rates['floor']:>8,.0f}/s  | ours/floor {rates['ours'] / rates['floor']:.2f}x  "
+        f"ours/model2vec {rates['ours'] / rates['model2vec']:.2f}x"
+    )
+    return rates
+
+
+def main() -> None:
+    """Run the benchmark and print one line per model, then the memory report."""
+    import static_model
+
+    from worker.loader import BUNDLED_MODEL_DIR
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--docs", type=int, default=100_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    texts = paragraphs(args.docs)[: args.docs]
+    print(
+        f"corpus: {len(texts):,} stdlib docstring paragraphs, mean {sum(map(len, texts)) / len(texts):.0f} chars; "
+        f"{os.cpu_count()} cores; median of {args.rounds} alternating rounds"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        models = {
+            "bundled (float16)": BUNDLED_MODEL_DIR,
+            "bundled as float32": _float32_copy(BUNDLED_MODEL_DIR, Path(tmp) / "f32"),
+            "tokenlearn int8+mapping": Path(static_model.__file__).resolve().parent / "model",
+        }
+        for name, path in models.items():
+            bench_model(name, path, texts, args.rounds)
+    print()
+    fork_memory_report(BUNDLED_MODEL_DIR, children=2)
+
+
+if __name__ == "__main__":
+    main()

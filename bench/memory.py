@@ -1,0 +1,52 @@
+"""Memory of a loaded worker process and of the processes it forks (Celery's prefork pool)."""
+
+from __future__ import annotations
+
+import os
+import resource
+from pathlib import Path
+
+
+def _smaps(pid: int | str = "self") -> dict[str, int]:
+    """Return /proc/<pid>/smaps_rollup in KiB by field."""
+    fields: dict[str, int] = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        key, value = line.split(":", 1)
+        fields[key] = int(value.split()[0])
+    return fields
+
+
+def fork_memory_report(model_dir: Path, children: int) -> None:
+    """Load the model, fork ``children`` processes that each encode, and print RSS/USS per process."""
+    from worker.encoder import StaticEncoder
+
+    encoder = StaticEncoder.from_pretrained(model_dir)
+    parent = _smaps()
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(
+        f"worker parent (model loaded): RSS {parent['Rss'] / 1024:.1f} MiB, peak RSS {peak_kib / 1024:.1f} MiB, "
+        f"table {encoder.table_nbytes / 2**20:.1f} MiB"
+    )
+    texts = [f"document number {i} about static embeddings and task queues" for i in range(20_000)]
+    pipes = []
+    for _ in range(children):
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child: encode, then report its own memory
+            os.close(read_fd)
+            encoder.encode(texts)
+            child = _smaps()
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            os.write(
+                write_fd, f"{child['Rss']} {child['Private_Clean'] + child['Private_Dirty']} {peak}".encode()
+            )
+            os._exit(0)
+        os.close(write_fd)
+        pipes.append((pid, read_fd))
+    for pid, read_fd in pipes:
+        rss, private, peak = (int(x) for x in os.read(read_fd, 200).split())
+        os.waitpid(pid, 0)
+        print(
+            f"forked child after encoding 20k texts: RSS {rss / 1024:.1f} MiB (mostly shared), "
+            f"private {private / 1024:.1f} MiB, peak RSS {peak / 1024:.1f} MiB"
+        )
