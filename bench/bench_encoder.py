@@ -19,6 +19,7 @@ import gc
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -29,7 +30,6 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from corpus import paragraphs
-from memory import fork_memory_report
 
 
 def _float32_copy(source: Path, target: Path) -> Path:
@@ -119,7 +119,8 @@ def main() -> None:
         for name, path in models.items():
             bench_model(name, path, texts, args.rounds)
     print()
-    fork_memory_report(BUNDLED_MODEL_DIR, children=2)
+    # A fresh process, so that the parent holds the model and nothing else.
+    subprocess.run([sys.executable, str(Path(__file__).resolve().parent / "memory.py")], check=True)
 
 
 if __name__ == "__main__":

@@ -17,17 +17,25 @@ def _smaps(pid: int | str = "self") -> dict[str, int]:
 
 
 def fork_memory_report(model_dir: Path, children: int) -> None:
-    """Load the model, fork ``children`` processes that each encode, and print RSS/USS per process."""
+    """Load the model, fork ``children`` processes that each encode, and print RSS/USS per process.
+
+    Run it in a fresh process (``python bench/memory.py``) so that the parent holds only the model.
+    """
+    import time
+
+    baseline_kib = _smaps()["Rss"]
+    start = time.perf_counter()
     from worker.encoder import StaticEncoder
 
     encoder = StaticEncoder.from_pretrained(model_dir)
+    print(f"model load: {time.perf_counter() - start:.2f} s; process before loading: RSS {baseline_kib / 1024:.1f} MiB")
     parent = _smaps()
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(
         f"worker parent (model loaded): RSS {parent['Rss'] / 1024:.1f} MiB, peak RSS {peak_kib / 1024:.1f} MiB, "
         f"table {encoder.table_nbytes / 2**20:.1f} MiB"
     )
-    texts = [f"document number {i} about static embeddings and task queues" for i in range(20_000)]
+    texts = [f"document number {i} about static embeddings and task queues" for i in range(2_000)]
     pipes = []
     for _ in range(children):
         read_fd, write_fd = os.pipe()
@@ -47,6 +55,14 @@ def fork_memory_report(model_dir: Path, children: int) -> None:
         rss, private, peak = (int(x) for x in os.read(read_fd, 200).split())
         os.waitpid(pid, 0)
         print(
-            f"forked child after encoding 20k texts: RSS {rss / 1024:.1f} MiB (mostly shared), "
+            f"forked child after encoding 2k texts: RSS {rss / 1024:.1f} MiB (mostly shared), "
             f"private {private / 1024:.1f} MiB, peak RSS {peak / 1024:.1f} MiB"
         )
+
+
+if __name__ == "__main__":
+    import sys
+
+    from worker.loader import BUNDLED_MODEL_DIR
+
+    fork_memory_report(Path(sys.argv[1]) if len(sys.argv) > 1 else BUNDLED_MODEL_DIR, children=2)
