@@ -1,3 +1,3 @@
 """Shared fixtures; each family lives in its own module."""
 
-pytest_plugins = ["tests.model_fixtures"]
+pytest_plugins = ["tests.model_fixtures", "tests.milvus_fixtures"]
