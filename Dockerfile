@@ -1,0 +1,15 @@
+# The embedq worker image: `docker compose up --scale worker=N` runs N of these.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+COPY . /app
+RUN pip install ".[worker]" \
+    && useradd --create-home --uid 1000 embedq
+
+USER embedq
+CMD ["embedq", "worker"]
