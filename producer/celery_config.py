@@ -1,0 +1,114 @@
+"""The Celery configuration producers and workers share, built in one place from Settings."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import urlsplit
+
+from celery import Celery
+from celery.backends.redis import RedisBackend
+from kombu.exceptions import OperationalError
+from redis.exceptions import RedisError
+
+from producer.errors import BrokerUnavailableError
+from producer.settings import Settings, redact_url
+from producer.wire import queue_for_model
+
+BROKER_ACQUIRE_TIMEOUT_S = 5.0
+REDIS_SOCKET_TIMEOUT_S = 10.0
+
+
+class PollingRedisBackend(RedisBackend):  # type: ignore[misc]  # Celery ships no type hints
+    """Redis result backend that does not subscribe to every task it sends.
+
+    Celery's Redis backend subscribes the sender to each task's result channel so that
+    ``AsyncResult.get`` can wait on pub/sub; embedq reads results by id instead (any process, any
+    thread), so those subscriptions would only pull every result over the wire a second time and
+    pile up unread in the subscriber's buffer.
+    """
+
+    def on_task_call(self, producer: Any, task_id: str) -> None:
+        """Do not subscribe: results are polled by id."""
+
+
+_BACKEND_PREFIX = f"{__name__}:{PollingRedisBackend.__name__}+"
+
+
+def backend_setting(url: str) -> str:
+    """Return the ``result_backend`` setting that selects PollingRedisBackend for a Redis ``url``."""
+    # Celery reads "<backend class>+<url>"; its Redis backend names the unix-socket scheme "socket".
+    return _BACKEND_PREFIX + url.replace("redis+socket://", "socket://", 1)
+
+
+def backend_url(app: Celery) -> str:
+    """Return the app's result backend URL with any password redacted, for messages."""
+    setting = str(app.conf.result_backend)
+    return redact_url(setting.removeprefix(_BACKEND_PREFIX))
+
+
+def _ssl_options(url: str) -> dict[str, Any] | None:
+    """Verify certificates on ``rediss://`` unless the URL itself says otherwise (``ssl_cert_reqs=``)."""
+    if urlsplit(url).scheme != "rediss":
+        return None
+    return {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+
+
+def celery_conf(settings: Settings) -> dict[str, Any]:
+    """Return the Celery settings of an embedq app (msgpack only, late acks, bounded redelivery)."""
+    conf: dict[str, Any] = {
+        "broker_url": settings.broker_url,
+        "result_backend": backend_setting(settings.result_backend),
+        # msgpack only: pickle is never accepted, results are plain maps with raw vector bytes.
+        "accept_content": ["msgpack"],
+        "result_accept_content": ["msgpack"],
+        "task_serializer": "msgpack",
+        "result_serializer": "msgpack",
+        "event_serializer": "msgpack",
+        # A task is acked when it ends; a child killed mid-task gets its task run again, at most
+        # max_retries times (retry_on_worker_lost), falling back to a requeue (reject_on_worker_lost).
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_retry_on_worker_lost": True,
+        "task_acks_on_failure_or_timeout": True,
+        "task_track_started": True,
+        "task_time_limit": settings.task_time_limit_s,
+        "task_default_queue": queue_for_model(settings.model_id),
+        "task_create_missing_queues": True,
+        "worker_prefetch_multiplier": 1,
+        "result_expires": settings.result_ttl_s,
+        "result_extended": False,  # extended results would store every request's texts again
+        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout_s},
+        "broker_connection_retry_on_startup": True,
+        "redis_socket_timeout": REDIS_SOCKET_TIMEOUT_S,
+        "redis_socket_connect_timeout": REDIS_SOCKET_TIMEOUT_S,
+    }
+    broker_ssl = _ssl_options(settings.broker_url)
+    if broker_ssl is not None:
+        conf["broker_use_ssl"] = broker_ssl
+    backend_ssl = _ssl_options(settings.result_backend)
+    if backend_ssl is not None:
+        conf["redis_backend_use_ssl"] = backend_ssl
+    return conf
+
+
+def build_celery_app(settings: Settings, main: str) -> Celery:
+    """Return a new Celery app configured from ``settings``; it is not made the process default."""
+    app = Celery(main, set_as_current=False)
+    app.conf.update(celery_conf(settings))
+    return app
+
+
+@contextmanager
+def broker_client(app: Celery) -> Iterator[Any]:
+    """Lend a Redis client of the app's broker connection pool (same URL, TLS and key prefix as Celery)."""
+    url = redact_url(str(app.conf.broker_url))
+    try:
+        with app.pool.acquire(block=True, timeout=BROKER_ACQUIRE_TIMEOUT_S) as connection:
+            yield connection.default_channel.client
+    except (RedisError, OperationalError, OSError) as exc:
+        raise BrokerUnavailableError(
+            f"cannot reach the Redis broker at {url}: {exc}; check EMBEDQ_BROKER_URL and that Redis is up"
+        ) from exc

@@ -1,0 +1,233 @@
+"""EmbeddingClient: validate texts, split them into tasks, enqueue them on the model's queue."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+from celery import Celery
+from celery.utils import uuid
+from kombu.exceptions import OperationalError
+from redis.exceptions import RedisError
+
+from producer.celery_config import broker_client, build_celery_app
+from producer.errors import (
+    BrokerUnavailableError,
+    ConfigError,
+    InvalidInputError,
+    ModelMismatchError,
+    NoWorkerError,
+    OverloadedError,
+)
+from producer.job import Job, JobStatus, ResultReader
+from producer.settings import Settings, check_model_id, redact_url
+from producer.validation import validate_texts
+from producer.wire import (
+    BUNDLED_MODEL_ID,
+    TASK_FOR_KIND,
+    EmbedRequest,
+    Kind,
+    WorkerPresence,
+    presence_key,
+    queue_for_model,
+)
+
+_WORKER_POLL_S = 0.1
+_T = TypeVar("_T")
+
+
+def split_batches(texts: Sequence[str], max_texts: int, max_chars: int) -> list[Sequence[str]]:
+    """Cut ``texts`` into consecutive batches of at most ``max_texts`` texts and about ``max_chars`` chars.
+
+    A batch always holds at least one text, so a single text longer than ``max_chars`` is its own batch.
+    """
+    batches: list[Sequence[str]] = []
+    start = 0
+    chars = 0
+    for index, text in enumerate(texts):
+        if index > start and (index - start >= max_texts or chars + len(text) > max_chars):
+            batches.append(texts[start:index])
+            start, chars = index, 0
+        chars += len(text)
+    if start < len(texts):
+        batches.append(texts[start:])
+    return batches
+
+
+class EmbeddingClient:
+    """Sends texts to the workers serving one model and hands back Jobs; safe to share across threads."""
+
+    def __init__(
+        self,
+        broker_url: str | None = None,
+        result_backend: str | None = None,
+        model: str | None = None,
+        *,
+        app: Celery | None = None,
+        max_texts_per_task: int = 4096,
+        max_chars_per_task: int = 2_000_000,
+        max_text_chars: int = 100_000,
+        max_texts_per_job: int | None = None,
+        max_queue_depth: int | None = 10_000,
+        worker_wait_s: float | None = 3.0,
+    ) -> None:
+        """Connect by URLs (a Celery app of its own) or through ``app``; ``model`` None is the bundled one.
+
+        ``worker_wait_s`` is how long to wait for a live worker before NoWorkerError (None: never check);
+        ``max_queue_depth`` is the queue length at which new jobs get OverloadedError (None: no limit).
+        """
+        if (app is None) == (broker_url is None):
+            raise ConfigError("pass either broker_url (and optionally result_backend) or a Celery app")
+        if app is not None and result_backend is not None:
+            raise ConfigError("result_backend goes with broker_url; a Celery app brings its own")
+        for name, value in (
+            ("max_texts_per_task", max_texts_per_task),
+            ("max_chars_per_task", max_chars_per_task),
+            ("max_text_chars", max_text_chars),
+        ):
+            if value < 1:
+                raise ConfigError(f"{name} must be positive, got {value}")
+        self.model = BUNDLED_MODEL_ID if model is None else check_model_id(model, "model")
+        self.queue = queue_for_model(self.model)
+        self._owns_app = app is None
+        if broker_url is not None:
+            settings = Settings(broker_url=broker_url, result_backend=result_backend or "")
+            app = build_celery_app(settings, "embedq-producer")
+        self.app: Celery = app
+        self.reader = ResultReader(app)
+        self._max_texts_per_task = max_texts_per_task
+        self._max_chars_per_task = max_chars_per_task
+        self._max_text_chars = max_text_chars
+        self._max_texts_per_job = max_texts_per_job
+        self._max_queue_depth = max_queue_depth
+        self._worker_wait_s = worker_wait_s
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **options: Any) -> EmbeddingClient:
+        """Build a client with the URLs, model, limits and result TTL of ``settings``."""
+        app = build_celery_app(settings, "embedq-producer")
+        client = cls(
+            app=app,
+            model=settings.model,
+            max_texts_per_task=settings.max_texts_per_request,
+            max_text_chars=settings.max_text_chars,
+            max_queue_depth=settings.max_queue_depth,
+            **options,
+        )
+        client._owns_app = True
+        return client
+
+    def __repr__(self) -> str:
+        return f"EmbeddingClient(broker={redact_url(str(self.app.conf.broker_url))!r}, model={self.model!r})"
+
+    def close(self) -> None:
+        """Release the broker and backend connections of an app this client created."""
+        if self._owns_app:
+            self.app.close()
+
+    def __enter__(self) -> EmbeddingClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def embed_documents(self, texts: Sequence[str]) -> Job:
+        """Enqueue ``texts`` as documents; the Job's result is a float32 array (len(texts), dim)."""
+        return self._submit("document", texts)
+
+    def embed_queries(self, texts: Sequence[str]) -> Job:
+        """Enqueue ``texts`` as search queries; the Job's result is a float32 array (len(texts), dim)."""
+        return self._submit("query", texts)
+
+    def job(self, job_id: str) -> Job:
+        """Reattach to a job by id, from any process (unknown or expired ids read as pending)."""
+        manifest = self.reader.manifest(job_id)
+        task_ids = [job_id] if manifest is None else manifest.task_ids
+        return Job(self.reader, job_id, task_ids, self.model)
+
+    def status(self, job_id: str) -> JobStatus:
+        """Return the state of the job with this id (pending, started, done or failed with its error)."""
+        return self.job(job_id).status()
+
+    def model_dim(self) -> int:
+        """Return the vector dimension the live workers of this model report (waits like a submit)."""
+        raw: bytes = self._wait_for_worker(lambda client: client.get(presence_key(self.queue)))
+        presence = WorkerPresence.decode(raw)
+        if presence.model != self.model:
+            raise ModelMismatchError(
+                f"queue {self.queue} is served by a worker of model {presence.model!r}, not {self.model!r}"
+            )
+        return presence.dim
+
+    def _wait_for_worker(self, read: Callable[[Any], _T | None]) -> _T:
+        """Return ``read(redis)`` once it is not None, polling up to ``worker_wait_s``; else NoWorkerError."""
+        deadline = time.monotonic() + (self._worker_wait_s or 0.0)
+        while True:
+            with broker_client(self.app) as client:
+                value = read(client)
+            if value is not None:
+                return value
+            if time.monotonic() >= deadline:
+                raise NoWorkerError(
+                    f"no worker consumes queue {self.queue} (model {self.model!r}) after waiting "
+                    f"{self._worker_wait_s or 0:g} s: start one with EMBEDQ_MODEL={self.model} "
+                    "(or check EMBEDQ_BROKER_URL points at the same Redis)"
+                )
+            time.sleep(_WORKER_POLL_S)
+
+    def _check_queue(self) -> None:
+        """Raise NoWorkerError if no worker serves the queue, OverloadedError if it is too deep."""
+        if self._worker_wait_s is None and self._max_queue_depth is None:
+            return
+
+        def read(client: Any) -> tuple[bool, int] | None:
+            pipe = client.pipeline()
+            pipe.exists(presence_key(self.queue))
+            pipe.llen(self.queue)
+            present, depth = pipe.execute()
+            return None if not present and self._worker_wait_s is not None else (bool(present), int(depth))
+
+        _, depth = self._wait_for_worker(read)
+        if self._max_queue_depth is not None and depth >= self._max_queue_depth:
+            raise OverloadedError(
+                f"queue {self.queue} holds {depth} tasks, at the limit of {self._max_queue_depth} "
+                "(EMBEDQ_MAX_QUEUE_DEPTH): retry later or start more workers"
+            )
+
+    def _submit(self, kind: Kind, texts: Sequence[str]) -> Job:
+        checked = validate_texts(
+            texts, max_texts=self._max_texts_per_job, max_text_chars=self._max_text_chars
+        )
+        if not checked:
+            raise InvalidInputError("texts is empty: pass at least one text")
+        batches = split_batches(checked, self._max_texts_per_task, self._max_chars_per_task)
+        self._check_queue()
+        task_ids = [uuid() for _ in batches]
+        job_id = task_ids[0] if len(batches) == 1 else uuid()
+        try:
+            if len(batches) > 1:
+                # Saved before sending, so a reattaching process finds every part of the job.
+                self.reader.save_manifest(job_id, task_ids)
+            with self.app.producer_or_acquire() as producer:
+                for task_id, batch in zip(task_ids, batches, strict=True):
+                    request = EmbedRequest(model=self.model, kind=kind, texts=tuple(batch))
+                    self.app.send_task(
+                        TASK_FOR_KIND[kind],
+                        args=[request.encode()],
+                        task_id=task_id,
+                        queue=self.queue,
+                        producer=producer,
+                        # Keeps the texts out of worker logs, events and inspect replies.
+                        argsrepr=f"[<{len(batch)} {kind} texts>]",
+                        kwargsrepr="{}",
+                    )
+        except (OperationalError, RedisError, OSError) as exc:
+            url = redact_url(str(self.app.conf.broker_url))
+            raise BrokerUnavailableError(
+                f"could not enqueue on {url}: {exc}; check EMBEDQ_BROKER_URL and that Redis is up"
+            ) from exc
+        return Job(self.reader, job_id, task_ids, self.model)

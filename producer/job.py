@@ -1,0 +1,214 @@
+"""Job: the handle on one embedding request, its task ids, its status and its vectors by id."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from celery import Celery
+from kombu.exceptions import OperationalError
+from redis.exceptions import RedisError
+
+from producer.celery_config import backend_url
+from producer.errors import (
+    BrokerUnavailableError,
+    EmbedqError,
+    ModelMismatchError,
+    ResultTimeoutError,
+    error_from_name,
+)
+from producer.wire import EmbedResult, JobManifest, job_key
+
+JobState = Literal["pending", "started", "done", "failed"]
+
+_STATE_OF: dict[str, JobState] = {
+    "PENDING": "pending",
+    "RECEIVED": "pending",
+    "RETRY": "pending",  # waiting in the queue for its next attempt
+    "STARTED": "started",
+    "SUCCESS": "done",
+}
+_FIRST_POLL_S = 0.002
+_MAX_POLL_S = 0.05
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """Where a job stands; on failure, the error type name and message the worker raised."""
+
+    id: str
+    state: JobState
+    tasks_done: int
+    tasks_total: int
+    error_type: str | None = None
+    error_message: str | None = None
+
+
+@dataclass(frozen=True)
+class TaskOutcome:
+    """One task's state as read from the result backend: its result value, or its error if failed."""
+
+    state: JobState
+    value: Any = None
+    error: EmbedqError | None = None
+
+
+def _as_embedq_error(exc: object) -> EmbedqError:
+    """Map a failure read back from the backend onto the embedq hierarchy, by type name."""
+    if isinstance(exc, EmbedqError):
+        return exc
+    return error_from_name(type(exc).__name__, str(exc))
+
+
+def _outcome(meta: dict[str, Any] | None) -> TaskOutcome:
+    status = "PENDING" if meta is None else str(meta.get("status"))
+    state = _STATE_OF.get(status)
+    if state is not None:
+        return TaskOutcome(state, value=None if meta is None else meta.get("result"))
+    # FAILURE, REVOKED and any other terminal state: the stored result is the exception.
+    return TaskOutcome("failed", error=_as_embedq_error(None if meta is None else meta.get("result")))
+
+
+class ResultReader:
+    """Reads task states and job manifests from the app's result backend (one round trip a poll)."""
+
+    def __init__(self, app: Celery) -> None:
+        self._app = app
+
+    def _wrap(self, exc: Exception) -> BrokerUnavailableError:
+        url = backend_url(self._app)
+        return BrokerUnavailableError(
+            f"cannot read results from {url}: {exc}; check EMBEDQ_RESULT_BACKEND and that Redis is up"
+        )
+
+    def outcomes(self, task_ids: Sequence[str]) -> list[TaskOutcome]:
+        """Return the outcome of each task, in order (unknown ids read as pending)."""
+        backend = self._app.backend
+        try:
+            raws = backend.mget([backend.get_key_for_task(task_id) for task_id in task_ids])
+        except (RedisError, OperationalError, OSError) as exc:
+            raise self._wrap(exc) from exc
+        return [_outcome(None if raw is None else backend.decode_result(raw)) for raw in raws]
+
+    def save_manifest(self, job_id: str, task_ids: Sequence[str]) -> None:
+        """Record the tasks of a split job under its id, expiring with the results."""
+        backend = self._app.backend
+        ttl_s = int(backend.expires) if backend.expires else None  # result_expires, in seconds
+        try:
+            backend.client.set(job_key(job_id), JobManifest(tuple(task_ids)).encode(), ex=ttl_s)
+        except (RedisError, OperationalError, OSError) as exc:
+            raise self._wrap(exc) from exc
+
+    def manifest(self, job_id: str) -> JobManifest | None:
+        """Return the task list saved under ``job_id``, or None if the id is a single task's."""
+        try:
+            raw = self._app.backend.client.get(job_key(job_id))
+        except (RedisError, OperationalError, OSError) as exc:
+            raise self._wrap(exc) from exc
+        return None if raw is None else JobManifest.decode(raw)
+
+
+class Job:
+    """An embedding request in flight: poll its status or wait for its (n, dim) float32 vectors."""
+
+    def __init__(self, reader: ResultReader, job_id: str, task_ids: Sequence[str], model: str) -> None:
+        self.id = job_id
+        self.task_ids = tuple(task_ids)
+        self.model = model
+        self._reader = reader
+        self._final: dict[str, TaskOutcome] = {}
+
+    def __repr__(self) -> str:
+        return f"Job(id={self.id!r}, tasks={len(self.task_ids)}, model={self.model!r})"
+
+    def status(self) -> JobStatus:
+        """Return the job's state: failed if any task failed, done if all are, started if any ran."""
+        outcomes = self._fetch_all()
+        done = sum(outcome.state == "done" for outcome in outcomes)
+        for outcome in outcomes:
+            if outcome.error is not None:
+                error = outcome.error
+                return JobStatus(self.id, "failed", done, len(outcomes), type(error).__name__, str(error))
+        if done == len(outcomes):
+            state: JobState = "done"
+        elif done or any(outcome.state == "started" for outcome in outcomes):
+            state = "started"
+        else:
+            state = "pending"
+        return JobStatus(self.id, state, done, len(outcomes))
+
+    def _fetch_all(self) -> list[TaskOutcome]:
+        """Fetch the tasks not yet finished (one round trip); return every task's outcome in order."""
+        pending = [task_id for task_id in self.task_ids if task_id not in self._final]
+        current = dict(zip(pending, self._reader.outcomes(pending), strict=True)) if pending else {}
+        for task_id, outcome in current.items():
+            if outcome.state in ("done", "failed"):
+                self._final[task_id] = outcome
+        return [self._final.get(task_id) or current[task_id] for task_id in self.task_ids]
+
+    def _try_collect(self) -> np.ndarray | None:
+        """Return the vectors if every task is done; raise the first failure; None while running."""
+        outcomes = self._fetch_all()
+        for outcome in outcomes:
+            if outcome.error is not None:
+                raise outcome.error
+        if any(outcome.state != "done" for outcome in outcomes):
+            return None
+        return self._assemble([EmbedResult.decode(outcome.value) for outcome in outcomes])
+
+    def _assemble(self, results: list[EmbedResult]) -> np.ndarray:
+        for result in results:
+            if result.model != self.model:
+                raise ModelMismatchError(
+                    f"job {self.id} returned vectors of model {result.model!r}, expected {self.model!r}: "
+                    "reattach with a client for that model"
+                )
+            if result.dim != results[0].dim:
+                dims = f"{results[0].dim} and {result.dim}"
+                raise ModelMismatchError(f"job {self.id} mixes vectors of {dims} dimensions")
+        if len(results) == 1:
+            return results[0].to_array()
+        return np.concatenate([result.to_array() for result in results], axis=0)
+
+    def _timeout(self, timeout_s: float) -> ResultTimeoutError:
+        done = sum(1 for outcome in self._final.values() if outcome.state == "done")
+        return ResultTimeoutError(
+            f"job {self.id} is not done after {timeout_s:g} s ({done} of {len(self.task_ids)} tasks done); "
+            "it may still complete: wait again with job.result() or check client.status(job_id)"
+        )
+
+    def result(self, timeout_s: float | None = 60.0) -> np.ndarray:
+        """Wait for the (n, dim) float32 vectors in input order; raise the worker's typed error on failure."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        delay_s = _FIRST_POLL_S
+        while True:
+            vectors = self._try_collect()
+            if vectors is not None:
+                return vectors
+            if deadline is not None:
+                remaining_s = deadline - time.monotonic()
+                if remaining_s <= 0:
+                    raise self._timeout(timeout_s or 0.0)
+                delay_s = min(delay_s, remaining_s)
+            time.sleep(delay_s)
+            delay_s = min(delay_s * 2, _MAX_POLL_S)
+
+    async def result_async(self, timeout_s: float | None = 60.0) -> np.ndarray:
+        """Await the vectors without blocking the event loop (each poll runs in a worker thread)."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        delay_s = _FIRST_POLL_S
+        while True:
+            vectors = await asyncio.to_thread(self._try_collect)
+            if vectors is not None:
+                return vectors
+            if deadline is not None:
+                remaining_s = deadline - time.monotonic()
+                if remaining_s <= 0:
+                    raise self._timeout(timeout_s or 0.0)
+                delay_s = min(delay_s, remaining_s)
+            await asyncio.sleep(delay_s)
+            delay_s = min(delay_s * 2, _MAX_POLL_S)

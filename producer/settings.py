@@ -1,0 +1,166 @@
+"""The one frozen Settings object of a process, built from ``EMBEDQ_*`` environment variables."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from producer.errors import ConfigError
+from producer.wire import BUNDLED_MODEL_ID
+
+DEFAULT_BROKER_URL = "redis://localhost:6379/0"
+DEFAULT_MILVUS_URI = "./embedq.db"
+
+REDIS_SCHEMES = frozenset({"redis", "rediss", "redis+socket"})
+_SECRET_QUERY_KEYS = frozenset({"password", "token", "secret"})
+_MAX_MODEL_ID_CHARS = 512
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated configuration of one producer or worker process (secrets hidden from ``repr``)."""
+
+    broker_url: str = DEFAULT_BROKER_URL
+    result_backend: str = ""  # empty: the broker URL
+    model: str | None = None
+    result_ttl_s: int = 3600
+    max_texts_per_request: int = 4096
+    max_text_chars: int = 100_000
+    task_time_limit_s: int = 300
+    visibility_timeout_s: int = 3600
+    milvus_uri: str = DEFAULT_MILVUS_URI
+    milvus_token: str | None = None
+    concurrency: int | None = None
+    max_queue_depth: int = 10_000
+
+    def __post_init__(self) -> None:
+        if not self.result_backend:
+            object.__setattr__(self, "result_backend", self.broker_url)
+        check_redis_url(self.broker_url, "EMBEDQ_BROKER_URL")
+        check_redis_url(self.result_backend, "EMBEDQ_RESULT_BACKEND")
+        if self.model is not None:
+            check_model_id(self.model, "EMBEDQ_MODEL")
+        for name, value in (
+            ("EMBEDQ_RESULT_TTL_S", self.result_ttl_s),
+            ("EMBEDQ_MAX_TEXTS_PER_REQUEST", self.max_texts_per_request),
+            ("EMBEDQ_MAX_TEXT_CHARS", self.max_text_chars),
+            ("EMBEDQ_TASK_TIME_LIMIT_S", self.task_time_limit_s),
+            ("EMBEDQ_VISIBILITY_TIMEOUT_S", self.visibility_timeout_s),
+            ("EMBEDQ_CONCURRENCY", 1 if self.concurrency is None else self.concurrency),
+            ("EMBEDQ_MAX_QUEUE_DEPTH", self.max_queue_depth),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive whole number, got {value!r}")
+        if self.visibility_timeout_s <= self.task_time_limit_s:
+            raise ConfigError(
+                f"EMBEDQ_VISIBILITY_TIMEOUT_S ({self.visibility_timeout_s}) must exceed "
+                f"EMBEDQ_TASK_TIME_LIMIT_S ({self.task_time_limit_s}): Redis would hand a running task "
+                "to a second worker; raise the visibility timeout or lower the time limit"
+            )
+
+    @property
+    def model_id(self) -> str:
+        """The id a worker serving this configuration reports (and routes by)."""
+        return self.model if self.model is not None else BUNDLED_MODEL_ID
+
+    def __repr__(self) -> str:
+        token = None if self.milvus_token is None else "***"
+        return (
+            f"Settings(broker_url={redact_url(self.broker_url)!r}, "
+            f"result_backend={redact_url(self.result_backend)!r}, model={self.model!r}, "
+            f"result_ttl_s={self.result_ttl_s}, max_texts_per_request={self.max_texts_per_request}, "
+            f"max_text_chars={self.max_text_chars}, task_time_limit_s={self.task_time_limit_s}, "
+            f"visibility_timeout_s={self.visibility_timeout_s}, milvus_uri={redact_url(self.milvus_uri)!r}, "
+            f"milvus_token={token!r}, concurrency={self.concurrency}, "
+            f"max_queue_depth={self.max_queue_depth})"
+        )
+
+
+def redact_url(url: str) -> str:
+    """Return ``url`` with any password (user info or ``password=`` query) replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        user, has_password, _ = userinfo.partition(":")
+        netloc = f"{user}:***@{host}" if has_password else f"***@{host}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode([(k, "***" if k.lower() in _SECRET_QUERY_KEYS else v) for k, v in pairs])
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def check_redis_url(url: str, variable: str) -> str:
+    """Return ``url`` if it is a Redis URL Celery can use; else raise ConfigError naming ``variable``."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - parsing the port validates it
+    except ValueError as exc:
+        raise ConfigError(f"{variable} is not a valid URL ({redact_url(url)!r}): {exc}") from exc
+    if parts.scheme not in REDIS_SCHEMES:
+        raise ConfigError(
+            f"{variable} must be a redis://, rediss:// or redis+socket:// URL, got {redact_url(url)!r}"
+        )
+    if parts.scheme != "redis+socket" and not parts.hostname:
+        raise ConfigError(f"{variable} names no host: {redact_url(url)!r} (e.g. redis://localhost:6379/0)")
+    db = parts.path.strip("/")
+    if parts.scheme != "redis+socket" and db and not db.isdigit():
+        raise ConfigError(f"{variable} must end in a database number such as /0, got {redact_url(url)!r}")
+    return url
+
+
+def _text(environ: Mapping[str, str], name: str) -> str | None:
+    value = environ.get(name, "").strip()
+    return value or None
+
+
+def _int(environ: Mapping[str, str], name: str, default: int) -> int:
+    raw = _text(environ, name)
+    if raw is None:
+        return default
+    try:
+        return int(raw.replace("_", ""))
+    except ValueError:
+        raise ConfigError(f"{name} must be a positive whole number, got {raw!r}") from None
+
+
+def check_model_id(model: str, variable: str) -> str:
+    """Return ``model`` if it can name a model and its queue; else raise ConfigError naming ``variable``."""
+    if (
+        not isinstance(model, str)
+        or not model
+        or len(model) > _MAX_MODEL_ID_CHARS
+        or any(ch.isspace() or not ch.isprintable() for ch in model)
+    ):
+        raise ConfigError(
+            f"{variable} must be a hub id or folder path of 1 to {_MAX_MODEL_ID_CHARS} printable "
+            f"characters without spaces, got {str(model)[:80]!r}"
+        )
+    return model
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build and validate the Settings from ``environ`` (default ``os.environ``); raise ConfigError."""
+    env = os.environ if environ is None else environ
+    broker_url = _text(env, "EMBEDQ_BROKER_URL") or DEFAULT_BROKER_URL
+    concurrency = _text(env, "EMBEDQ_CONCURRENCY")
+    return Settings(
+        broker_url=broker_url,
+        result_backend=_text(env, "EMBEDQ_RESULT_BACKEND") or broker_url,
+        model=_text(env, "EMBEDQ_MODEL"),
+        result_ttl_s=_int(env, "EMBEDQ_RESULT_TTL_S", 3600),
+        max_texts_per_request=_int(env, "EMBEDQ_MAX_TEXTS_PER_REQUEST", 4096),
+        max_text_chars=_int(env, "EMBEDQ_MAX_TEXT_CHARS", 100_000),
+        task_time_limit_s=_int(env, "EMBEDQ_TASK_TIME_LIMIT_S", 300),
+        visibility_timeout_s=_int(env, "EMBEDQ_VISIBILITY_TIMEOUT_S", 3600),
+        milvus_uri=_text(env, "EMBEDQ_MILVUS_URI") or DEFAULT_MILVUS_URI,
+        milvus_token=_text(env, "EMBEDQ_MILVUS_TOKEN"),
+        concurrency=None if concurrency is None else _int(env, "EMBEDQ_CONCURRENCY", 0),
+        max_queue_depth=_int(env, "EMBEDQ_MAX_QUEUE_DEPTH", 10_000),
+    )

@@ -1,0 +1,217 @@
+"""What producers and workers agree on: task names, queue names and the request/result messages.
+
+Messages are small frozen dataclasses with explicit ``encode()`` (to a msgpack-safe dict) and
+``decode()`` (validating schema and types, raising :class:`MessageDecodeError`). Vectors travel
+as raw little-endian float32 bytes, never as lists of floats.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final, Literal, cast
+
+import msgpack
+import numpy as np
+
+from producer.errors import MessageDecodeError
+
+TASK_EMBED_DOCUMENTS: Final = "embedq.embed_documents"
+TASK_EMBED_QUERIES: Final = "embedq.embed_queries"
+BUNDLED_MODEL_ID: Final = "embedq/minilm-l6-v2-256"
+"""The model id a worker reports for its bundled default model (``EMBEDQ_MODEL`` unset)."""
+
+WIRE_VERSION: Final = 1
+VECTOR_DTYPE: Final = "<f4"
+QUEUE_PREFIX: Final = "embedq."
+PRESENCE_TTL_S: Final = 6
+"""A worker refreshes its presence key every third of this; a producer sees it gone this long after."""
+
+Kind = Literal["document", "query"]
+KINDS: Final[tuple[Kind, ...]] = ("document", "query")
+TASK_FOR_KIND: Final[dict[Kind, str]] = {"document": TASK_EMBED_DOCUMENTS, "query": TASK_EMBED_QUERIES}
+
+
+def queue_for_model(model_id: str) -> str:
+    """Return the queue that the workers serving ``model_id`` consume (one pool serves one model)."""
+    return QUEUE_PREFIX + model_id
+
+
+def presence_key(queue: str) -> str:
+    """Return the broker key a live worker consuming ``queue`` keeps set (with a short TTL)."""
+    return f"embedq:presence:{queue}"
+
+
+def job_key(job_id: str) -> str:
+    """Return the result-backend key that lists the tasks of a job split into several tasks."""
+    return f"embedq:job:{job_id}"
+
+
+def _unpack(raw: bytes, what: str) -> object:
+    try:
+        return msgpack.unpackb(raw, raw=False)
+    except (ValueError, TypeError) as exc:
+        raise MessageDecodeError(f"{what} is not valid msgpack: {exc}") from exc
+
+
+def _fields(payload: object, what: str, names: frozenset[str]) -> Mapping[str, Any]:
+    """Check that ``payload`` is a map with exactly the keys ``names`` and the current version."""
+    if not isinstance(payload, Mapping):
+        raise MessageDecodeError(f"{what} must be a map, got {type(payload).__name__}")
+    keys = set(payload)
+    if keys != names | {"v"}:
+        missing = sorted(map(str, (names | {"v"}) - keys))
+        unknown = sorted(map(str, keys - names - {"v"}))
+        raise MessageDecodeError(f"{what} has missing keys {missing} and unknown keys {unknown}")
+    if payload["v"] != WIRE_VERSION:
+        raise MessageDecodeError(
+            f"{what} has wire version {payload['v']!r}, this side speaks {WIRE_VERSION}: "
+            "run the same embedq version on producers and workers"
+        )
+    return payload
+
+
+def _typed(payload: Mapping[str, Any], key: str, kind: type, what: str) -> Any:
+    value = payload[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise MessageDecodeError(f"{what}.{key} must be {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+@dataclass(frozen=True)
+class EmbedRequest:
+    """A batch of texts to embed with one model; ``kind`` is ``"document"`` or ``"query"``."""
+
+    model: str
+    kind: Kind
+    texts: tuple[str, ...]
+
+    def encode(self) -> dict[str, Any]:
+        """Return the msgpack-safe task argument."""
+        return {"v": WIRE_VERSION, "model": self.model, "kind": self.kind, "texts": list(self.texts)}
+
+    @classmethod
+    def decode(cls, payload: object) -> EmbedRequest:
+        """Rebuild a request from a task argument; raise MessageDecodeError if malformed."""
+        fields = _fields(payload, "EmbedRequest", frozenset({"model", "kind", "texts"}))
+        model = _typed(fields, "model", str, "EmbedRequest")
+        kind = _typed(fields, "kind", str, "EmbedRequest")
+        if kind not in KINDS:
+            raise MessageDecodeError(f"EmbedRequest.kind must be one of {list(KINDS)}, got {kind!r}")
+        texts = _typed(fields, "texts", list, "EmbedRequest")
+        for index, text in enumerate(texts):
+            if not isinstance(text, str):
+                kind_name = type(text).__name__
+                raise MessageDecodeError(f"EmbedRequest.texts[{index}] must be str, got {kind_name}")
+        return cls(model=model, kind=kind, texts=tuple(texts))
+
+    @classmethod
+    def from_task_args(cls, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> EmbedRequest:
+        """Decode the arguments of an embed task: exactly one positional request map."""
+        if len(args) != 1 or kwargs:
+            raise MessageDecodeError(
+                f"an embed task takes one positional request, got {len(args)} positional and "
+                f"keyword arguments {sorted(kwargs)}"
+            )
+        return cls.decode(args[0])
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    """The vectors of one request: ``count`` rows of ``dim`` little-endian float32 as raw bytes."""
+
+    model: str
+    dim: int
+    count: int
+    vectors: bytes
+    dtype: str = VECTOR_DTYPE
+
+    def __post_init__(self) -> None:
+        if self.dtype != VECTOR_DTYPE:
+            raise MessageDecodeError(f"EmbedResult.dtype must be {VECTOR_DTYPE!r}, got {self.dtype!r}")
+        if self.dim < 1 or self.count < 0:
+            raise MessageDecodeError(f"EmbedResult has dim {self.dim} and count {self.count}")
+        expected = self.count * self.dim * 4
+        if len(self.vectors) != expected:
+            raise MessageDecodeError(
+                f"EmbedResult.vectors holds {len(self.vectors)} bytes, expected {expected} "
+                f"for {self.count} x {self.dim} float32"
+            )
+
+    @classmethod
+    def from_array(cls, model: str, vectors: np.ndarray) -> EmbedResult:
+        """Pack an (n, dim) array as little-endian float32 bytes."""
+        if vectors.ndim != 2:
+            raise ValueError(f"vectors must be 2-D (n, dim), got shape {vectors.shape}")
+        raw = np.ascontiguousarray(vectors, dtype=VECTOR_DTYPE).tobytes()
+        return cls(model=model, dim=int(vectors.shape[1]), count=int(vectors.shape[0]), vectors=raw)
+
+    def to_array(self) -> np.ndarray:
+        """Return the vectors as a writable native float32 array of shape (count, dim)."""
+        flat = np.frombuffer(self.vectors, dtype=VECTOR_DTYPE)
+        return flat.astype(np.float32).reshape(self.count, self.dim)
+
+    def encode(self) -> dict[str, Any]:
+        """Return the msgpack-safe task result."""
+        return {
+            "v": WIRE_VERSION,
+            "model": self.model,
+            "dim": self.dim,
+            "count": self.count,
+            "dtype": self.dtype,
+            "vectors": self.vectors,
+        }
+
+    @classmethod
+    def decode(cls, payload: object) -> EmbedResult:
+        """Rebuild a result from a task result; raise MessageDecodeError if malformed."""
+        what = "EmbedResult"
+        fields = _fields(payload, what, frozenset({"model", "dim", "count", "dtype", "vectors"}))
+        return cls(
+            model=_typed(fields, "model", str, what),
+            dim=_typed(fields, "dim", int, what),
+            count=_typed(fields, "count", int, what),
+            dtype=_typed(fields, "dtype", str, what),
+            vectors=_typed(fields, "vectors", bytes, what),
+        )
+
+
+@dataclass(frozen=True)
+class WorkerPresence:
+    """What a live worker advertises under :func:`presence_key`: its model and vector dimension."""
+
+    model: str
+    dim: int
+
+    def encode(self) -> bytes:
+        """Return the msgpack bytes stored in the presence key."""
+        return cast(bytes, msgpack.packb({"v": WIRE_VERSION, "model": self.model, "dim": self.dim}))
+
+    @classmethod
+    def decode(cls, raw: bytes) -> WorkerPresence:
+        """Rebuild a presence record; raise MessageDecodeError if malformed."""
+        fields = _fields(_unpack(raw, "WorkerPresence"), "WorkerPresence", frozenset({"model", "dim"}))
+        dim = _typed(fields, "dim", int, "WorkerPresence")
+        if dim < 1:
+            raise MessageDecodeError(f"WorkerPresence.dim must be positive, got {dim}")
+        return cls(model=_typed(fields, "model", str, "WorkerPresence"), dim=dim)
+
+
+@dataclass(frozen=True)
+class JobManifest:
+    """The ordered task ids of a job split into several tasks, stored under :func:`job_key`."""
+
+    task_ids: tuple[str, ...]
+
+    def encode(self) -> bytes:
+        """Return the msgpack bytes stored under the job key."""
+        return cast(bytes, msgpack.packb({"v": WIRE_VERSION, "task_ids": list(self.task_ids)}))
+
+    @classmethod
+    def decode(cls, raw: bytes) -> JobManifest:
+        """Rebuild a manifest; raise MessageDecodeError if malformed."""
+        fields = _fields(_unpack(raw, "JobManifest"), "JobManifest", frozenset({"task_ids"}))
+        task_ids = _typed(fields, "task_ids", list, "JobManifest")
+        if not task_ids or not all(isinstance(task_id, str) and task_id for task_id in task_ids):
+            raise MessageDecodeError("JobManifest.task_ids must be a non-empty list of task id strings")
+        return cls(tuple(task_ids))

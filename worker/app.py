@@ -1,0 +1,115 @@
+"""The Celery app of a worker process: one model, loaded once in the parent before the pool forks."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from celery import Celery, bootsteps
+from kombu.entity import Exchange, Queue
+
+from producer.celery_config import broker_client, build_celery_app
+from producer.errors import BrokerUnavailableError
+from producer.settings import Settings
+from producer.wire import PRESENCE_TTL_S, WorkerPresence, presence_key, queue_for_model
+from worker.tasks import Encoder, TextLimits, register_tasks
+
+logger = logging.getLogger(__name__)
+
+
+class PresenceStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery ships no type hints
+    """Keeps ``presence_key(queue)`` alive while this worker consumes its model's queue.
+
+    Producers read it to tell "no worker" from "busy", and the vector dimension from its value.
+    Runs on the consumer's event loop, so it stops while the broker connection is down.
+    """
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+    presence: ClassVar[WorkerPresence]
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self._timer_entry: Any = None
+        self._keys: list[str] = []
+
+    def start(self, consumer: Any) -> None:
+        """Advertise the model's queue now and every third of the presence TTL."""
+        own_queue = queue_for_model(self.presence.model)
+        consumed = {queue.name for queue in consumer.task_consumer.queues}
+        self._keys = [presence_key(own_queue)] if own_queue in consumed else []
+        if not self._keys:
+            logger.warning("this worker does not consume %s: producers will not see it", own_queue)
+            return
+        self._refresh(consumer.app)
+        self._timer_entry = consumer.timer.call_repeatedly(PRESENCE_TTL_S / 3, self._refresh, (consumer.app,))
+
+    def stop(self, consumer: Any) -> None:
+        """Stop refreshing; the key expires within the TTL unless another worker keeps it."""
+        if self._timer_entry is not None:
+            self._timer_entry.cancel()
+            self._timer_entry = None
+
+    def _refresh(self, app: Celery) -> None:
+        value = self.presence.encode()
+        try:
+            with broker_client(app) as client:
+                for key in self._keys:
+                    client.set(key, value, ex=PRESENCE_TTL_S)
+        except BrokerUnavailableError as exc:
+            logger.warning("could not refresh the worker presence key: %s", exc)
+
+
+def build_worker_app(settings: Settings, encoder: Encoder, queues: Sequence[str] | None = None) -> Celery:
+    """Return the worker's Celery app: embed tasks bound to ``encoder``, consuming its model's queue.
+
+    ``queues`` overrides the queues consumed (default: the one queue of the encoder's model).
+    """
+    app = build_celery_app(settings, "embedq-worker")
+    own_queue = queue_for_model(encoder.model_id)
+    names = list(queues) if queues else [own_queue]
+    app.conf.task_default_queue = own_queue
+    app.conf.task_queues = [
+        Queue(name, Exchange(name), routing_key=name)  # type: ignore[no-untyped-call]
+        for name in names
+    ]
+    register_tasks(app, encoder, TextLimits(settings.max_texts_per_request, settings.max_text_chars))
+    step = type("PresenceStep", (PresenceStep,), {"presence": WorkerPresence(encoder.model_id, encoder.dim)})
+    app.steps["consumer"].add(step)
+    return app
+
+
+def run_worker(
+    settings: Settings,
+    concurrency: int | None = None,
+    queues: Sequence[str] | None = None,
+    loglevel: str = "INFO",
+    *,
+    hostname: str | None = None,
+) -> None:
+    """Load the model once, then run ``celery worker`` (prefork) until it is told to stop.
+
+    ``concurrency`` defaults to EMBEDQ_CONCURRENCY, then to the number of CPUs; ``hostname`` to
+    Celery's ``celery@<host>`` (give each worker on one machine its own, e.g. ``w1@%h``).
+    """
+    from worker.encoder import StaticEncoder  # the model stack stays out of light imports
+
+    # Loaded in the parent: the forked pool processes share the table pages copy-on-write. The
+    # tokenizer is not used here, so its thread pool stays enabled in the children.
+    encoder = StaticEncoder.from_pretrained(settings.model)
+    app = build_worker_app(settings, encoder, queues)
+    argv = [
+        "worker",
+        "--pool=prefork",
+        f"--loglevel={loglevel}",
+        # Mingle and gossip sync revokes and clocks between workers; embedq uses neither, and
+        # mingle alone adds about a second to every start.
+        "--without-mingle",
+        "--without-gossip",
+    ]
+    if hostname is not None:
+        argv.append(f"--hostname={hostname}")
+    processes = concurrency or settings.concurrency
+    if processes is not None:
+        argv.append(f"--concurrency={processes}")
+    app.worker_main(argv)
