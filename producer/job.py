@@ -32,7 +32,9 @@ _STATE_OF: dict[str, JobState] = {
     "STARTED": "started",
     "SUCCESS": "done",
 }
-_FIRST_POLL_S = 0.002
+# Polls start fast (a small job is done in a few ms) and back off to a cheap rate for long jobs.
+_FIRST_POLL_S = 0.0005
+_POLL_GROWTH = 1.5
 _MAX_POLL_S = 0.05
 
 
@@ -195,7 +197,7 @@ class Job:
                     raise self._timeout(timeout_s or 0.0)
                 delay_s = min(delay_s, remaining_s)
             time.sleep(delay_s)
-            delay_s = min(delay_s * 2, _MAX_POLL_S)
+            delay_s = min(delay_s * _POLL_GROWTH, _MAX_POLL_S)
 
     async def result_async(self, timeout_s: float | None = 60.0) -> np.ndarray:
         """Await the vectors without blocking the event loop (each poll runs in a worker thread)."""
@@ -211,4 +213,4 @@ class Job:
                     raise self._timeout(timeout_s or 0.0)
                 delay_s = min(delay_s, remaining_s)
             await asyncio.sleep(delay_s)
-            delay_s = min(delay_s * 2, _MAX_POLL_S)
+            delay_s = min(delay_s * _POLL_GROWTH, _MAX_POLL_S)
