@@ -31,6 +31,7 @@ from producer.errors import (
     ResultTimeoutError,
     TaskFailedError,
 )
+from producer.settings import Settings
 from producer.wire import (
     BUNDLED_MODEL_ID,
     TASK_EMBED_DOCUMENTS,
@@ -337,3 +338,23 @@ def test_importing_producer_pulls_in_no_model_stack() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_from_settings_takes_the_limits_and_model(
+    fake_server: fakeredis.FakeServer, fake_redis: fakeredis.FakeRedis
+) -> None:
+    broker_url = f"redis://fake-{time.monotonic_ns()}.invalid:6379/0"
+    settings = Settings(broker_url=broker_url, model=MODEL, max_texts_per_request=2, max_text_chars=5)
+    fake_redis.set(presence_key(QUEUE), WorkerPresence(MODEL, 4).encode())
+    with EmbeddingClient.from_settings(settings) as client:
+        assert client.model == MODEL
+        client.embed_documents(["a", "b", "c", "d", "e"])
+        assert [len(task.request.texts) for task in sent_tasks(fake_redis)] == [2, 2, 1]
+        with pytest.raises(InvalidInputError, match="limit of 5"):
+            client.embed_documents(["toolong"])
+
+
+def test_embedding_function_builds_its_own_client() -> None:
+    function = Model2VecEmbeddingFunction(None, "redis://:s3cret@localhost:6379/0")
+    assert function.model_source == BUNDLED_MODEL_ID and function.client.model == BUNDLED_MODEL_ID
+    function.close()
