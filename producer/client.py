@@ -172,9 +172,10 @@ class EmbeddingClient:
             if value is not None:
                 return value
             if time.monotonic() >= deadline:
+                how = "EMBEDQ_MODEL unset" if self.model == BUNDLED_MODEL_ID else f"EMBEDQ_MODEL={self.model}"
                 raise NoWorkerError(
                     f"no worker consumes queue {self.queue} (model {self.model!r}) after waiting "
-                    f"{self._worker_wait_s or 0:g} s: start one with EMBEDQ_MODEL={self.model} "
+                    f"{self._worker_wait_s or 0:g} s: start one with {how} "
                     "(or check EMBEDQ_BROKER_URL points at the same Redis)"
                 )
             time.sleep(_WORKER_POLL_S)
