@@ -22,13 +22,16 @@ from producer.errors import (
     OverloadedError,
 )
 from producer.job import Job, JobStatus, ResultReader
+from producer.readers import Document
 from producer.settings import Settings, check_model_id, redact_url
 from producer.validation import validate_texts
 from producer.wire import (
     BUNDLED_MODEL_ID,
     TASK_FOR_KIND,
+    TASK_UPSERT_DOCUMENTS,
     EmbedRequest,
     Kind,
+    UpsertRequest,
     WorkerPresence,
     presence_key,
     queue_for_model,
@@ -209,21 +212,60 @@ class EmbeddingClient:
         self._check_queue()
         task_ids = [uuid() for _ in batches]
         job_id = task_ids[0] if len(batches) == 1 else uuid()
+        if len(batches) > 1:
+            # Saved before sending, so a reattaching process finds every part of the job.
+            self.reader.save_manifest(job_id, task_ids)
+        self._send(
+            TASK_FOR_KIND[kind],
+            [
+                (task_id, EmbedRequest(model=self.model, kind=kind, texts=tuple(batch)).encode(), len(batch))
+                for task_id, batch in zip(task_ids, batches, strict=True)
+            ],
+            f"{kind} texts",
+        )
+        return Job(self.reader, job_id, task_ids, self.model)
+
+    def submit_upsert(self, collection: str, documents: Sequence[Document]) -> str:
+        """Enqueue documents to embed and upsert into the Milvus ``collection``; return the task id.
+
+        The task's result (read with ``client.reader``) is an UpsertResult with the rows written.
+        """
+        if not documents:
+            raise InvalidInputError("documents is empty: pass at least one document")
+        texts = validate_texts(
+            [document.text for document in documents],
+            max_texts=self._max_texts_per_task,
+            max_text_chars=self._max_text_chars,
+        )
+        request = UpsertRequest(
+            model=self.model,
+            collection=collection,
+            ids=tuple(document.id for document in documents),
+            texts=tuple(texts),
+            metadata=tuple(document.metadata for document in documents),
+        )
+        self._check_queue()
+        task_id: str = uuid()
+        self._send(
+            TASK_UPSERT_DOCUMENTS,
+            [(task_id, request.encode(), len(documents))],
+            f"documents for {collection}",
+        )
+        return task_id
+
+    def _send(self, task_name: str, tasks: Sequence[tuple[str, dict[str, Any], int]], what: str) -> None:
+        """Publish ``(task id, request, item count)`` tasks on the model's queue in one connection."""
         try:
-            if len(batches) > 1:
-                # Saved before sending, so a reattaching process finds every part of the job.
-                self.reader.save_manifest(job_id, task_ids)
             with self.app.producer_or_acquire() as producer:
-                for task_id, batch in zip(task_ids, batches, strict=True):
-                    request = EmbedRequest(model=self.model, kind=kind, texts=tuple(batch))
+                for task_id, payload, count in tasks:
                     self.app.send_task(
-                        TASK_FOR_KIND[kind],
-                        args=[request.encode()],
+                        task_name,
+                        args=[payload],
                         task_id=task_id,
                         queue=self.queue,
                         producer=producer,
                         # Keeps the texts out of worker logs, events and inspect replies.
-                        argsrepr=f"[<{len(batch)} {kind} texts>]",
+                        argsrepr=f"[<{count} {what}>]",
                         kwargsrepr="{}",
                     )
         except (OperationalError, RedisError, OSError) as exc:
@@ -231,4 +273,3 @@ class EmbeddingClient:
             raise BrokerUnavailableError(
                 f"could not enqueue on {url}: {exc}; check EMBEDQ_BROKER_URL and that Redis is up"
             ) from exc
-        return Job(self.reader, job_id, task_ids, self.model)

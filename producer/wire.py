@@ -18,6 +18,7 @@ from producer.errors import MessageDecodeError
 
 TASK_EMBED_DOCUMENTS: Final = "embedq.embed_documents"
 TASK_EMBED_QUERIES: Final = "embedq.embed_queries"
+TASK_UPSERT_DOCUMENTS: Final = "embedq.upsert_documents"
 BUNDLED_MODEL_ID: Final = "embedq/minilm-l6-v2-256"
 """The model id a worker reports for its bundled default model (``EMBEDQ_MODEL`` unset)."""
 
@@ -215,3 +216,101 @@ class JobManifest:
         if not task_ids or not all(isinstance(task_id, str) and task_id for task_id in task_ids):
             raise MessageDecodeError("JobManifest.task_ids must be a non-empty list of task id strings")
         return cls(tuple(task_ids))
+
+
+def _string_list(fields: Mapping[str, Any], key: str, what: str) -> list[str]:
+    values: list[str] = _typed(fields, key, list, what)
+    for index, value in enumerate(values):
+        if not isinstance(value, str):
+            raise MessageDecodeError(f"{what}.{key}[{index}] must be str, got {type(value).__name__}")
+    return values
+
+
+@dataclass(frozen=True)
+class UpsertRequest:
+    """Documents to embed with one model and upsert into a Milvus collection, id by id."""
+
+    model: str
+    collection: str
+    ids: tuple[str, ...]
+    texts: tuple[str, ...]
+    metadata: tuple[dict[str, Any], ...]
+
+    def __post_init__(self) -> None:
+        if not len(self.ids) == len(self.texts) == len(self.metadata):
+            raise MessageDecodeError(
+                f"UpsertRequest has {len(self.ids)} ids, {len(self.texts)} texts and "
+                f"{len(self.metadata)} metadata maps: they must pair up"
+            )
+
+    def encode(self) -> dict[str, Any]:
+        """Return the msgpack-safe task argument."""
+        return {
+            "v": WIRE_VERSION,
+            "model": self.model,
+            "collection": self.collection,
+            "ids": list(self.ids),
+            "texts": list(self.texts),
+            "metadata": list(self.metadata),
+        }
+
+    @classmethod
+    def decode(cls, payload: object) -> UpsertRequest:
+        """Rebuild a request from a task argument; raise MessageDecodeError if malformed."""
+        what = "UpsertRequest"
+        fields = _fields(payload, what, frozenset({"model", "collection", "ids", "texts", "metadata"}))
+        metadata = _typed(fields, "metadata", list, what)
+        for index, value in enumerate(metadata):
+            if not isinstance(value, dict):
+                raise MessageDecodeError(
+                    f"{what}.metadata[{index}] must be a map, got {type(value).__name__}"
+                )
+        return cls(
+            model=_typed(fields, "model", str, what),
+            collection=_typed(fields, "collection", str, what),
+            ids=tuple(_string_list(fields, "ids", what)),
+            texts=tuple(_string_list(fields, "texts", what)),
+            metadata=tuple(metadata),
+        )
+
+    @classmethod
+    def from_task_args(cls, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> UpsertRequest:
+        """Decode the arguments of an upsert task: exactly one positional request map."""
+        if len(args) != 1 or kwargs:
+            raise MessageDecodeError(
+                f"an upsert task takes one positional request, got {len(args)} positional and "
+                f"keyword arguments {sorted(kwargs)}"
+            )
+        return cls.decode(args[0])
+
+
+@dataclass(frozen=True)
+class UpsertResult:
+    """What an upsert task wrote: rows acknowledged by Milvus (distinct ids) into ``collection``."""
+
+    model: str
+    collection: str
+    written: int
+
+    def encode(self) -> dict[str, Any]:
+        """Return the msgpack-safe task result."""
+        return {
+            "v": WIRE_VERSION,
+            "model": self.model,
+            "collection": self.collection,
+            "written": self.written,
+        }
+
+    @classmethod
+    def decode(cls, payload: object) -> UpsertResult:
+        """Rebuild a result from a task result; raise MessageDecodeError if malformed."""
+        what = "UpsertResult"
+        fields = _fields(payload, what, frozenset({"model", "collection", "written"}))
+        written = _typed(fields, "written", int, what)
+        if written < 0:
+            raise MessageDecodeError(f"{what}.written must not be negative, got {written}")
+        return cls(
+            model=_typed(fields, "model", str, what),
+            collection=_typed(fields, "collection", str, what),
+            written=written,
+        )

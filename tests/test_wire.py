@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import msgpack
 import numpy as np
 import pytest
 from hypothesis import given
@@ -104,3 +105,36 @@ def test_presence_and_manifest_round_trip_and_reject_garbage() -> None:
 def test_queue_is_derived_from_the_model_id() -> None:
     assert queue_for_model("minishlab/potion-base-8M") == "embedq.minishlab/potion-base-8M"
     assert queue_for_model("a") != queue_for_model("b")
+
+
+def test_upsert_request_round_trips_through_msgpack() -> None:
+    from producer.wire import UpsertRequest
+
+    request = UpsertRequest("m", "docs", ("a", "b"), ("one", "two"), ({"k": 1}, {}))
+    packed = msgpack.unpackb(msgpack.packb(request.encode(), use_bin_type=True), raw=False)
+    assert UpsertRequest.decode(packed) == request
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"ids": ["a"]}, "must pair up"),
+        ({"texts": ["one", 2]}, r"texts\[1\] must be str"),
+        ({"metadata": [{}, "x"]}, r"metadata\[1\] must be a map"),
+        ({"collection": 5}, "collection must be str"),
+    ],
+)
+def test_malformed_upsert_requests_are_rejected(change: dict[str, object], message: str) -> None:
+    from producer.wire import UpsertRequest
+
+    payload = {**UpsertRequest("m", "docs", ("a", "b"), ("one", "two"), ({}, {})).encode(), **change}
+    with pytest.raises(MessageDecodeError, match=message):
+        UpsertRequest.decode(payload)
+
+
+def test_upsert_result_rejects_negative_counts() -> None:
+    from producer.wire import UpsertResult
+
+    assert UpsertResult.decode(UpsertResult("m", "c", 3).encode()) == UpsertResult("m", "c", 3)
+    with pytest.raises(MessageDecodeError, match="must not be negative"):
+        UpsertResult.decode({**UpsertResult("m", "c", 3).encode(), "written": -1})

@@ -51,11 +51,17 @@ class WorkerProcess:
         return [child.pid for child in psutil.Process(self.process.pid).children()]
 
 
-def start_worker(redis_url: str, log_path: Path, model: str | None = None) -> WorkerProcess:
-    """Start a worker on ``redis_url`` and wait until it advertises its queue."""
+def start_worker(
+    redis_url: str, log_path: Path, model: str | None = None, *, milvus_uri: str | None = None
+) -> WorkerProcess:
+    """Start a worker on ``redis_url`` and wait until it advertises its queue.
+
+    Its Milvus target is ``milvus_uri``, by default a Lite database next to the log file.
+    """
     env = {
         **os.environ,
         "EMBEDQ_BROKER_URL": redis_url,
+        "EMBEDQ_MILVUS_URI": milvus_uri or str(log_path.parent / "embedq.db"),
         "EMBEDQ_CONCURRENCY": "2",
         "EMBEDQ_MAX_TEXTS_PER_REQUEST": str(TEST_MAX_TEXTS_PER_REQUEST),
         "PYTHONUNBUFFERED": "1",
@@ -70,6 +76,7 @@ def start_worker(redis_url: str, log_path: Path, model: str | None = None) -> Wo
         result_backend=redis_url,
         model=model,
         max_texts_per_request=TEST_MAX_TEXTS_PER_REQUEST,
+        milvus_uri=env["EMBEDQ_MILVUS_URI"],
     )
     with log_path.open("wb") as log:
         process = subprocess.Popen(

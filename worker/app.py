@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from functools import partial
 from typing import Any, ClassVar
 
 from celery import Celery, bootsteps
@@ -13,7 +14,7 @@ from producer.celery_config import broker_client, build_celery_app
 from producer.errors import BrokerUnavailableError
 from producer.settings import Settings
 from producer.wire import PRESENCE_TTL_S, WorkerPresence, presence_key, queue_for_model
-from worker.tasks import Encoder, TextLimits, register_tasks
+from worker.tasks import CollectionSinks, Encoder, Sink, TextLimits, register_tasks
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,12 @@ class PresenceStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery shi
             logger.warning("could not refresh the worker presence key: %s", exc)
 
 
+def _open_sink(uri: str, token: str | None, collection: str, model_id: str, dim: int) -> Sink:
+    from worker.sink import open_sink  # pymilvus loads in the pool process that first upserts
+
+    return open_sink(uri, token, collection, model_id, dim)
+
+
 def build_worker_app(settings: Settings, encoder: Encoder, queues: Sequence[str] | None = None) -> Celery:
     """Return the worker's Celery app: embed tasks bound to ``encoder``, consuming its model's queue.
 
@@ -73,7 +80,12 @@ def build_worker_app(settings: Settings, encoder: Encoder, queues: Sequence[str]
         Queue(name, Exchange(name), routing_key=name)  # type: ignore[no-untyped-call]
         for name in names
     ]
-    register_tasks(app, encoder, TextLimits(settings.max_texts_per_request, settings.max_text_chars))
+    register_tasks(
+        app,
+        encoder,
+        TextLimits(settings.max_texts_per_request, settings.max_text_chars),
+        CollectionSinks(partial(_open_sink, settings.milvus_uri, settings.milvus_token)),
+    )
     step = type("PresenceStep", (PresenceStep,), {"presence": WorkerPresence(encoder.model_id, encoder.dim)})
     app.steps["consumer"].add(step)
     return app

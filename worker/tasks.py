@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -10,9 +11,24 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 from celery import Celery, Task
 
-from producer.errors import MessageDecodeError, ModelMismatchError, PermanentError, TransientError
+from producer.errors import (
+    MessageDecodeError,
+    ModelMismatchError,
+    PermanentError,
+    SinkUnavailableError,
+    TransientError,
+)
 from producer.validation import validate_texts
-from producer.wire import TASK_FOR_KIND, EmbedRequest, EmbedResult, Kind, queue_for_model
+from producer.wire import (
+    TASK_FOR_KIND,
+    TASK_UPSERT_DOCUMENTS,
+    EmbedRequest,
+    EmbedResult,
+    Kind,
+    UpsertRequest,
+    UpsertResult,
+    queue_for_model,
+)
 
 
 class Encoder(Protocol):
@@ -69,16 +85,80 @@ class EmbedTask(Task):  # type: ignore[misc]  # Celery ships no type hints
             raise self.retry(exc=exc, countdown=self.retry_countdown_s(self.request.retries)) from exc
 
 
+class Sink(Protocol):
+    """What the upsert task needs of a Milvus collection (worker.sink.MilvusSink)."""
+
+    def upsert(
+        self,
+        ids: Sequence[str],
+        texts: Sequence[str],
+        metadata: Sequence[dict[str, Any]],
+        vectors: np.ndarray,
+    ) -> int:
+        """Write the rows; return how many distinct ids Milvus acknowledged."""
+
+    def close(self) -> None:
+        """Release the connection."""
+
+
+SinkOpener = Callable[[str, str, int], Sink]
+"""Opens the sink of (collection, model id, dim); called in the pool process, after the fork."""
+
+
+class CollectionSinks:
+    """The open sinks of one pool process, by collection; a sink that failed is reopened next time."""
+
+    def __init__(self, opener: SinkOpener) -> None:
+        self._opener = opener
+        self._open: dict[str, Sink] = {}
+
+    def get(self, collection: str, model_id: str, dim: int) -> Sink:
+        """Return the open sink of ``collection``, opening it (and creating the collection) on first use."""
+        sink = self._open.get(collection)
+        if sink is None:
+            sink = self._open[collection] = self._opener(collection, model_id, dim)
+        return sink
+
+    def discard(self, collection: str) -> None:
+        """Drop a sink whose connection failed, so the retry reconnects."""
+        sink = self._open.pop(collection, None)
+        if sink is not None:
+            # Closing a broken connection may raise anything from the client library; the failure
+            # being handled is the one that matters.
+            with contextlib.suppress(Exception):
+                sink.close()
+
+
+def _check_model(encoder: Encoder, requested: str) -> None:
+    if requested != encoder.model_id:
+        raise ModelMismatchError(
+            f"request for model {requested!r} reached a worker serving {encoder.model_id!r} "
+            f"(queue {queue_for_model(encoder.model_id)}): send it to queue "
+            f"{queue_for_model(requested)} and start a worker for that model"
+        )
+
+
 def embed_request(encoder: Encoder, request: EmbedRequest, limits: TextLimits) -> EmbedResult:
     """Encode one request with the worker's model, refusing requests meant for another model."""
-    if request.model != encoder.model_id:
-        raise ModelMismatchError(
-            f"request for model {request.model!r} reached a worker serving {encoder.model_id!r} "
-            f"(queue {queue_for_model(encoder.model_id)}): send it to queue "
-            f"{queue_for_model(request.model)} and start a worker for that model"
-        )
+    _check_model(encoder, request.model)
     texts = validate_texts(request.texts, max_texts=limits.max_texts, max_text_chars=limits.max_text_chars)
     return EmbedResult.from_array(encoder.model_id, encoder.encode(texts))
+
+
+def upsert_request(
+    encoder: Encoder, sinks: CollectionSinks, request: UpsertRequest, limits: TextLimits
+) -> UpsertResult:
+    """Encode the documents and upsert them; the result counts only rows Milvus acknowledged."""
+    _check_model(encoder, request.model)
+    texts = validate_texts(request.texts, max_texts=limits.max_texts, max_text_chars=limits.max_text_chars)
+    vectors = encoder.encode(texts)
+    sink = sinks.get(request.collection, encoder.model_id, encoder.dim)
+    try:
+        written = sink.upsert(request.ids, texts, request.metadata, vectors)
+    except SinkUnavailableError:
+        sinks.discard(request.collection)
+        raise
+    return UpsertResult(model=encoder.model_id, collection=request.collection, written=written)
 
 
 def _task_body(kind: Kind, encoder: Encoder, limits: TextLimits) -> Callable[..., dict[str, Any]]:
@@ -93,7 +173,23 @@ def _task_body(kind: Kind, encoder: Encoder, limits: TextLimits) -> Callable[...
     return run
 
 
-def register_tasks(app: Celery, encoder: Encoder, limits: TextLimits) -> None:
-    """Register the embed tasks on ``app``, bound to this worker's loaded ``encoder``."""
+def _upsert_body(
+    encoder: Encoder, sinks: CollectionSinks, limits: TextLimits
+) -> Callable[..., dict[str, Any]]:
+    def upsert_documents(self: EmbedTask, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Embed documents with the worker's model and upsert them into a Milvus collection."""
+        request = UpsertRequest.from_task_args(args, kwargs)
+        return upsert_request(encoder, sinks, request, limits).encode()
+
+    return upsert_documents
+
+
+def register_tasks(
+    app: Celery, encoder: Encoder, limits: TextLimits, sinks: CollectionSinks | None = None
+) -> None:
+    """Register the embed tasks (and, given ``sinks``, the upsert task) bound to ``encoder``."""
     for kind, name in TASK_FOR_KIND.items():
         app.task(base=EmbedTask, bind=True, name=name, shared=False)(_task_body(kind, encoder, limits))
+    if sinks is not None:
+        body = _upsert_body(encoder, sinks, limits)
+        app.task(base=EmbedTask, bind=True, name=TASK_UPSERT_DOCUMENTS, shared=False)(body)

@@ -1,0 +1,234 @@
+"""Bulk backfill: stream a corpus file through the workers into a Milvus collection, resumably.
+
+The file is cut into chunks of ``chunk_size`` records in file order, so chunk k is the same
+records on every run. At most ``max_in_flight`` chunks are queued at once (backpressure: Redis
+never holds the corpus). A chunk counts as done only once its worker reports the rows written;
+done chunks are recorded both in a local checkpoint file and in Redis, so a run interrupted at
+any point (Ctrl-C, producer killed, Redis restarted) and started again with the same arguments
+skips them. Upserts are by id, so a chunk redone after a crash never duplicates rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import itertools
+import json
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from producer.backfill_state import BackfillState, ChunkRecord, load_progress
+from producer.client import EmbeddingClient
+from producer.errors import BrokerUnavailableError, ConfigError, EmbedqError
+from producer.readers import Document, FieldNames, Rejected, count_records, detect_format, read_documents
+from producer.wire import UpsertResult
+
+_POLL_S = 0.02
+_MAX_ERRORS_KEPT = 20
+
+
+@dataclass(frozen=True)
+class BackfillOptions:
+    """What to backfill, where, and how much to keep in flight."""
+
+    path: Path
+    collection: str
+    format: str | None = None
+    id_field: str | None = "id"
+    text_field: str = "text"
+    metadata_fields: tuple[str, ...] | None = None
+    chunk_size: int = 256
+    max_in_flight: int = 8
+    state_dir: Path = Path(".embedq/backfill")
+
+    def __post_init__(self) -> None:
+        if self.chunk_size < 1 or self.max_in_flight < 1:
+            raise ConfigError("chunk_size and max_in_flight must be positive")
+        if not self.collection:
+            raise ConfigError("collection must be a non-empty name")
+
+
+@dataclass(frozen=True)
+class BackfillProgress:
+    """A backfill job's progress, as `embedq status JOB_ID` shows it from any shell."""
+
+    job_id: str
+    state: str
+    docs_done: int
+    docs_failed: int
+    docs_total: int | None
+    chunks_done: int
+    collection: str
+    path: str
+    elapsed_s: float
+    errors: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class BackfillSummary:
+    """How a backfill run ended."""
+
+    job_id: str
+    written: int
+    failed: int
+    skipped: int
+    elapsed_s: float
+    docs_per_s: float
+    errors: tuple[str, ...] = ()
+
+
+def job_id_for(options: BackfillOptions, model: str) -> str:
+    """Return the job id: the same file (path, size, mtime) with the same arguments is the same job."""
+    path = options.path.resolve()
+    stat = path.stat()
+    identity = {
+        "path": str(path),
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "collection": options.collection,
+        "model": model,
+        "format": detect_format(path, options.format),
+        "fields": [options.id_field, options.text_field, options.metadata_fields],
+        "chunk_size": options.chunk_size,
+    }
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    return f"backfill-{digest[:20]}"
+
+
+def _chunks(records: Iterable[Document | Rejected], size: int) -> Iterator[list[Document | Rejected]]:
+    iterator = iter(records)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
+
+
+@dataclass
+class _Run:
+    """Mutable counters of one run."""
+
+    state: BackfillState
+    started: float = field(default_factory=time.monotonic)
+    written: int = 0
+    failed: int = 0
+    skipped: int = 0
+    errors: list[str] = field(default_factory=list)
+    # task id -> (chunk index, documents sent, records rejected before sending)
+    in_flight: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+
+    def note_error(self, message: str) -> None:
+        if len(self.errors) < _MAX_ERRORS_KEPT:
+            self.errors.append(message)
+
+
+def _collect(client: EmbeddingClient, run: _Run, *, block: bool) -> None:
+    """Record finished chunks; with ``block``, wait until at least one in-flight chunk finishes."""
+    while run.in_flight:
+        task_ids = list(run.in_flight)
+        finished = 0
+        for task_id, outcome in zip(task_ids, client.reader.outcomes(task_ids), strict=True):
+            if outcome.state not in ("done", "failed"):
+                continue
+            finished += 1
+            chunk_index, sent, rejected = run.in_flight.pop(task_id)
+            if outcome.error is not None:
+                # Not confirmed: a later run retries this chunk.
+                run.failed += sent + rejected
+                error = outcome.error
+                run.note_error(f"chunk {chunk_index} ({sent} documents): {type(error).__name__}: {error}")
+                continue
+            written = UpsertResult.decode(outcome.value).written
+            run.written += written
+            run.failed += rejected
+            run.state.confirm(ChunkRecord(chunk_index, written, rejected))
+        run.state.check_broker()
+        if finished or not block:
+            return
+        time.sleep(_POLL_S)
+
+
+def _process_chunk(
+    client: EmbeddingClient,
+    options: BackfillOptions,
+    run: _Run,
+    chunk_index: int,
+    chunk: list[Document | Rejected],
+    report: Callable[[str], None],
+) -> None:
+    """Skip a confirmed chunk, or send it once fewer than ``max_in_flight`` chunks are queued."""
+    done = run.state.confirmed(chunk_index)
+    if done is not None:
+        run.skipped += done.written + done.rejected
+        return
+    documents = [record for record in chunk if isinstance(record, Document)]
+    rejected = [record for record in chunk if isinstance(record, Rejected)]
+    for record in rejected:
+        run.note_error(record.reason)
+    while len(run.in_flight) >= options.max_in_flight:
+        _collect(client, run, block=True)
+        report("running")
+    if documents:
+        task_id = client.submit_upsert(options.collection, documents)
+        run.in_flight[task_id] = (chunk_index, len(documents), len(rejected))
+    else:
+        run.failed += len(rejected)
+        run.state.confirm(ChunkRecord(chunk_index, 0, len(rejected)))
+    _collect(client, run, block=False)
+    report("running")
+
+
+def run_backfill(
+    client: EmbeddingClient,
+    options: BackfillOptions,
+    *,
+    on_progress: Callable[[BackfillProgress], None] | None = None,
+) -> BackfillSummary:
+    """Stream ``options.path`` through the workers into ``options.collection``; resumable by job id."""
+    fields = FieldNames(options.id_field, options.text_field, options.metadata_fields)
+    records = read_documents(options.path, options.format, fields)
+    job_id = job_id_for(options, client.model)
+    total = count_records(options.path, options.format)
+    state = BackfillState.open(client, job_id, options, total)
+    run = _Run(state)
+
+    def report(status: str) -> None:
+        elapsed_s = time.monotonic() - run.started
+        progress = state.progress(status, run.written, run.failed, run.skipped, elapsed_s, run.errors)
+        if on_progress is not None:
+            on_progress(progress)
+
+    status = "interrupted"
+    try:
+        for chunk_index, chunk in enumerate(_chunks(records, options.chunk_size)):
+            _process_chunk(client, options, run, chunk_index, chunk, report)
+        state.set_total()
+        while run.in_flight:
+            _collect(client, run, block=True)
+            report("running")
+        status = "done" if state.all_confirmed() else "failed"
+    except EmbedqError:
+        status = "failed"
+        raise
+    finally:
+        state.finish()
+        with contextlib.suppress(BrokerUnavailableError):  # the local checkpoint holds every confirmed chunk
+            report(status)
+    elapsed_s = time.monotonic() - run.started
+    return BackfillSummary(
+        job_id=job_id,
+        written=run.written,
+        failed=run.failed,
+        skipped=run.skipped,
+        elapsed_s=elapsed_s,
+        docs_per_s=run.written / elapsed_s if elapsed_s > 0 else 0.0,
+        errors=tuple(run.errors),
+    )
+
+
+def backfill_status(client: EmbeddingClient, job_id: str) -> BackfillProgress | None:
+    """Return a backfill job's progress from Redis, or None if ``job_id`` is not a backfill job."""
+    saved: dict[str, Any] | None = load_progress(client, job_id)
+    if saved is None:
+        return None
+    return BackfillProgress(**saved)
