@@ -72,6 +72,16 @@ def _fields(payload: object, what: str, names: frozenset[str]) -> Mapping[str, A
     return payload
 
 
+def _single_argument(args: tuple[Any, ...], kwargs: Mapping[str, Any], what: str) -> object:
+    """Return the one positional argument every embedq task takes."""
+    if len(args) != 1 or kwargs:
+        raise MessageDecodeError(
+            f"{what} takes one positional request, got {len(args)} positional and "
+            f"keyword arguments {sorted(kwargs)}"
+        )
+    return args[0]
+
+
 def _typed(payload: Mapping[str, Any], key: str, kind: type, what: str) -> Any:
     value = payload[key]
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
@@ -109,12 +119,7 @@ class EmbedRequest:
     @classmethod
     def from_task_args(cls, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> EmbedRequest:
         """Decode the arguments of an embed task: exactly one positional request map."""
-        if len(args) != 1 or kwargs:
-            raise MessageDecodeError(
-                f"an embed task takes one positional request, got {len(args)} positional and "
-                f"keyword arguments {sorted(kwargs)}"
-            )
-        return cls.decode(args[0])
+        return cls.decode(_single_argument(args, kwargs, "an embed task"))
 
 
 @dataclass(frozen=True)
@@ -276,12 +281,7 @@ class UpsertRequest:
     @classmethod
     def from_task_args(cls, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> UpsertRequest:
         """Decode the arguments of an upsert task: exactly one positional request map."""
-        if len(args) != 1 or kwargs:
-            raise MessageDecodeError(
-                f"an upsert task takes one positional request, got {len(args)} positional and "
-                f"keyword arguments {sorted(kwargs)}"
-            )
-        return cls.decode(args[0])
+        return cls.decode(_single_argument(args, kwargs, "an upsert task"))
 
 
 @dataclass(frozen=True)
