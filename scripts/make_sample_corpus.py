@@ -27,7 +27,8 @@ def main() -> None:
     for module_name in MODULES:
         module = importlib.import_module(module_name)
         for object_name, member in [(module_name, module), *inspect.getmembers(module)]:
-            doc = inspect.getdoc(member) if not object_name.startswith("_") else None
+            foreign = member is not module and (inspect.ismodule(member) or object_name.startswith("_"))
+            doc = None if foreign else inspect.getdoc(member)
             if not doc:
                 continue
             for number, block in enumerate(doc.split("\n\n"), start=1):
