@@ -12,11 +12,45 @@ import json
 from pathlib import Path
 
 MODULES = (
-    "argparse asyncio collections concurrent.futures contextlib csv dataclasses datetime decimal "
-    "email.message functools hashlib heapq http.client itertools json logging multiprocessing os "
-    "pathlib pickle queue random re shutil socket sqlite3 statistics string subprocess tempfile "
-    "threading time typing unittest urllib.parse uuid zipfile"
-).split()
+    "argparse",
+    "asyncio",
+    "collections",
+    "concurrent.futures",
+    "contextlib",
+    "csv",
+    "dataclasses",
+    "datetime",
+    "decimal",
+    "email.message",
+    "functools",
+    "hashlib",
+    "heapq",
+    "http.client",
+    "itertools",
+    "json",
+    "logging",
+    "multiprocessing",
+    "os",
+    "pathlib",
+    "pickle",
+    "queue",
+    "random",
+    "re",
+    "shutil",
+    "socket",
+    "sqlite3",
+    "statistics",
+    "string",
+    "subprocess",
+    "tempfile",
+    "threading",
+    "time",
+    "typing",
+    "unittest",
+    "urllib.parse",
+    "uuid",
+    "zipfile",
+)
 OUT = Path(__file__).resolve().parent.parent / "examples" / "corpus.jsonl"
 
 
@@ -37,8 +71,11 @@ def main() -> None:
                     continue
                 seen.add(text)
                 qualified = object_name if object_name == module_name else f"{module_name}.{object_name}"
-                record = {"id": f"{qualified}#{number}", "text": text,
-                          "metadata": {"module": module_name, "object": qualified}}
+                record = {
+                    "id": f"{qualified}#{number}",
+                    "text": text,
+                    "metadata": {"module": module_name, "object": qualified},
+                }
                 lines.append(json.dumps(record, ensure_ascii=False))
     OUT.parent.mkdir(exist_ok=True)
     OUT.write_text("\n".join(lines) + "\n", encoding="utf-8")
