@@ -8,7 +8,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 COPY . /app
-RUN pip install ".[worker]" \
+RUN pip install ".[worker,monitor]" \
     && useradd --create-home --uid 1000 embedq
 
 USER embedq

@@ -67,16 +67,28 @@ def test_the_worker_can_be_scaled(services: dict[str, dict[str, Any]]) -> None:
     assert worker["build"] in (".", {"context": "."})
 
 
-def test_flower_watches_the_redis_broker(services: dict[str, dict[str, Any]]) -> None:
+def test_flower_reads_msgpack_through_the_project_app(services: dict[str, dict[str, Any]]) -> None:
     flower = services["flower"]
-    assert flower["image"].startswith("mher/flower")
-    assert "--broker=redis://redis:6379/0" in flower["command"]
+    assert flower["build"] == "."
+    assert flower["command"][:3] == ["celery", "-A", "worker.monitor:app"]
+    assert "flower" in flower["command"]
+    assert flower["environment"]["EMBEDQ_BROKER_URL"] == "redis://redis:6379/0"
 
 
-def test_the_dockerfile_installs_the_worker_extra_on_python_3_11_slim() -> None:
+def test_monitor_app_is_built_from_the_environment_with_msgpack(monkeypatch: pytest.MonkeyPatch) -> None:
+    from celery.app.utils import find_app
+
+    monkeypatch.setenv("EMBEDQ_BROKER_URL", "redis://redis.example:6379/3")
+    app = find_app("worker.monitor:app")
+    assert app.conf.broker_url == "redis://redis.example:6379/3"
+    assert list(app.conf.accept_content) == ["msgpack"]
+
+
+def test_the_dockerfile_installs_the_worker_and_monitor_extras_on_python_3_11_slim() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert re.search(r"^FROM python:3\.11-slim\b", dockerfile, re.MULTILINE)
-    assert re.search(r"pip install [^\n]*\.\[worker\]", dockerfile)
+    extras = re.search(r"pip install [^\n]*\.\[([a-z,]+)\]", dockerfile)
+    assert extras is not None and set(extras.group(1).split(",")) == {"worker", "monitor"}
     assert re.search(r'^CMD \["embedq", "worker"\]', dockerfile, re.MULTILINE)
 
 
