@@ -312,7 +312,7 @@ def _terminate(pid: int, *, grace_s: float) -> None:
         deadline = time.monotonic() + grace_s
         while time.monotonic() < deadline:
             _reap_if_child(pid)
-            if not _pid_exists(pid) or _is_zombie(pid):
+            if not _pid_exists(pid) or _is_exited_zombie(pid):
                 return
             time.sleep(0.05)
     raise SinkUnavailableError(
@@ -320,9 +320,14 @@ def _terminate(pid: int, *, grace_s: float) -> None:
     )
 
 
-def _is_zombie(pid: int) -> bool:
+def _is_exited_zombie(pid: int) -> bool:
+    """Whether ``pid`` is a zombie with no thread left.
+
+    A zombie leader's other threads can still hold the port: the process is gone only with its last thread.
+    """
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
+        threads = len(os.listdir(f"/proc/{pid}/task"))
     except OSError:
         return False
-    return stat.rsplit(")", 1)[-1].split()[0] == "Z"
+    return stat.rsplit(")", 1)[-1].split()[0] == "Z" and threads <= 1
