@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +16,7 @@ import psutil
 import pytest
 import redis
 
-from producer.settings import Settings
+from producer.settings import Settings, load_settings
 from producer.wire import presence_key
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -52,11 +52,18 @@ class WorkerProcess:
 
 
 def start_worker(
-    redis_url: str, log_path: Path, model: str | None = None, *, milvus_uri: str | None = None
+    redis_url: str,
+    log_path: Path,
+    model: str | None = None,
+    *,
+    milvus_uri: str | None = None,
+    extra_env: Mapping[str, str] | None = None,
+    launcher: str = _RUN_WORKER,
 ) -> WorkerProcess:
     """Start a worker on ``redis_url`` and wait until it advertises its queue.
 
-    Its Milvus target is ``milvus_uri``, by default a Lite database next to the log file.
+    Its Milvus target is ``milvus_uri``, by default a Lite database next to the log file;
+    ``extra_env`` adds or overrides EMBEDQ_* variables; ``launcher`` is the Python code it runs.
     """
     env = {
         **os.environ,
@@ -71,16 +78,11 @@ def start_worker(
         env.pop("EMBEDQ_MODEL", None)
     else:
         env["EMBEDQ_MODEL"] = model
-    settings = Settings(
-        broker_url=redis_url,
-        result_backend=redis_url,
-        model=model,
-        max_texts_per_request=TEST_MAX_TEXTS_PER_REQUEST,
-        milvus_uri=env["EMBEDQ_MILVUS_URI"],
-    )
+    env.update(extra_env or {})
+    settings = load_settings(env)
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-c", _RUN_WORKER], cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-c", launcher], cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
         )
     worker = WorkerProcess(process, log_path, settings)
     client = redis.Redis.from_url(redis_url)

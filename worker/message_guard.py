@@ -1,0 +1,248 @@
+"""Malformed queue messages are refused one by one instead of stopping the worker.
+
+Anything that can reach Redis can push onto a model's queue list. Without this guard, Celery 5.7
+and kombu end the worker on the first item that is not a well-formed task message (one line of
+non-JSON, a body that is not ``[args, kwargs, embed]``, a ``timelimit`` header that is not a
+pair): "Unrecoverable error", exit status 0. Worse, a message that fails after it was taken
+is restored to the queue at shutdown, so it stops every worker started after it.
+
+Two layers, both installed by :func:`install_message_guard`:
+
+- :class:`GuardedTransport` (the broker transport) drops a queue item that is not a kombu
+  message (not UTF-8 JSON, no ``properties``, an undecodable body) with one log line;
+- :class:`GuardedConsumer` (the worker consumer) checks each task message before Celery reads it:
+  a Celery protocol 2 ``embedq.*`` task, an accepted content type (msgpack; pickle is refused
+  before its body is touched), a body ``[list, map with str keys, map or null]`` without
+  callbacks or chains, and well-typed headers. A refused message is acked, logged, and, when it
+  carries a task id, stored as failed with :class:`MessageDecodeError`, so its producer sees a
+  typed error by id instead of waiting forever.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+from celery import Celery
+from celery.utils.time import maybe_iso8601
+from celery.worker.consumer import Consumer
+from kombu.exceptions import ContentDisallowed, DecodeError, OperationalError
+from kombu.serialization import prepare_accept_content
+from kombu.transport import redis as kombu_redis
+from redis.exceptions import RedisError
+
+from producer.errors import MessageDecodeError
+
+logger = logging.getLogger(__name__)
+
+TASK_PREFIX: Final = "embedq."
+_MAX_ID_CHARS: Final = 255
+_ID_HEADERS: Final = ("root_id", "parent_id", "group")
+_WORKFLOW_KEYS: Final = ("callbacks", "errbacks", "chain", "chord")
+# What building a kombu Message or a Celery Request raises on a value of the wrong shape.
+_SHAPE_ERRORS: Final = (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError)
+
+
+def _drop_malformed(queue: str, exc: BaseException) -> None:
+    logger.error(
+        "dropped a malformed item of queue %s (not a kombu message: %s: %s)",
+        queue,
+        type(exc).__name__,
+        str(exc)[:200],
+    )
+
+
+def _check_envelope(message: Any) -> None:
+    """Raise KeyError or TypeError unless kombu's Redis QoS can track ``message`` (tag, exchange, key)."""
+    if not isinstance(message.delivery_tag, str):
+        raise TypeError(f"delivery_tag is {type(message.delivery_tag).__name__}, not str")
+    info = message.delivery_info
+    if not isinstance(info, dict):
+        raise TypeError(f"delivery_info is {type(info).__name__}, not a map")
+    for key in ("exchange", "routing_key"):
+        if not isinstance(info.get(key), str):
+            raise KeyError(f"delivery_info.{key}")
+
+
+class GuardedChannel(kombu_redis.Channel):
+    """kombu's Redis channel, dropping queue items it cannot turn into a message."""
+
+    def _brpop_read(self, **options: Any) -> Any:
+        try:
+            return super()._brpop_read(**options)  # type: ignore[no-untyped-call]
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            # BRPOP already removed the item, so dropping it is all that is left to do.
+            _drop_malformed("(read by BRPOP)", exc)
+            return False
+
+    def basic_consume(
+        self, queue: str, no_ack: bool, callback: Callable[[Any], Any], consumer_tag: str, **kwargs: Any
+    ) -> None:
+        """Consume ``queue`` like kombu, but refuse a raw item that does not make a Message."""
+        super().basic_consume(queue, no_ack, callback, consumer_tag, **kwargs)  # type: ignore[no-untyped-call]
+
+        # The same three steps as kombu's own callback, with the Message built under a guard.
+        def on_raw_message(raw_message: Any) -> Any:
+            try:
+                message = self.Message(raw_message, channel=self)  # type: ignore[no-untyped-call]
+                _check_envelope(message)
+            except _SHAPE_ERRORS as exc:
+                _drop_malformed(queue, exc)
+                return None
+            if not no_ack:
+                self.qos.append(message, message.delivery_tag)
+            return callback(message)
+
+        self.connection._callbacks[queue] = on_raw_message
+
+
+class GuardedTransport(kombu_redis.Transport):
+    """kombu's Redis transport with :class:`GuardedChannel`."""
+
+    Channel = GuardedChannel
+
+
+def _is_id(value: object) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= _MAX_ID_CHARS
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
+
+
+def _identity_problem(headers: Mapping[str, Any]) -> str | None:
+    """Say what is wrong with the task name and ids of a protocol 2 message, or None."""
+    task = headers.get("task")
+    if not isinstance(task, str) or not task.startswith(TASK_PREFIX):
+        return f"task name {str(task)[:80]!r} is not an embedq task (embedq.*)"
+    if not _is_id(headers.get("id")):
+        kind = type(headers.get("id")).__name__
+        return f"task id is {kind}, not a string of 1 to {_MAX_ID_CHARS} characters"
+    for key in _ID_HEADERS:
+        if headers.get(key) is not None and not _is_id(headers[key]):
+            return f"header {key} is {type(headers[key]).__name__}, not a task id"
+    return None
+
+
+def _schedule_problem(headers: Mapping[str, Any]) -> str | None:
+    """Say what is wrong with the retry count, time limits and dates of a protocol 2 message, or None."""
+    retries = headers.get("retries", 0)
+    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+        return f"header retries is {retries!r:.40}, not a non-negative int"
+    limits = headers.get("timelimit")
+    if limits is not None and (
+        not isinstance(limits, list | tuple)
+        or len(limits) != 2
+        or not all(limit is None or _is_number(limit) for limit in limits)
+    ):
+        return f"header timelimit is {limits!r:.40}, not a pair of seconds or nulls"
+    for key in ("eta", "expires"):
+        value = headers.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            return f"header {key} is {type(value).__name__}, not an ISO 8601 string"
+        try:
+            maybe_iso8601(value)
+        except (ValueError, OverflowError):
+            return f"header {key} {value[:40]!r} is not an ISO 8601 date"
+    return None
+
+
+def _body_problem(body: object) -> str | None:
+    """Say what is wrong with a decoded protocol 2 body ``[args, kwargs, embed]``, or None."""
+    if not isinstance(body, list | tuple) or len(body) != 3:
+        return f"body is {type(body).__name__}, not [args, kwargs, embed]"
+    args, kwargs, embed = body
+    if not isinstance(args, list | tuple):
+        return f"args is {type(args).__name__}, not a list"
+    if not isinstance(kwargs, dict) or not all(isinstance(key, str) for key in kwargs):
+        return "kwargs is not a map with string keys"
+    if embed is not None and not isinstance(embed, dict):
+        return f"embed is {type(embed).__name__}, not a map"
+    if embed and any(embed.get(key) for key in _WORKFLOW_KEYS):
+        return "callbacks, errbacks, chains and chords are not accepted by embedq workers"
+    return None
+
+
+def task_message_problem(message: Any, accept: frozenset[str]) -> str | None:
+    """Say why a received task message must be refused, or None if Celery may handle it.
+
+    ``accept`` is the set of accepted content types: a body of another type is never decoded.
+    """
+    headers = message.headers
+    if not isinstance(headers, Mapping):
+        return f"headers are {type(headers).__name__}, not a map"
+    if "task" not in headers:
+        return "no task header: not a Celery protocol 2 task message"
+    problem = _identity_problem(headers) or _schedule_problem(headers)
+    if problem is not None:
+        return problem
+    if message.content_type not in accept:
+        return (
+            f"content type {str(message.content_type)[:80]!r} is refused without being decoded: "
+            f"embedq workers accept {sorted(accept)}"
+        )
+    try:
+        body = message.decode()
+    except (DecodeError, ContentDisallowed, *_SHAPE_ERRORS) as exc:
+        return f"body does not decode as {message.content_type}: {type(exc).__name__}"
+    return _body_problem(body)
+
+
+def _task_id(message: Any) -> str | None:
+    """Return the id to record a refusal under: the id header, else the correlation id (Celery sets both)."""
+    headers = message.headers if isinstance(message.headers, Mapping) else {}
+    properties = message.properties if isinstance(message.properties, Mapping) else {}
+    for candidate in (headers.get("id"), properties.get("correlation_id")):
+        if _is_id(candidate):
+            return str(candidate)
+    return None
+
+
+class GuardedConsumer(Consumer):  # type: ignore[misc]  # Celery ships no type hints
+    """Celery's worker consumer, refusing malformed task messages before Celery reads them."""
+
+    def create_task_handler(self, *args: Any, **kwargs: Any) -> Callable[[Any], Any]:
+        """Wrap Celery's task message handler with :func:`task_message_problem`."""
+        handle = super().create_task_handler(*args, **kwargs)
+        accept = frozenset(prepare_accept_content(self.app.conf.accept_content))  # type: ignore[no-untyped-call]
+
+        def on_task_received(message: Any) -> Any:
+            problem = task_message_problem(message, accept)
+            if problem is not None:
+                return self.refuse_message(message, problem)
+            try:
+                return handle(message)
+            except _SHAPE_ERRORS as exc:
+                # A header or value this guard does not know about: refused like the others.
+                return self.refuse_message(message, f"Celery could not read it: {type(exc).__name__}: {exc}")
+
+        return on_task_received
+
+    def on_decode_error(self, message: Any, exc: BaseException) -> None:
+        """Refuse a message kombu could not decode (e.g. a bad compression) without logging its body."""
+        self.refuse_message(message, f"body does not decode: {type(exc).__name__}")
+
+    def refuse_message(self, message: Any, problem: str) -> None:
+        """Log, record as failed by task id (if it has one) and ack a message that cannot run."""
+        task_id = _task_id(message)
+        info = message.delivery_info if isinstance(message.delivery_info, dict) else {}
+        queue = info.get("routing_key", "?")
+        logger.error("refused task message %s from queue %s: %s", task_id or "(no id)", queue, problem)
+        if task_id is not None:
+            error = MessageDecodeError(f"task {task_id} was refused by the worker: {problem}")
+            try:
+                self.app.backend.mark_as_failure(task_id, error)
+            except (RedisError, OperationalError, OSError) as exc:  # the message is refused all the same
+                logger.warning("could not record task %s as failed: %s", task_id, exc)
+        if not message.acknowledged:
+            message.reject_log_error(logger, self.connection_errors, requeue=False)
+
+
+def install_message_guard(app: Celery) -> None:
+    """Make a worker app refuse malformed queue messages one by one (see the module docstring)."""
+    app.conf.broker_transport = f"{GuardedTransport.__module__}:{GuardedTransport.__name__}"
+    app.conf.worker_consumer = f"{GuardedConsumer.__module__}:{GuardedConsumer.__name__}"
