@@ -366,11 +366,6 @@ def test_nothing_hostile_is_left_queued_or_unacknowledged(target: HostileTarget)
     assert "Unrecoverable error" not in log and "CRITICAL" not in log
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="worker/app.py: build_worker_app must call worker.message_guard.install_message_guard(app); "
-    "without it one malformed queue item stops the worker (see docs/RELIABILITY.md)",
-)
 def test_worker_apps_install_the_message_guard() -> None:
     app = build_worker_app(Settings(broker_url="redis://localhost:6379/0"), FakeEncoder())
     assert app.conf.worker_consumer == f"{GuardedConsumer.__module__}:{GuardedConsumer.__name__}"

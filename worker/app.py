@@ -14,6 +14,7 @@ from producer.celery_config import broker_client, build_celery_app
 from producer.errors import BrokerUnavailableError
 from producer.settings import Settings
 from producer.wire import PRESENCE_TTL_S, WorkerPresence, presence_key, queue_for_model
+from worker.message_guard import install_message_guard
 from worker.tasks import CollectionSinks, Encoder, Sink, TextLimits, register_tasks
 
 logger = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ def build_worker_app(settings: Settings, encoder: Encoder, queues: Sequence[str]
     ``queues`` overrides the queues consumed (default: the one queue of the encoder's model).
     """
     app = build_celery_app(settings, "embedq-worker")
+    install_message_guard(app)  # one malformed queue item must not stop the worker
     own_queue = queue_for_model(encoder.model_id)
     names = list(queues) if queues else [own_queue]
     app.conf.task_default_queue = own_queue
