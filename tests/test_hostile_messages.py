@@ -34,22 +34,6 @@ from worker.message_guard import GuardedConsumer, GuardedTransport
 
 pytestmark = pytest.mark.integration
 
-# run_worker with the message guard installed on the worker app (see test_worker_apps_install_the_guard).
-GUARDED_RUN_WORKER = """
-import worker.app
-from producer.settings import load_settings
-from worker.message_guard import install_message_guard
-
-build_worker_app = worker.app.build_worker_app
-
-def build_guarded_worker_app(*args, **kwargs):
-    app = build_worker_app(*args, **kwargs)
-    install_message_guard(app)
-    return app
-
-worker.app.build_worker_app = build_guarded_worker_app
-worker.app.run_worker(load_settings(), loglevel="INFO")
-"""
 LOG_WAIT_S = 10.0
 
 
@@ -67,10 +51,10 @@ class HostileTarget:
 
 @pytest.fixture(scope="module")
 def target(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostileTarget]:
-    """A guarded worker of a tiny model of its own (its own queue: the session worker is not touched)."""
+    """A worker of a tiny model of its own (its own queue: the session worker is not touched)."""
     folder = tmp_path_factory.mktemp("hostile")
     model = build_model(folder / "model")
-    worker = start_worker(redis_url, folder / "worker.log", str(model), launcher=GUARDED_RUN_WORKER)
+    worker = start_worker(redis_url, folder / "worker.log", str(model))
     client = EmbeddingClient(redis_url, model=str(model))
     connection = redis.Redis.from_url(redis_url)
     try:

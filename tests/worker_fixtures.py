@@ -58,12 +58,11 @@ def start_worker(
     *,
     milvus_uri: str | None = None,
     extra_env: Mapping[str, str] | None = None,
-    launcher: str = _RUN_WORKER,
 ) -> WorkerProcess:
     """Start a worker on ``redis_url`` and wait until it advertises its queue.
 
     Its Milvus target is ``milvus_uri``, by default a Lite database next to the log file;
-    ``extra_env`` adds or overrides EMBEDQ_* variables; ``launcher`` is the Python code it runs.
+    ``extra_env`` adds or overrides EMBEDQ_* variables.
     """
     env = {
         **os.environ,
@@ -82,7 +81,7 @@ def start_worker(
     settings = load_settings(env)
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-c", launcher], cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-c", _RUN_WORKER], cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
         )
     worker = WorkerProcess(process, log_path, settings)
     client = redis.Redis.from_url(redis_url)

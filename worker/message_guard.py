@@ -1,4 +1,4 @@
-"""Malformed queue messages are refused one by one instead of stopping the worker.
+"""Malformed queue messages are refused one by one, and a lost broker connection is survived.
 
 Anything that can reach Redis can push onto a model's queue list. Without this guard, Celery 5.7
 and kombu end the worker on the first item that is not a well-formed task message (one line of
@@ -9,7 +9,8 @@ is restored to the queue at shutdown, so it stops every worker started after it.
 Two layers, both installed by :func:`install_message_guard`:
 
 - :class:`GuardedTransport` (the broker transport) drops a queue item that is not a kombu
-  message (not UTF-8 JSON, no ``properties``, an undecodable body) with one log line;
+  message (not UTF-8 JSON, no ``properties``, an undecodable body) with one log line, and
+  survives a lost broker connection while tasks are unacknowledged (:class:`GuardedQoS`);
 - :class:`GuardedConsumer` (the worker consumer) checks each task message before Celery reads it:
   a Celery protocol 2 ``embedq.*`` task, an accepted content type (msgpack; pickle is refused
   before its body is touched), a body ``[list, map with str keys, map or null]`` without
@@ -66,8 +67,33 @@ def _check_envelope(message: Any) -> None:
             raise KeyError(f"delivery_info.{key}")
 
 
+class GuardedQoS(kombu_redis.QoS):
+    """kombu's Redis QoS, surviving a lost broker connection while it holds unacknowledged messages."""
+
+    def restore_unacked(self, client: Any = None) -> Any:
+        """Put delivered, unacknowledged messages back on their queues, if the connection still allows it.
+
+        When the broker connection drops, Celery 5.7 collects the transport before it closes the
+        channel, and kombu's restore then fails with AttributeError on the missing client: the
+        worker stopped ("Unrecoverable error") whenever it held a running acks-late task or a
+        scheduled retry. Those messages stay in the broker's unacked index, where any worker
+        restores them after the visibility timeout (or the broker lost them with a restart).
+        """
+        if client is None and self.channel.connection.client is None:
+            logger.warning(
+                "the broker connection was lost with %d unacknowledged messages: the broker redelivers "
+                "them after the visibility timeout",
+                len(self._delivered),
+            )
+            self._delivered.clear()
+            return None
+        return super().restore_unacked(client)  # type: ignore[no-untyped-call]
+
+
 class GuardedChannel(kombu_redis.Channel):
     """kombu's Redis channel, dropping queue items it cannot turn into a message."""
+
+    QoS = GuardedQoS
 
     def _brpop_read(self, **options: Any) -> Any:
         try:

