@@ -152,10 +152,13 @@ class EmbedResult:
         raw = np.ascontiguousarray(vectors, dtype=VECTOR_DTYPE).tobytes()
         return cls(model=model, dim=int(vectors.shape[1]), count=int(vectors.shape[0]), vectors=raw)
 
+    def view(self) -> np.ndarray:
+        """Return the vectors as a read-only (count, dim) array over the message bytes (no copy)."""
+        return np.frombuffer(self.vectors, dtype=VECTOR_DTYPE).reshape(self.count, self.dim)
+
     def to_array(self) -> np.ndarray:
         """Return the vectors as a writable native float32 array of shape (count, dim)."""
-        flat = np.frombuffer(self.vectors, dtype=VECTOR_DTYPE)
-        return flat.astype(np.float32).reshape(self.count, self.dim)
+        return self.view().astype(np.float32)
 
     def encode(self) -> dict[str, Any]:
         """Return the msgpack-safe task result."""

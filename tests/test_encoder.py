@@ -67,6 +67,7 @@ def test_parity_on_tiny_models(
     _assert_parity(path, PARITY_TEXTS, normalize=False)
     _assert_parity(path, PARITY_TEXTS, max_length=None, normalize=False)
     _assert_parity(path, PARITY_TEXTS, max_length=3)
+    _assert_parity(path, PARITY_TEXTS[3:7], normalize=False)  # a few texts: the gather path
 
 
 @pytest.mark.parametrize("normalize", [None, False])

@@ -12,6 +12,8 @@ import scipy.sparse
 
 # model2vec divides by (norm + 1e-32); kept so that zero vectors stay zero and results match it.
 NORM_EPSILON = 1e-32
+# Up to this many texts, gathering token rows beats setting up a sparse product (single queries).
+SMALL_BATCH_TEXTS = 8
 
 
 def flat_starts(lengths: np.ndarray) -> np.ndarray:
@@ -40,6 +42,21 @@ def select_tokens(
     return ids[keep], np.bincount(text_of_token[keep], minlength=len(lengths))
 
 
+def _sum_small(
+    rows: np.ndarray, lengths: np.ndarray, table: np.ndarray, weights: np.ndarray | None
+) -> np.ndarray:
+    """Per-text sums by gathering rows: cheaper than building a sparse matrix for a few texts."""
+    gathered = table[rows]
+    if weights is not None:
+        gathered *= weights[:, None]
+    sums = np.zeros((len(lengths), table.shape[1]), dtype=np.float32)
+    offsets = flat_starts(lengths)
+    for text, length in enumerate(lengths):
+        if length:
+            sums[text] = gathered[offsets[text] : offsets[text + 1]].sum(axis=0)
+    return sums
+
+
 def mean_pool(
     ids: np.ndarray,
     lengths: np.ndarray,
@@ -55,11 +72,16 @@ def mean_pool(
     to float32 and no weights) the integer sums are exact and the division runs in float64, as
     numpy's mean of an integer array does.
     """
-    count = len(lengths)
     rows = mapping[ids] if mapping is not None else ids
-    data = token_weights[ids] if token_weights is not None else np.ones(len(ids), dtype=np.float32)
-    counts = scipy.sparse.csr_array((data, rows, flat_starts(lengths)), shape=(count, table.shape[0]))
-    sums = np.asarray(counts @ table, dtype=np.float32)
+    weights = token_weights[ids] if token_weights is not None else None
+    if len(lengths) <= SMALL_BATCH_TEXTS:
+        sums = _sum_small(rows, lengths, table, weights)
+    else:
+        data = weights if weights is not None else np.ones(len(ids), dtype=np.float32)
+        counts = scipy.sparse.csr_array(
+            (data, rows, flat_starts(lengths)), shape=(len(lengths), table.shape[0])
+        )
+        sums = np.asarray(counts @ table, dtype=np.float32)
     divisor = np.maximum(lengths, 1)[:, None]
     if exact_integer_table:
         exact: np.ndarray = (sums.astype(np.float64) / divisor).astype(np.float32)
