@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from functools import partial
 from typing import Any, ClassVar
@@ -126,4 +127,8 @@ def run_worker(
     processes = concurrency or settings.concurrency
     if processes is not None:
         argv.append(f"--concurrency={processes}")
+    if (processes or os.cpu_count() or 1) >= (os.cpu_count() or 1):
+        # A pool process per core already keeps every core busy; the tokenizer's own threads on
+        # top only oversubscribe them (measured in bench/bench_queue.py). An explicit setting wins.
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     app.worker_main(argv)
