@@ -81,16 +81,17 @@ def bench_model(name: str, path: Path, texts: list[str], rounds: int) -> dict[st
     seconds: dict[str, list[float]] = {key: [] for key in contenders}
     ours.encode(texts[:2000])  # warm caches for every contender alike
     reference.encode(texts[:2000])
-    floor_warm = texts[:2000]
-    tokenizer.encode_batch_fast(floor_warm, add_special_tokens=False)
+    tokenizer.encode_batch_fast(texts[:2000], add_special_tokens=False)
     for _ in range(rounds):
         for key, run in contenders.items():
             seconds[key].append(_timed(run))
     rates = {key: len(texts) / statistics.median(values) for key, values in seconds.items()}
+    # Ratios are taken round by round (runs minutes apart see different machine load), then the median.
+    vs_floor = statistics.median(f / o for f, o in zip(seconds["floor"], seconds["ours"], strict=True))
+    vs_reference = statistics.median(m / o for m, o in zip(seconds["model2vec"], seconds["ours"], strict=True))
     print(
-        f"{name:<22} ours {rates['ours']:>8,.0f}/s  model2vec {rates['model2vec']:>8,.0f}/s  "
-        f"floor {rates['floor']:>8,.0f}/s  | ours/floor {rates['ours'] / rates['floor']:.2f}x  "
-        f"ours/model2vec {rates['ours'] / rates['model2vec']:.2f}x"
+        f"{name:<24} ours {rates['ours']:>7,.0f}/s  model2vec {rates['model2vec']:>7,.0f}/s  "
+        f"floor {rates['floor']:>7,.0f}/s | ours/floor {vs_floor:.2f}x  ours/model2vec {vs_reference:.2f}x"
     )
     return rates
 
@@ -103,12 +104,12 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=int, default=100_000)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     texts = paragraphs(args.docs)[: args.docs]
     print(
         f"corpus: {len(texts):,} stdlib docstring paragraphs, mean {sum(map(len, texts)) / len(texts):.0f} chars; "
-        f"{os.cpu_count()} cores; median of {args.rounds} alternating rounds"
+        f"{os.cpu_count()} cores; median of {args.rounds} alternating rounds, ratios per round"
     )
     with tempfile.TemporaryDirectory() as tmp:
         models = {

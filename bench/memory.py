@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import resource
 from pathlib import Path
 
 
@@ -14,6 +13,14 @@ def _smaps(pid: int | str = "self") -> dict[str, int]:
         key, value = line.split(":", 1)
         fields[key] = int(value.split()[0])
     return fields
+
+
+def _peak_rss_kib() -> int:
+    """This process's peak RSS (VmHWM); unlike ru_maxrss it does not inherit the parent's across exec."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def fork_memory_report(model_dir: Path, children: int) -> None:
@@ -30,7 +37,7 @@ def fork_memory_report(model_dir: Path, children: int) -> None:
     encoder = StaticEncoder.from_pretrained(model_dir)
     print(f"model load: {time.perf_counter() - start:.2f} s; process before loading: RSS {baseline_kib / 1024:.1f} MiB")
     parent = _smaps()
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak_kib = _peak_rss_kib()
     print(
         f"worker parent (model loaded): RSS {parent['Rss'] / 1024:.1f} MiB, peak RSS {peak_kib / 1024:.1f} MiB, "
         f"table {encoder.table_nbytes / 2**20:.1f} MiB"
@@ -44,7 +51,7 @@ def fork_memory_report(model_dir: Path, children: int) -> None:
             os.close(read_fd)
             encoder.encode(texts)
             child = _smaps()
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            peak = _peak_rss_kib()
             os.write(
                 write_fd, f"{child['Rss']} {child['Private_Clean'] + child['Private_Dirty']} {peak}".encode()
             )
