@@ -32,7 +32,7 @@ from worker.app import build_worker_app
 from worker.encoder import StaticEncoder
 from worker.message_guard import GuardedConsumer, GuardedTransport
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 LOG_WAIT_S = 10.0
 

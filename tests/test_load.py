@@ -17,7 +17,7 @@ from producer import EmbeddingClient
 from tests.worker_fixtures import REPO_ROOT, WorkerProcess
 from worker.encoder import StaticEncoder
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 PRODUCERS, REQUESTS, BULK_JOBS, BULK_TEXTS = 20, 50, 3, 3_000
 

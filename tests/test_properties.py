@@ -40,6 +40,8 @@ from tests.test_client import sent_tasks
 from worker.encoder import StaticEncoder
 from worker.tasks import CollectionSinks, TextLimits, register_tasks
 
+pytestmark = pytest.mark.timeout(60)
+
 MAX_TEXTS, MAX_TEXT_CHARS = 8, 40
 LIMITS = TextLimits(MAX_TEXTS, MAX_TEXT_CHARS)
 EXAMPLES = settings(max_examples=150, deadline=None)

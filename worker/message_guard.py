@@ -67,19 +67,26 @@ def _check_envelope(message: Any) -> None:
             raise KeyError(f"delivery_info.{key}")
 
 
+def _connection_gone(channel: Any) -> bool:
+    """Whether the channel's broker connection was closed (or its transport collected) after a loss."""
+    return channel.connection is None or channel.connection.client is None
+
+
 class GuardedQoS(kombu_redis.QoS):
-    """kombu's Redis QoS, surviving a lost broker connection while it holds unacknowledged messages."""
+    """kombu's Redis QoS, surviving a lost broker connection while it holds unacknowledged messages.
+
+    When the broker connection drops, Celery 5.7 collects the transport, closes the channel and
+    reconnects on a new one. kombu then fails with AttributeError on the missing client, which
+    stopped the worker ("Unrecoverable error"), in two places: restoring the messages the old
+    channel held (a running acks-late task, a scheduled retry) while it closes, and acking or
+    rejecting such a message once its task ends after the reconnection. Neither can reach the
+    broker through the old channel: the messages stay in the broker's unacked index, where a
+    worker restores them after the visibility timeout (or were lost with a broker restart).
+    """
 
     def restore_unacked(self, client: Any = None) -> Any:
-        """Put delivered, unacknowledged messages back on their queues, if the connection still allows it.
-
-        When the broker connection drops, Celery 5.7 collects the transport before it closes the
-        channel, and kombu's restore then fails with AttributeError on the missing client: the
-        worker stopped ("Unrecoverable error") whenever it held a running acks-late task or a
-        scheduled retry. Those messages stay in the broker's unacked index, where any worker
-        restores them after the visibility timeout (or the broker lost them with a restart).
-        """
-        if client is None and self.channel.connection.client is None:
+        """Put delivered, unacknowledged messages back on their queues, if the connection still allows it."""
+        if client is None and _connection_gone(self.channel):
             logger.warning(
                 "the broker connection was lost with %d unacknowledged messages: the broker redelivers "
                 "them after the visibility timeout",
@@ -88,6 +95,28 @@ class GuardedQoS(kombu_redis.QoS):
             self._delivered.clear()
             return None
         return super().restore_unacked(client)  # type: ignore[no-untyped-call]
+
+    def ack(self, delivery_tag: str) -> None:
+        """Acknowledge a message, unless it came through a connection that is gone (see the class)."""
+        if _connection_gone(self.channel):
+            self._forget(delivery_tag)
+            return
+        super().ack(delivery_tag)  # type: ignore[no-untyped-call]
+
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        """Reject a message, unless it came through a connection that is gone (see the class)."""
+        if _connection_gone(self.channel):
+            self._forget(delivery_tag)
+            return
+        super().reject(delivery_tag, requeue)  # type: ignore[no-untyped-call]
+
+    def _forget(self, delivery_tag: str) -> None:
+        logger.warning(
+            "a task ended after the broker connection it came through was lost: its message %s cannot be "
+            "acknowledged, and the broker redelivers it after the visibility timeout if it still has it",
+            delivery_tag,
+        )
+        self._delivered.pop(delivery_tag, None)
 
 
 class GuardedChannel(kombu_redis.Channel):
