@@ -187,13 +187,17 @@ def _print_round(number: int, run: LoadRun, wrong: int, args: argparse.Namespace
     latencies_ms = [s * 1000 for s in run.single_latencies_s]
     singles = len(run.single_latencies_s)
     bulk_docs = sum(len(texts) for texts in run.bulk_texts)
+    bulk = (
+        f"{len(run.bulk_texts)}/{args.bulk_jobs} bulk jobs of {args.bulk_texts} texts in "
+        f"{', '.join(f'{s:.2f}' for s in sorted(run.bulk_durations_s))} s; "
+        if args.bulk_jobs
+        else ""
+    )
     print(
         f"round {number}: {singles}/{args.producers * args.requests} single queries, "
         f"p50 {_percentile(latencies_ms, 50):.1f} ms, p99 {_percentile(latencies_ms, 99):.1f} ms, "
-        f"max {max(latencies_ms):.1f} ms; {singles / run.wall_s:.0f} queries/s; "
-        f"{len(run.bulk_texts)}/{args.bulk_jobs} bulk jobs of {args.bulk_texts} texts in "
-        f"{', '.join(f'{s:.2f}' for s in run.bulk_durations_s)} s; "
-        f"{(singles + bulk_docs) / run.wall_s:.0f} texts/s overall; wall {run.wall_s:.2f} s; "
+        f"max {max(latencies_ms):.1f} ms, {singles / run.wall_s:.0f} queries/s; {bulk}"
+        f"{(singles + bulk_docs) / run.wall_s:.0f} texts/s in all; wall {run.wall_s:.2f} s; "
         f"errors {len(run.errors)}; wrong vectors {wrong}",
         flush=True,
     )
