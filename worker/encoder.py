@@ -53,6 +53,33 @@ def _median_token_length(tokenizer: Tokenizer) -> int:
     return int(np.median([len(token) for token in tokenizer.get_vocab()]))
 
 
+def _checked_max_length(value: object, source_dir: Path) -> int | None:
+    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+        return value
+    raise ModelLoadError(
+        f"{source_dir}/config.json: max_length must be a positive number of tokens or null, got {value!r}"
+    )
+
+
+def _check_values(
+    table: np.ndarray, weights: np.ndarray | None, mapping: np.ndarray | None, source: Path
+) -> None:
+    """Refuse at load what would serve NaN or wrong vectors on every request instead."""
+    if not np.isfinite(table).all():
+        raise ModelLoadError(
+            f"{source}: the embedding table holds NaN or infinite values; the file is corrupt"
+        )
+    if weights is not None and not np.isfinite(weights).all():
+        raise ModelLoadError(
+            f"{source}: the 'weights' tensor holds NaN or infinite values; the file is corrupt"
+        )
+    if mapping is not None and len(mapping) and (int(mapping.min()) < 0 or int(mapping.max()) >= len(table)):
+        raise ModelLoadError(
+            f"{source}: 'mapping' points outside the {len(table)}-row table "
+            f"(values {int(mapping.min())}..{int(mapping.max())}); the model files do not belong together"
+        )
+
+
 def _check_texts(texts: object) -> Sequence[str]:
     """Accept a list or tuple of str; otherwise raise one error naming the offending item."""
     if isinstance(texts, str | bytes) or not isinstance(texts, Sequence):
@@ -92,8 +119,9 @@ class StaticEncoder:
         self.model_id: str = files.model_id
         self.source_dir: Path = files.source_dir
         self.normalize: bool = bool(config.get("normalize", False)) if normalize is None else normalize
-        self.max_length: int | None = (
-            config.get("max_length", DEFAULT_MAX_LENGTH) if isinstance(max_length, _Unset) else max_length
+        self.max_length: int | None = _checked_max_length(
+            config.get("max_length", DEFAULT_MAX_LENGTH) if isinstance(max_length, _Unset) else max_length,
+            files.source_dir,
         )
         table = files.embeddings
         self._integer_table = table.dtype.kind in "iu"
@@ -116,6 +144,7 @@ class StaticEncoder:
             )
         if self._weights is not None and len(self._weights) < rows_needed:
             raise ModelLoadError(f"{self.source_dir}: 'weights' has fewer entries than the vocabulary")
+        _check_values(self._table, self._weights, self._mapping, self.source_dir)
 
     @classmethod
     def from_pretrained(
