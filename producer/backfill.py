@@ -22,11 +22,14 @@ from typing import Any
 
 from producer.backfill_state import BackfillState, ChunkRecord, load_progress
 from producer.client import EmbeddingClient
-from producer.errors import BrokerUnavailableError, ConfigError, EmbedqError
+from producer.errors import BrokerUnavailableError, ConfigError, EmbedqError, TransientError
+from producer.job import TaskOutcome
 from producer.readers import Document, FieldNames, Rejected, count_records, detect_format, read_documents
 from producer.wire import UpsertResult
 
 _POLL_S = 0.02
+_WORKER_CHECK_AFTER_S = 10.0
+_STOP_AFTER_TRANSIENT_FAILURES = 3
 _MAX_ERRORS_KEPT = 20
 
 
@@ -116,35 +119,51 @@ class _Run:
     errors: list[str] = field(default_factory=list)
     # task id -> (chunk index, documents sent, records rejected before sending)
     in_flight: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+    transient_failures_in_a_row: int = 0
 
     def note_error(self, message: str) -> None:
         if len(self.errors) < _MAX_ERRORS_KEPT:
             self.errors.append(message)
 
 
+def _record(run: _Run, task_id: str, outcome: TaskOutcome) -> None:
+    chunk_index, sent, rejected = run.in_flight.pop(task_id)
+    error = outcome.error
+    if error is not None:
+        # Not confirmed: a later run retries this chunk.
+        run.failed += sent + rejected
+        run.transient_failures_in_a_row = (
+            run.transient_failures_in_a_row + 1 if isinstance(error, TransientError) else 0
+        )
+        run.note_error(f"chunk {chunk_index} ({sent} documents): {type(error).__name__}: {error}")
+        return
+    run.transient_failures_in_a_row = 0
+    written = UpsertResult.decode(outcome.value).written
+    run.written += written
+    run.failed += rejected
+    run.state.confirm(ChunkRecord(chunk_index, written, rejected))
+
+
 def _collect(client: EmbeddingClient, run: _Run, *, block: bool) -> None:
-    """Record finished chunks; with ``block``, wait until at least one in-flight chunk finishes."""
+    """Record finished chunks; with ``block``, wait until at least one in-flight chunk finishes.
+
+    While nothing finishes for a while, check that a worker still serves the queue: with none,
+    NoWorkerError ends the run (resumable) instead of waiting forever.
+    """
+    last_progress = time.monotonic()
     while run.in_flight:
         task_ids = list(run.in_flight)
         finished = 0
         for task_id, outcome in zip(task_ids, client.reader.outcomes(task_ids), strict=True):
-            if outcome.state not in ("done", "failed"):
-                continue
-            finished += 1
-            chunk_index, sent, rejected = run.in_flight.pop(task_id)
-            if outcome.error is not None:
-                # Not confirmed: a later run retries this chunk.
-                run.failed += sent + rejected
-                error = outcome.error
-                run.note_error(f"chunk {chunk_index} ({sent} documents): {type(error).__name__}: {error}")
-                continue
-            written = UpsertResult.decode(outcome.value).written
-            run.written += written
-            run.failed += rejected
-            run.state.confirm(ChunkRecord(chunk_index, written, rejected))
+            if outcome.state in ("done", "failed"):
+                finished += 1
+                _record(run, task_id, outcome)
         run.state.check_broker()
         if finished or not block:
             return
+        if time.monotonic() - last_progress > _WORKER_CHECK_AFTER_S:
+            client.model_dim()  # raises NoWorkerError when no worker is left
+            last_progress = time.monotonic()
         time.sleep(_POLL_S)
 
 
@@ -158,6 +177,8 @@ def _process_chunk(
 ) -> None:
     """Skip a confirmed chunk, or send it once fewer than ``max_in_flight`` chunks are queued."""
     done = run.state.confirmed(chunk_index)
+    if run.transient_failures_in_a_row >= _STOP_AFTER_TRANSIENT_FAILURES:
+        return  # Milvus or the workers are down: more chunks would only fail one by one
     if done is not None:
         run.skipped += done.written + done.rejected
         return
@@ -206,6 +227,11 @@ def run_backfill(
         while run.in_flight:
             _collect(client, run, block=True)
             report("running")
+        if run.transient_failures_in_a_row >= _STOP_AFTER_TRANSIENT_FAILURES:
+            run.note_error(
+                f"stopped sending after {run.transient_failures_in_a_row} chunks in a row failed with a "
+                "transient error (Milvus or the workers down); fix it and run the same command to resume"
+            )
         status = "done" if state.all_confirmed() else "failed"
     except EmbedqError:
         status = "failed"

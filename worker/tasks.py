@@ -63,7 +63,7 @@ class EmbedTask(Task):  # type: ignore[misc]  # Celery ships no type hints
     acks_late = True
     reject_on_worker_lost = True
     typing = False  # arguments are checked by EmbedRequest.decode, as a MessageDecodeError
-    throws = (PermanentError,)  # expected failures: logged without a traceback
+    throws = (PermanentError, TransientError)  # expected failures: logged without a traceback
     max_retries = 5
     default_retry_delay = 1  # s before re-running a task whose pool process died
     resultrepr_maxsize = 100  # the log line shows model, dim and count, not the vector bytes
