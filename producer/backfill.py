@@ -43,8 +43,8 @@ class BackfillOptions:
     id_field: str | None = "id"
     text_field: str = "text"
     metadata_fields: tuple[str, ...] | None = None
-    chunk_size: int = 256
-    max_in_flight: int = 8
+    chunk_size: int = 1000
+    max_in_flight: int = 4
     state_dir: Path = Path(".embedq/backfill")
 
     def __post_init__(self) -> None:

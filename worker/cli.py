@@ -165,10 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated fields kept as metadata (default: the others)",
     )
     backfill.add_argument(
-        "--chunk-size", type=_positive_int, default=256, help="documents per task (default: 256)"
+        "--chunk-size", type=_positive_int, default=1000, help="documents per task (default: 1000)"
     )
     backfill.add_argument(
-        "--max-in-flight", type=_positive_int, default=8, help="tasks queued at once (default: 8)"
+        "--max-in-flight", type=_positive_int, default=4, help="tasks queued at once (default: 4)"
     )
     backfill.set_defaults(run=_run_backfill)
 
