@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,6 +28,7 @@ from worker.pooling import mean_pool, normalize_rows, select_tokens
 
 DEFAULT_MAX_LENGTH: Final = 512
 DEFAULT_BATCH_SIZE: Final = 1024
+_TOKENIZE_AHEAD: Final = 2  # batches handed to the tokenizer ahead of the one being pooled
 
 
 class _Unset:
@@ -229,17 +231,19 @@ class StaticEncoder:
             if texts:
                 out[:] = self._pool(*self._token_ids(self._run_tokenizer(texts, limit), limit), do_normalize)
             return out
-        # The tokenizer (which releases the GIL and runs on all cores) works on the next batch on a
-        # helper thread while this thread reads the ids of the current one and pools them.
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedq-tokenize") as pool:
-            pending = pool.submit(self._run_tokenizer, texts[0:batch_size], limit)
-            for start in starts:
-                encodings = pending.result()
-                following = start + batch_size
-                if following < len(texts):
-                    pending = pool.submit(
-                        self._run_tokenizer, texts[following : following + batch_size], limit
-                    )
+        # The tokenizer releases the GIL and runs on all cores: two batches are kept in its hands on
+        # helper threads, so it always has work while this thread reads the ids of the current
+        # batch and pools them (closer to the bare tokenizer than one batch ahead, in bench_encoder).
+        batches = [texts[start : start + batch_size] for start in starts]
+        with ThreadPoolExecutor(max_workers=_TOKENIZE_AHEAD, thread_name_prefix="embedq-tokenize") as pool:
+            pending = deque(
+                pool.submit(self._run_tokenizer, batch, limit) for batch in batches[:_TOKENIZE_AHEAD]
+            )
+            for index, start in enumerate(starts):
+                encodings = pending.popleft().result()
+                following = index + _TOKENIZE_AHEAD
+                if following < len(batches):
+                    pending.append(pool.submit(self._run_tokenizer, batches[following], limit))
                 ids, lengths = self._token_ids(encodings, limit)
                 out[start : start + len(lengths)] = self._pool(ids, lengths, do_normalize)
         return out
