@@ -29,7 +29,8 @@ def _corpus(path: Path, count: int) -> Path:
 def _client(
     app: Celery, monkeypatch: pytest.MonkeyPatch, outcome: TaskOutcome
 ) -> tuple[EmbeddingClient, list[int]]:
-    client = EmbeddingClient(app=app, worker_wait_s=0.2, max_queue_depth=None)
+    # A model of its own: no worker of this session's other tests serves its queue.
+    client = EmbeddingClient(app=app, model="test/backfill-logic", worker_wait_s=0.2, max_queue_depth=None)
     sent: list[int] = []
 
     def submit(collection: str, documents: list[Document]) -> str:
