@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -184,34 +184,29 @@ class Job:
             "it may still complete: wait again with job.result() or check client.status(job_id)"
         )
 
-    def result(self, timeout_s: float | None = 60.0) -> np.ndarray:
-        """Wait for the (n, dim) float32 vectors in input order; raise the worker's typed error on failure."""
+    def _poll_delays(self, timeout_s: float | None) -> Iterator[float]:
+        """Yield the pauses between polls (growing, capped); raise ResultTimeoutError at the deadline."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         delay_s = _FIRST_POLL_S
         while True:
-            vectors = self._try_collect()
-            if vectors is not None:
-                return vectors
             if deadline is not None:
                 remaining_s = deadline - time.monotonic()
                 if remaining_s <= 0:
                     raise self._timeout(timeout_s or 0.0)
                 delay_s = min(delay_s, remaining_s)
-            time.sleep(delay_s)
+            yield delay_s
             delay_s = min(delay_s * _POLL_GROWTH, _MAX_POLL_S)
+
+    def result(self, timeout_s: float | None = 60.0) -> np.ndarray:
+        """Wait for the (n, dim) float32 vectors in input order; raise the worker's typed error on failure."""
+        delays = self._poll_delays(timeout_s)
+        while (vectors := self._try_collect()) is None:
+            time.sleep(next(delays))
+        return vectors
 
     async def result_async(self, timeout_s: float | None = 60.0) -> np.ndarray:
         """Await the vectors without blocking the event loop (each poll runs in a worker thread)."""
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        delay_s = _FIRST_POLL_S
-        while True:
-            vectors = await asyncio.to_thread(self._try_collect)
-            if vectors is not None:
-                return vectors
-            if deadline is not None:
-                remaining_s = deadline - time.monotonic()
-                if remaining_s <= 0:
-                    raise self._timeout(timeout_s or 0.0)
-                delay_s = min(delay_s, remaining_s)
-            await asyncio.sleep(delay_s)
-            delay_s = min(delay_s * _POLL_GROWTH, _MAX_POLL_S)
+        delays = self._poll_delays(timeout_s)
+        while (vectors := await asyncio.to_thread(self._try_collect)) is None:
+            await asyncio.sleep(next(delays))
+        return vectors
