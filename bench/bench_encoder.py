@@ -88,7 +88,9 @@ def bench_model(name: str, path: Path, texts: list[str], rounds: int) -> dict[st
     rates = {key: len(texts) / statistics.median(values) for key, values in seconds.items()}
     # Ratios are taken round by round (runs minutes apart see different machine load), then the median.
     vs_floor = statistics.median(f / o for f, o in zip(seconds["floor"], seconds["ours"], strict=True))
-    vs_reference = statistics.median(m / o for m, o in zip(seconds["model2vec"], seconds["ours"], strict=True))
+    vs_reference = statistics.median(
+        m / o for m, o in zip(seconds["model2vec"], seconds["ours"], strict=True)
+    )
     print(
         f"{name:<24} ours {rates['ours']:>7,.0f}/s  model2vec {rates['model2vec']:>7,.0f}/s  "
         f"floor {rates['floor']:>7,.0f}/s | ours/floor {vs_floor:.2f}x  ours/model2vec {vs_reference:.2f}x"
@@ -105,10 +107,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--distinct",
+        action="store_true",
+        help="drop repeated paragraphs first (the encoder tokenizes a repeated text once; the floor does not)",
+    )
     args = parser.parse_args()
     texts = paragraphs(args.docs)[: args.docs]
+    if args.distinct:
+        texts = list(dict.fromkeys(paragraphs(2 * args.docs)))[: args.docs]
     print(
-        f"corpus: {len(texts):,} stdlib docstring paragraphs, mean {sum(map(len, texts)) / len(texts):.0f} chars; "
+        f"corpus: {len(texts):,} stdlib docstring paragraphs ({len(set(texts)):,} distinct), "
+        f"mean {sum(map(len, texts)) / len(texts):.0f} chars; "
         f"{os.cpu_count()} cores; median of {args.rounds} alternating rounds, ratios per round"
     )
     with tempfile.TemporaryDirectory() as tmp:

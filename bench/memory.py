@@ -35,7 +35,9 @@ def fork_memory_report(model_dir: Path, children: int) -> None:
     from worker.encoder import StaticEncoder
 
     encoder = StaticEncoder.from_pretrained(model_dir)
-    print(f"model load: {time.perf_counter() - start:.2f} s; process before loading: RSS {baseline_kib / 1024:.1f} MiB")
+    print(
+        f"model load: {time.perf_counter() - start:.2f} s; process before loading: RSS {baseline_kib / 1024:.1f} MiB"
+    )
     parent = _smaps()
     peak_kib = _peak_rss_kib()
     print(

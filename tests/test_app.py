@@ -56,7 +56,7 @@ def test_run_worker_loads_once_and_passes_options_through(monkeypatch: pytest.Mo
     monkeypatch.setattr(worker.encoder.StaticEncoder, "from_pretrained", staticmethod(fake_from_pretrained))
     monkeypatch.setattr(Celery, "worker_main", lambda self, argv: started.append((self, argv)))
     run_worker(Settings(model="org/fake", concurrency=5), concurrency=3, queues=["q1"], loglevel="DEBUG")
-    (app, argv), = started
+    ((app, argv),) = started
     assert loaded == ["org/fake"] and encoder.calls == 0
     assert argv[0] == "worker" and "--pool=prefork" in argv
     assert "--concurrency=3" in argv and "--loglevel=DEBUG" in argv

@@ -115,6 +115,14 @@ def test_batch_size_does_not_change_vectors(tiny_model: Path) -> None:
     np.testing.assert_array_equal(encoder.encode(texts, batch_size=1), encoder.encode(texts))
 
 
+def test_repeated_texts_get_the_vectors_of_their_first_occurrence(tiny_model: Path) -> None:
+    encoder = StaticEncoder.from_pretrained(tiny_model)
+    texts = [PARITY_TEXTS[i % 7] for i in range(0, 300, 3)] + PARITY_TEXTS
+    vectors = encoder.encode(texts, batch_size=4)
+    np.testing.assert_array_equal(vectors, np.stack([encoder.encode([text])[0] for text in texts]))
+    _assert_parity(tiny_model, texts, batch_size=4)
+
+
 def test_ten_megabyte_text_encodes(tiny_model: Path) -> None:
     encoder = StaticEncoder.from_pretrained(tiny_model)
     vectors = encoder.encode(["fox jumps " * 1_000_000])
@@ -133,6 +141,7 @@ def test_ten_megabyte_text_encodes(tiny_model: Path) -> None:
         (["ok", "fine", b"raw"], r"texts\[2\] must be str, got bytes"),
         ([("a", "pair")], r"texts\[0\] must be str, got tuple"),
         (["ok", "bad \ud800 surrogate"], r"texts\[1\] is not valid Unicode"),
+        (["ok", "ok", "ok", "bad \ud800 surrogate"], r"texts\[3\] is not valid Unicode"),
     ],
 )
 def test_bad_input_raises_one_typed_error_naming_the_item(

@@ -116,7 +116,10 @@ def test_credentials_never_show() -> None:
         ("redis://:pw@host:6379/0", "redis://:***@host:6379/0"),
         ("redis://user:p@ss@host/0", "redis://user:***@host/0"),
         ("redis://token@host/0", "redis://***@host/0"),
-        ("rediss://host/0?password=pw&ssl_cert_reqs=required", "rediss://host/0?password=%2A%2A%2A&ssl_cert_reqs=required"),
+        (
+            "rediss://host/0?password=pw&ssl_cert_reqs=required",
+            "rediss://host/0?password=%2A%2A%2A&ssl_cert_reqs=required",
+        ),
     ],
 )
 def test_redact_url(url: str, redacted: str) -> None:
