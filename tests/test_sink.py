@@ -14,6 +14,7 @@ from producer.ids import document_id
 from tests.milvus_fixtures import DIM
 from worker.milvus_connection import connect_milvus
 from worker.sink import MilvusSink
+from worker.upsert_request import ColumnUpsert
 
 pytestmark = pytest.mark.integration
 
@@ -206,3 +207,59 @@ def test_concurrent_creation_gives_one_collection_both_sinks_can_use(
 
 def test_server_kind_is_detected(milvus_uri: str, make_sink: SinkFactory) -> None:
     assert make_sink().server_kind == ("lite" if milvus_uri.endswith(".db") else "server")
+
+
+AWKWARD_ROWS = {
+    "ids": ["plain", "ünïcode ✓", 'quote "q"', "x" * 512],
+    "texts": ["", "中文 and emoji 🎉", "tab\tnew\nline", "é" * 32767],
+    "metadata": [{}, {"nested": {"list": [1, 2.5, None, "é"], "flag": True}}, {"n": -1}, {"big": 2**62}],
+}
+
+
+def test_column_wise_requests_are_byte_for_byte_pymilvus_own(make_sink: SinkFactory) -> None:
+    sink = make_sink()
+    vectors = unit_vectors(4, seed=9)
+    vectors[0, :3] = [0.0, -0.0, 1e-38]
+    assert sink.upsert(AWKWARD_ROWS["ids"], AWKWARD_ROWS["texts"], AWKWARD_ROWS["metadata"], vectors) == 4
+    builder = sink._column_upsert
+    assert builder is not None, "the column-wise path was not taken with this pymilvus"
+    rows = sink._rows(AWKWARD_ROWS["ids"], AWKWARD_ROWS["texts"], AWKWARD_ROWS["metadata"], vectors)
+    assert builder.same_as_row_request(rows.column_request(builder), rows.as_dicts())
+    stored = sink.client.query(
+        sink.collection,
+        filter='id == "ünïcode ✓"',
+        output_fields=["text", "metadata", "vector"],
+        consistency_level="Strong",
+    )[0]
+    assert stored["text"] == AWKWARD_ROWS["texts"][1]
+    assert stored["metadata"] == AWKWARD_ROWS["metadata"][1]
+    np.testing.assert_array_equal(np.asarray(stored["vector"], dtype=np.float32), vectors[1])
+
+
+def test_a_column_wise_builder_that_differs_from_pymilvus_is_not_used(
+    make_sink: SinkFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original_build = ColumnUpsert.build
+
+    def off_by_one_vector(self: ColumnUpsert, ids, vectors, texts, metadata):  # type: ignore[no-untyped-def]
+        return original_build(self, ids, vectors + 1.0, texts, metadata)
+
+    monkeypatch.setattr(ColumnUpsert, "build", off_by_one_vector)
+    sink = make_sink()
+    vectors = unit_vectors(12, seed=4)
+    ids = [f"doc-{i}" for i in range(12)]
+    assert sink.upsert(ids, ids, [{}] * 12, vectors) == 12
+    assert sink._column_checked and sink._column_upsert is None
+    assert sink.upsert(ids[:2], ids[:2], [{}] * 2, vectors[:2]) == 2
+    assert sink.search(vectors[7], top_k=1, consistency_level="Strong")[0]["id"] == "doc-7"
+
+
+def test_without_the_column_wise_calls_the_public_upsert_is_used(
+    make_sink: SinkFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ColumnUpsert, "create", classmethod(lambda cls, *args, **kwargs: None))
+    sink = make_sink()
+    vectors = unit_vectors(3, seed=2)
+    assert sink.upsert(["a", "b", "c"], ["a", "b", "c"], [{}] * 3, vectors) == 3
+    assert sink._column_upsert is None
+    assert sink.search(vectors[2], top_k=1, consistency_level="Strong")[0]["id"] == "c"

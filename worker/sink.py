@@ -12,6 +12,7 @@ import json
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Any, Literal, NotRequired, TypedDict, TypeVar
 
 import grpc
@@ -29,6 +30,7 @@ from producer.errors import (
 )
 from worker.lite_server import LiteWriteLock, ensure_lite_server, is_lite_path
 from worker.milvus_connection import connect_milvus, describe_error, is_transient
+from worker.upsert_request import ColumnUpsert
 
 ServerKind = Literal["lite", "server"]
 T = TypeVar("T")
@@ -45,6 +47,7 @@ SEARCHABLE_FIELDS = (TEXT_FIELD, METADATA_FIELD)
 
 _COLLECTION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
 _NOT_LOADED_CODE = 101
+_COLUMN_CHECK_ROWS = 8  # rows compared with pymilvus' own request before the column-wise path is used
 
 
 class SearchHit(TypedDict):
@@ -89,6 +92,9 @@ class MilvusSink:
         self._server_kind = server_kind
         self._write_lock = write_lock
         self._ready = False
+        self._fields: list[dict[str, Any]] = []
+        self._column_upsert: ColumnUpsert | None = None
+        self._column_checked = False
 
     @property
     def server_kind(self) -> ServerKind:
@@ -117,22 +123,58 @@ class MilvusSink:
         vectors: np.ndarray,
     ) -> int:
         """Write rows (insert or replace by id); return how many distinct rows Milvus acknowledged."""
-        rows, row_bytes = self._rows(ids, texts, metadata, vectors)
-        if not rows:
+        rows = self._rows(ids, texts, metadata, vectors)
+        if not rows.ids:
             return 0
         self._ensure_ready()
         written = 0
-        for batch in _batches(rows, row_bytes, self.max_request_bytes):
+        for part in rows.batches(self.max_request_bytes):
+            with self._errors("upsert into", InvalidInputError):
+                # Built before taking the Lite write lock, so that the lock is held only for the write.
+                request = self._column_request(part)
             with self._errors("upsert into", InvalidInputError), self._write_guard():
-                result = self.client.upsert(self.collection, batch, timeout=self.timeout_s)
-            acknowledged = int(result["upsert_count"])
-            if acknowledged != len(batch):
+                if request is not None and self._column_upsert is not None:
+                    acknowledged = self._column_upsert.send(request, self.timeout_s)
+                else:
+                    result = self.client.upsert(self.collection, part.as_dicts(), timeout=self.timeout_s)
+                    acknowledged = int(result["upsert_count"])
+            if acknowledged != len(part.ids):
                 raise SinkUnavailableError(
-                    f"Milvus acknowledged {acknowledged} of {len(batch)} rows upserted into "
+                    f"Milvus acknowledged {acknowledged} of {len(part.ids)} rows upserted into "
                     f"{self.collection!r}: retry the request (upserts are idempotent)"
                 )
             written += acknowledged
         return written
+
+    def _column_request(self, part: _Rows) -> Any | None:
+        """Build the column-wise request for ``part``; ``None`` means: use ``MilvusClient.upsert``.
+
+        On the first call, the column-wise builder is checked against pymilvus' own row request
+        on a few rows; if they differ in any byte, this sink keeps to ``MilvusClient.upsert``.
+        """
+        if self._column_checked and self._column_upsert is None:
+            return None
+        if not self._column_checked:
+            self._column_checked = True
+            self._column_upsert = ColumnUpsert.create(
+                self.client,
+                self.collection,
+                self._fields,
+                id_field=ID_FIELD,
+                vector_field=VECTOR_FIELD,
+                text_field=TEXT_FIELD,
+                metadata_field=METADATA_FIELD,
+            )
+            if self._column_upsert is None:
+                return None
+            sample = part.head(_COLUMN_CHECK_ROWS)
+            if not self._column_upsert.same_as_row_request(
+                sample.column_request(self._column_upsert), sample.as_dicts()
+            ):
+                self._column_upsert = None
+                return None
+        assert self._column_upsert is not None
+        return part.column_request(self._column_upsert)
 
     def search(
         self,
@@ -248,7 +290,8 @@ class MilvusSink:
 
     def _check_recorded_model(self) -> None:
         description = self.client.describe_collection(self.collection, timeout=self.timeout_s)
-        fields = {field["name"]: field for field in description.get("fields", [])}
+        self._fields = list(description.get("fields", []))
+        fields = {field["name"]: field for field in self._fields}
         try:
             record = json.loads(description.get("properties", {})[MODEL_PROPERTY])
             recorded_model, recorded_dim = str(record["model_id"]), int(record["dim"])
@@ -321,8 +364,8 @@ class MilvusSink:
         texts: Sequence[str],
         metadata: Sequence[dict[str, Any]],
         vectors: np.ndarray,
-    ) -> tuple[list[dict[str, Any]], list[int]]:
-        """Validate one upsert request and build its rows (the last occurrence of a repeated id wins)."""
+    ) -> _Rows:
+        """Validate one upsert request and keep its rows (the last occurrence of a repeated id wins)."""
         checked_ids = _checked_ids(ids)
         matrix = np.asarray(vectors, dtype=np.float32)
         if matrix.ndim != 2:
@@ -341,21 +384,69 @@ class MilvusSink:
         if not np.isfinite(matrix).all():
             raise InvalidInputError("vectors contain NaN or infinity: check the encoder output")
         last_row = {doc_id: row for row, doc_id in enumerate(checked_ids)}
-        rows: list[dict[str, Any]] = []
-        row_bytes: list[int] = []
-        for row in sorted(last_row.values()):
-            text, meta = texts[row], metadata[row]
-            text_bytes, meta_json = _checked_text(text, row), _checked_metadata(meta, row)
-            rows.append(
-                {
-                    ID_FIELD: checked_ids[row],
-                    VECTOR_FIELD: matrix[row],
-                    TEXT_FIELD: text,
-                    METADATA_FIELD: meta,
-                }
+        kept = sorted(last_row.values())
+        sizes = [
+            len(checked_ids[row])
+            + _checked_text(texts[row], row)
+            + len(_checked_metadata(metadata[row], row))
+            + 4 * self.dim
+            + 64
+            for row in kept
+        ]
+        if len(kept) == len(checked_ids):
+            return _Rows(checked_ids, list(texts), list(metadata), matrix, sizes)
+        return _Rows(
+            [checked_ids[row] for row in kept],
+            [texts[row] for row in kept],
+            [metadata[row] for row in kept],
+            matrix[np.array(kept, dtype=np.intp)],
+            sizes,
+        )
+
+
+@dataclass
+class _Rows:
+    """Validated rows of one upsert, column by column, with each row's estimated request bytes."""
+
+    ids: list[str]
+    texts: list[str]
+    metadata: list[dict[str, Any]]
+    vectors: np.ndarray
+    sizes: list[int]
+
+    def slice(self, start: int, end: int) -> _Rows:
+        return _Rows(
+            self.ids[start:end],
+            self.texts[start:end],
+            self.metadata[start:end],
+            self.vectors[start:end],
+            self.sizes[start:end],
+        )
+
+    def head(self, count: int) -> _Rows:
+        return self.slice(0, count)
+
+    def batches(self, max_bytes: int) -> Iterator[_Rows]:
+        """Split into requests of at most ``max_bytes`` (estimated), at least one row each."""
+        start, size = 0, 0
+        for end, nbytes in enumerate(self.sizes):
+            if end > start and size + nbytes > max_bytes:
+                yield self.slice(start, end)
+                start, size = end, 0
+            size += nbytes
+        yield self.slice(start, len(self.sizes))
+
+    def as_dicts(self) -> list[dict[str, Any]]:
+        """Return the rows as ``MilvusClient.upsert`` takes them."""
+        return [
+            {ID_FIELD: doc_id, VECTOR_FIELD: vector, TEXT_FIELD: text, METADATA_FIELD: meta}
+            for doc_id, vector, text, meta in zip(
+                self.ids, self.vectors, self.texts, self.metadata, strict=True
             )
-            row_bytes.append(len(checked_ids[row]) + text_bytes + len(meta_json) + 4 * self.dim + 64)
-        return rows, row_bytes
+        ]
+
+    def column_request(self, builder: ColumnUpsert) -> Any:
+        return builder.build(self.ids, self.vectors, self.texts, self.metadata)
 
 
 def open_sink(
@@ -411,19 +502,6 @@ def _checked_metadata(meta: object, row: int) -> str:
         raise InvalidInputError(
             f"metadata #{row} is not JSON-serialisable ({exc}): use plain JSON values"
         ) from exc
-
-
-def _batches(
-    rows: list[dict[str, Any]], row_bytes: list[int], max_bytes: int
-) -> Iterator[list[dict[str, Any]]]:
-    """Split rows into requests of at most ``max_bytes`` (estimated), at least one row each."""
-    start, size = 0, 0
-    for end, nbytes in enumerate(row_bytes):
-        if end > start and size + nbytes > max_bytes:
-            yield rows[start:end]
-            start, size = end, 0
-        size += nbytes
-    yield rows[start:]
 
 
 def _hit(raw: dict[str, Any], fields: list[str]) -> SearchHit:
