@@ -7,9 +7,12 @@ Throughput, per Milvus kind (Milvus Lite through the shared Lite server, as work
 Milvus 2.3.5 server of the ``milvus`` wheel), for each setting CHUNKxIN_FLIGHT, round by round:
   backfill  run_backfill of a JSONL corpus (stdlib docstring paragraphs, unique ids) through one real
             worker (prefork, 2 processes) on a real Redis, into a fresh collection
-  floor     MilvusSink.upsert of the SAME vectors, encoded beforehand in this process (not timed), into a
-            fresh collection of the same schema and index, in batches of the backfill's chunk size
-The two alternate in order; the ratio is the median of the per-round ratios. Every run also shows the
+  floor     a bare pymilvus upsert: MilvusClient.upsert(rows) of the SAME vectors, encoded beforehand in
+            this process (not timed), into a fresh collection of the same schema and index, in batches
+            of the backfill's chunk size, from one client (on Lite: to the shared Lite server)
+  sink      the same precomputed vectors through embedq's own write path, MilvusSink.upsert (column-wise
+            requests; on Lite, under the write lock): shows how much of the result is the write path
+The three rotate in order; ratios are the medians of the per-round ratios. Every run also shows the
 CPU used by the Milvus process, the worker, this process (producer or floor client), Redis and everyone
 else on the machine, in cores: the evidence for where the time goes. Collections are created before the
 timed part and never dropped (dropping 50k rows on Lite takes 9-18 s): they go with the temp directory.
@@ -259,7 +262,29 @@ class Corpus:
 
 
 def floor_run(target: MilvusTarget, corpus: Corpus, name: str, batch: int, meter: CpuMeter) -> float:
-    """Upsert the precomputed vectors in batches of ``batch`` into a fresh collection; return docs/s."""
+    """Upsert the precomputed vectors with bare pymilvus, ``batch`` rows a call; return docs/s."""
+    from pymilvus import MilvusClient
+
+    from worker.lite_server import ensure_lite_server, is_lite_path
+    from worker.sink import open_sink
+
+    sink = open_sink(target.uri, None, name, corpus.model_id, int(corpus.vectors.shape[1]))
+    sink.ensure_collection()  # the same schema and index as the backfill's collection
+    sink.close()
+    client = MilvusClient(uri=ensure_lite_server(target.uri) if is_lite_path(target.uri) else target.uri)
+    rows = [
+        {"id": doc_id, "vector": vector, "text": text, "metadata": {}}
+        for doc_id, vector, text in zip(corpus.ids, corpus.vectors, corpus.texts, strict=True)
+    ]
+    with meter:
+        for start in range(0, len(rows), batch):
+            client.upsert(name, rows[start : start + batch])
+    client.close()
+    return _checked_rate(target, corpus, name, meter)
+
+
+def sink_run(target: MilvusTarget, corpus: Corpus, name: str, batch: int, meter: CpuMeter) -> float:
+    """Upsert the precomputed vectors through MilvusSink, ``batch`` rows a call; return docs/s."""
     from worker.sink import open_sink
 
     sink = open_sink(target.uri, None, name, corpus.model_id, int(corpus.vectors.shape[1]))
@@ -274,6 +299,14 @@ def floor_run(target: MilvusTarget, corpus: Corpus, name: str, batch: int, meter
                 empty[start:stop],
                 corpus.vectors[start:stop],
             )
+    sink.close()
+    return _checked_rate(target, corpus, name, meter)
+
+
+def _checked_rate(target: MilvusTarget, corpus: Corpus, name: str, meter: CpuMeter) -> float:
+    from worker.sink import open_sink
+
+    sink = open_sink(target.uri, None, name, corpus.model_id, int(corpus.vectors.shape[1]))
     _check_count(sink.count(), len(corpus.ids), name)
     sink.close()
     return len(corpus.ids) / meter.wall_s
@@ -307,6 +340,7 @@ def _check_count(count: int, expected: int, name: str) -> None:
 # --- per Milvus kind -----------------------------------------------------------------------------
 
 
+CONTENDERS = ("floor", "sink", "backfill")
 Setting = tuple[int, int]
 """(chunk size, max in flight) of a backfill; the floor upserts in batches of the same chunk size."""
 
@@ -324,12 +358,12 @@ class Plan:
 class Results:
     """docs/s and CPU shares of every run of one setting on one Milvus kind."""
 
-    rates: dict[str, list[float]] = field(default_factory=lambda: {"backfill": [], "floor": []})
-    cores: dict[str, list[dict[str, float]]] = field(default_factory=lambda: {"backfill": [], "floor": []})
+    rates: dict[str, list[float]] = field(default_factory=lambda: {key: [] for key in CONTENDERS})
+    cores: dict[str, list[dict[str, float]]] = field(default_factory=lambda: {key: [] for key in CONTENDERS})
 
-    def ratios(self) -> list[float]:
-        """backfill/floor of each round (the two runs of a round are back to back)."""
-        return [b / f for b, f in zip(self.rates["backfill"], self.rates["floor"], strict=True)]
+    def ratios(self, against: str = "floor") -> list[float]:
+        """backfill/``against`` of each round (the runs of a round are back to back)."""
+        return [b / f for b, f in zip(self.rates["backfill"], self.rates[against], strict=True)]
 
 
 def bench_kind(target: MilvusTarget, redis_url: str, corpus: Corpus, plan: Plan) -> dict[Setting, Results]:
@@ -381,7 +415,7 @@ def _bench_round(
     round_no: int,
     results: Results,
 ) -> None:
-    """One floor run and one backfill run of ``setting``, in alternating order, into fresh collections."""
+    """One run of each contender with ``setting``, in rotating order, into fresh collections."""
     chunk_size, max_in_flight = setting
     tag = f"{target.kind}_c{chunk_size}_f{max_in_flight}_r{round_no}"
     options = BackfillOptions(
@@ -390,10 +424,11 @@ def _bench_round(
     )  # fmt: skip
     runs: list[tuple[str, Callable[[CpuMeter], float]]] = [
         ("floor", lambda meter: floor_run(target, corpus, f"bench_floor_{tag}", chunk_size, meter)),
+        ("sink", lambda meter: sink_run(target, corpus, f"bench_sink_{tag}", chunk_size, meter)),
         ("backfill", lambda meter: backfill_run(client, target, corpus, options, meter)),
     ]
-    if round_no % 2:
-        runs.reverse()
+    shift = round_no % len(runs)
+    runs = runs[shift:] + runs[:shift]
     for what, run in runs:
         meter = CpuMeter(roles, target.write_lock)
         results.rates[what].append(run(meter))
@@ -405,14 +440,16 @@ def _bench_round(
 
 
 def _print_setting(kind: str, chunk_size: int, max_in_flight: int, results: Results) -> None:
-    backfill, floor = (statistics.median(results.rates[key]) for key in ("backfill", "floor"))
-    ratios = results.ratios()
+    backfill, floor, sink = (statistics.median(results.rates[key]) for key in ("backfill", "floor", "sink"))
+    ratios, sink_ratios = results.ratios(), results.ratios("sink")
     print(
         f"  {kind:<6} chunk {chunk_size:>4} in-flight {max_in_flight}: backfill {backfill:>7,.0f} docs/s  "
         f"floor {floor:>7,.0f} docs/s  backfill/floor {statistics.median(ratios):.2f}x "
-        f"(median of rounds; {', '.join(f'{r:.2f}' for r in ratios)})"
+        f"(median of rounds; {', '.join(f'{r:.2f}' for r in ratios)})\n"
+        f"  {'':<6} {'':>25}  sink  {sink:>7,.0f} docs/s  backfill/sink  {statistics.median(sink_ratios):.2f}x "
+        f"(median of rounds; {', '.join(f'{r:.2f}' for r in sink_ratios)})"
     )
-    for what in ("backfill", "floor"):
+    for what in CONTENDERS:
         runs = results.cores[what]
         median_cores = {role: statistics.median(c[role] for c in runs) for role in runs[0]}
         print(f"      median cores during {what:<8}: {show_cores(median_cores)}")
@@ -589,7 +626,7 @@ def parse_args() -> argparse.Namespace:
 
 def print_summary(results: dict[str, dict[Setting, Results]]) -> None:
     """One line per Milvus kind and setting: the ratio against the 0.8x target."""
-    print("summary (target: backfill >= 0.8x the floor):")
+    print("summary (target: backfill >= 0.8x the floor, a bare pymilvus upsert of the same vectors):")
     for kind, by_setting in results.items():
         for (chunk_size, max_in_flight), result in by_setting.items():
             ratio = statistics.median(result.ratios())
@@ -617,10 +654,10 @@ def main() -> None:
         print(
             f"corpus: {len(corpus.ids):,} stdlib docstring paragraphs, mean "
             f"{sum(map(len, corpus.texts)) / len(corpus.ids):.0f} chars; {os.cpu_count()} cores; Redis {redis_url}; "
-            f"{args.rounds} rounds, floor and backfill alternating"
+            f"{args.rounds} rounds, floor, sink and backfill rotating"
         )
         print(
-            "cores = CPU used, in cores: milvus process, worker (parent + 2 pool), bench (producer or floor client), "
+            "cores = CPU used, in cores: milvus process, worker (parent + 2 pool), bench (producer or writing client), "
             "redis, others; lock = share of the run the Lite write lock was held"
         )
         for kind in args.kinds.split(","):

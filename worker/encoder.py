@@ -7,7 +7,8 @@ L2-normalise. Output is always float32.
 
 Speed: the tokenizer's own thread pool tokenizes batch k+1 while batch k is pooled, and pooling
 is one sparse product (see :mod:`worker.pooling`), so an encode costs little more than tokenizing.
-Texts repeated within one call are tokenized and pooled once.
+Texts repeated within one call are tokenized and pooled once, and BERT-style tokenizers skip
+their normaliser on plain ASCII text (see :mod:`worker.tokenizing`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from tokenizers import Encoding, Tokenizer
 from producer.errors import InvalidInputError, ModelLoadError
 from worker.loader import ModelFiles, load_model_files
 from worker.pooling import mean_pool, normalize_rows, select_tokens
+from worker.tokenizing import TextTokenizer
 
 DEFAULT_MAX_LENGTH: Final = 512
 DEFAULT_BATCH_SIZE: Final = 1024
@@ -135,6 +137,7 @@ class StaticEncoder:
         self._tokenizer = Tokenizer.from_str(files.tokenizer.to_str())
         self._tokenizer.no_padding()
         self._tokenizer.no_truncation()  # truncation to max_length tokens is done on the ids
+        self._text_tokenizer = TextTokenizer(self._tokenizer)
         self._unk_id = _unk_token_id(self._tokenizer)
         self._median_token_length = _median_token_length(self._tokenizer)
         vocab_size = self._tokenizer.get_vocab_size()
@@ -181,7 +184,7 @@ class StaticEncoder:
             limit = max_length * self._median_token_length
             texts = [text[:limit] for text in texts]
         try:
-            return self._tokenizer.encode_batch_fast(texts, add_special_tokens=False)
+            return self._text_tokenizer.encode_batch(texts)
         except TypeError as exc:
             raise _find_unencodable(texts) from exc
 
