@@ -8,7 +8,7 @@ import pytest
 import static_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tokenizers import Tokenizer, normalizers
+from tokenizers import Tokenizer, normalizers, pre_tokenizers
 
 from tests.test_encoder import _stdlib_paragraphs
 from worker.loader import BUNDLED_MODEL_DIR
@@ -70,6 +70,15 @@ def test_real_paragraphs_get_the_full_tokenizers_ids() -> None:
     assert len(paragraphs) > 1000
     _assert_same_ids("bundled", paragraphs)
     _assert_same_ids("cased", [text.upper() for text in paragraphs[:500]])
+
+
+def test_a_bert_normaliser_before_another_pre_tokenizer_keeps_the_full_path() -> None:
+    tokenizer = _tokenizer()
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    fast = TextTokenizer(tokenizer)
+    assert not fast.has_ascii_path
+    texts = ["tab\tseparated\nlines", "Plain"]
+    assert [e.ids for e in fast.encode_batch(texts)] == _ids(tokenizer, texts)
 
 
 def test_tokenizers_without_a_bert_normaliser_keep_the_full_path() -> None:

@@ -12,8 +12,9 @@ the full tokenizer on generated and real text).
 Why the conditions, rule by rule, for an ASCII text:
 - CJK isolation and accent stripping change nothing (no CJK characters, no combining marks, and
   NFD leaves ASCII as it is);
-- cleaning maps ``\t \n \r`` to a space, which the pre-tokenizer splits on just the same, and
-  drops the other control characters: texts holding one take the full path;
+- cleaning maps ``\t \n \r`` to a space, which the BERT pre-tokenizer splits on just the same
+  (so the ASCII path is taken only with ``BertPreTokenizer``), and drops the other control
+  characters: texts holding one take the full path;
 - added tokens (``[CLS]``, ``[MASK]``...) are matched before normalisation: texts holding one, in
   any letter case, take the full path.
 """
@@ -38,8 +39,13 @@ class TextTokenizer:
         self._lowercase = False
         self._full_path_only = re.compile(_ASCII_CONTROL)
         config = json.loads(tokenizer.to_str())
-        normalizer = config.get("normalizer")
-        if isinstance(normalizer, dict) and normalizer.get("type") == "BertNormalizer":
+        normalizer, pre_tokenizer = config.get("normalizer"), config.get("pre_tokenizer")
+        if (
+            isinstance(normalizer, dict)
+            and normalizer.get("type") == "BertNormalizer"
+            and isinstance(pre_tokenizer, dict)
+            and pre_tokenizer.get("type") == "BertPreTokenizer"
+        ):
             plain = Tokenizer.from_str(tokenizer.to_str())
             plain.normalizer = None
             plain.no_padding()
