@@ -70,7 +70,7 @@ def main() -> None:
                 if len(text) < 60 or text in seen:
                     continue
                 seen.add(text)
-                qualified = object_name if object_name == module_name else f"{module_name}.{object_name}"
+                qualified = module_name if member is module else f"{module_name}.{object_name}"
                 record = {
                     "id": f"{qualified}#{number}",
                     "text": text,

@@ -93,3 +93,11 @@ def test_file_level_problems_raise(tmp_path: Path) -> None:
     no_text.write_text("id,body\n1,hello\n")
     with pytest.raises(InvalidInputError, match="no column 'text'"):
         list(read_documents(no_text))
+
+
+def test_the_sample_corpus_reads_cleanly_with_one_document_per_id() -> None:
+    sample = Path(__file__).resolve().parent.parent / "examples" / "corpus.jsonl"
+    records = list(read_documents(sample))
+    assert not [record for record in records if isinstance(record, Rejected)]
+    ids = [record.id for record in records if isinstance(record, Document)]
+    assert len(ids) == len(set(ids)) == count_records(sample) > 1000
