@@ -224,7 +224,7 @@ def test_column_wise_requests_are_byte_for_byte_pymilvus_own(make_sink: SinkFact
     builder = sink._column_upsert
     assert builder is not None, "the column-wise path was not taken with this pymilvus"
     rows = sink._rows(AWKWARD_ROWS["ids"], AWKWARD_ROWS["texts"], AWKWARD_ROWS["metadata"], vectors)
-    assert builder.same_as_row_request(rows.column_request(builder), rows.as_dicts())
+    assert builder.same_as_row_request(rows.ids, rows.vectors, rows.texts, rows.metadata, rows.as_dicts())
     stored = sink.client.query(
         sink.collection,
         filter='id == "ünïcode ✓"',
@@ -252,6 +252,24 @@ def test_a_column_wise_builder_that_differs_from_pymilvus_is_not_used(
     assert sink._column_checked and sink._column_upsert is None
     assert sink.upsert(ids[:2], ids[:2], [{}] * 2, vectors[:2]) == 2
     assert sink.search(vectors[7], top_k=1, consistency_level="Strong")[0]["id"] == "doc-7"
+
+
+@pytest.mark.parametrize("broken", ["build", "send"])
+def test_a_pymilvus_that_takes_the_column_wise_calls_differently_gets_the_public_upsert(
+    make_sink: SinkFactory, monkeypatch: pytest.MonkeyPatch, broken: str
+) -> None:
+    def incompatible(*args: object, **kwargs: object) -> None:
+        raise TypeError("unexpected keyword argument")
+
+    monkeypatch.setattr(ColumnUpsert, broken, incompatible)
+    sink = make_sink()
+    vectors = unit_vectors(12, seed=6)
+    ids = [f"doc-{i}" for i in range(12)]
+    assert sink.upsert(ids, ids, [{}] * 12, vectors) == 12
+    assert sink._column_upsert is None
+    assert sink.upsert(ids[:3], ids[:3], [{}] * 3, vectors[:3]) == 3
+    assert sink.count() == 12
+    assert sink.search(vectors[5], top_k=1, consistency_level="Strong")[0]["id"] == "doc-5"
 
 
 def test_without_the_column_wise_calls_the_public_upsert_is_used(

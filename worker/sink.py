@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
@@ -32,6 +33,7 @@ from worker.lite_server import LiteWriteLock, ensure_lite_server, is_lite_path
 from worker.milvus_connection import connect_milvus, describe_error, is_transient
 from worker.upsert_request import ColumnUpsert
 
+log = logging.getLogger(__name__)
 ServerKind = Literal["lite", "server"]
 T = TypeVar("T")
 
@@ -133,11 +135,7 @@ class MilvusSink:
                 # Built before taking the Lite write lock, so that the lock is held only for the write.
                 request = self._column_request(part)
             with self._errors("upsert into", InvalidInputError), self._write_guard():
-                if request is not None and self._column_upsert is not None:
-                    acknowledged = self._column_upsert.send(request, self.timeout_s)
-                else:
-                    result = self.client.upsert(self.collection, part.as_dicts(), timeout=self.timeout_s)
-                    acknowledged = int(result["upsert_count"])
+                acknowledged = self._send(part, request)
             if acknowledged != len(part.ids):
                 raise SinkUnavailableError(
                     f"Milvus acknowledged {acknowledged} of {len(part.ids)} rows upserted into "
@@ -146,17 +144,26 @@ class MilvusSink:
             written += acknowledged
         return written
 
+    def _send(self, part: _Rows, request: Any | None) -> int:
+        """Send one request; return the number of rows Milvus acknowledged."""
+        if request is not None and self._column_upsert is not None:
+            try:
+                return self._column_upsert.send(request, self.timeout_s)
+            except TypeError:  # this pymilvus takes the call differently: nothing was sent
+                log.warning("column-wise upsert not accepted by this pymilvus; using MilvusClient.upsert")
+                self._column_upsert = None
+        result = self.client.upsert(self.collection, part.as_dicts(), timeout=self.timeout_s)
+        return int(result["upsert_count"])
+
     def _column_request(self, part: _Rows) -> Any | None:
         """Build the column-wise request for ``part``; ``None`` means: use ``MilvusClient.upsert``.
 
         On the first call, the column-wise builder is checked against pymilvus' own row request
         on a few rows; if they differ in any byte, this sink keeps to ``MilvusClient.upsert``.
         """
-        if self._column_checked and self._column_upsert is None:
-            return None
         if not self._column_checked:
             self._column_checked = True
-            self._column_upsert = ColumnUpsert.create(
+            builder = ColumnUpsert.create(
                 self.client,
                 self.collection,
                 self._fields,
@@ -165,16 +172,14 @@ class MilvusSink:
                 text_field=TEXT_FIELD,
                 metadata_field=METADATA_FIELD,
             )
-            if self._column_upsert is None:
-                return None
             sample = part.head(_COLUMN_CHECK_ROWS)
-            if not self._column_upsert.same_as_row_request(
-                sample.column_request(self._column_upsert), sample.as_dicts()
+            if builder is not None and builder.same_as_row_request(
+                sample.ids, sample.vectors, sample.texts, sample.metadata, sample.as_dicts()
             ):
-                self._column_upsert = None
-                return None
-        assert self._column_upsert is not None
-        return part.column_request(self._column_upsert)
+                self._column_upsert = builder
+        if self._column_upsert is None:
+            return None
+        return self._column_upsert.build(part.ids, part.vectors, part.texts, part.metadata)
 
     def search(
         self,
@@ -444,9 +449,6 @@ class _Rows:
                 self.ids, self.vectors, self.texts, self.metadata, strict=True
             )
         ]
-
-    def column_request(self, builder: ColumnUpsert) -> Any:
-        return builder.build(self.ids, self.vectors, self.texts, self.metadata)
 
 
 def open_sink(

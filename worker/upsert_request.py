@@ -130,15 +130,22 @@ class ColumnUpsert:
         )
         return int(result.upsert_count)
 
-    def same_as_row_request(self, request: Any, rows: list[dict[str, Any]]) -> bool:
-        """Whether ``request`` is byte for byte what ``MilvusClient.upsert(rows)`` would send."""
+    def same_as_row_request(
+        self,
+        ids: Sequence[str],
+        vectors: np.ndarray,
+        texts: Sequence[str],
+        metadata: Sequence[dict[str, Any]],
+        rows: list[dict[str, Any]],
+    ) -> bool:
+        """Whether :meth:`build` gives, byte for byte, what ``MilvusClient.upsert(rows)`` would send."""
         try:
+            ours = self.build(ids, vectors, texts, metadata)
             reference = self._handler._prepare_row_upsert_request(self._collection, rows)
         except Exception:  # cannot compare: do not trust the column path
-            log.info("cannot build pymilvus' row request to compare with", exc_info=True)
+            log.warning("cannot compare column-wise upserts with pymilvus' own; using MilvusClient.upsert")
+            log.debug("comparison failed", exc_info=True)
             return False
-        ours = type(request)()
-        ours.CopyFrom(request)
         ours.schema_timestamp = reference.schema_timestamp  # set by the row path only; not row data
         same: bool = ours.SerializeToString(deterministic=True) == reference.SerializeToString(
             deterministic=True
