@@ -90,7 +90,8 @@ class ColumnUpsert:
         except Exception:  # any surprise in pymilvus internals means: use the public path
             log.info("column-wise upserts unavailable; using MilvusClient.upsert", exc_info=True)
             return None
-        if not hasattr(builder._handler, "upsert") or not hasattr(builder._handler, "upsert_rows"):
+        if not all(hasattr(builder._handler, name) for name in ("upsert", "_prepare_row_upsert_request")):
+            log.info("pymilvus lacks the column-wise upsert calls; using MilvusClient.upsert")
             return None
         return builder
 
