@@ -162,7 +162,7 @@ def _collect(client: EmbeddingClient, run: _Run, *, block: bool) -> None:
         if finished or not block:
             return
         if time.monotonic() - last_progress > _WORKER_CHECK_AFTER_S:
-            client.model_dim()  # raises NoWorkerError when no worker is left
+            client.model_dim(client.bulk_queue)  # raises NoWorkerError when no worker is left
             last_progress = time.monotonic()
         time.sleep(_POLL_S)
 

@@ -33,6 +33,7 @@ from producer.wire import (
     Kind,
     UpsertRequest,
     WorkerPresence,
+    bulk_queue_for_model,
     presence_key,
     queue_for_model,
 )
@@ -75,11 +76,14 @@ class EmbeddingClient:
         max_texts_per_job: int | None = None,
         max_queue_depth: int | None = 10_000,
         worker_wait_s: float | None = 3.0,
+        bulk_min_texts: int | None = 256,
     ) -> None:
         """Connect by URLs (a Celery app of its own) or through ``app``; ``model`` None is the bundled one.
 
         ``worker_wait_s`` is how long to wait for a live worker before NoWorkerError (None: never check);
-        ``max_queue_depth`` is the queue length at which new jobs get OverloadedError (None: no limit).
+        ``max_queue_depth`` is the queue length at which new jobs get OverloadedError (None: no limit);
+        requests of ``bulk_min_texts`` texts or more, and all upserts, go to the model's bulk queue
+        (None: only upserts), so that they never queue in front of small requests.
         """
         if (app is None) == (broker_url is None):
             raise ConfigError("pass either broker_url (and optionally result_backend) or a Celery app")
@@ -89,11 +93,14 @@ class EmbeddingClient:
             ("max_texts_per_task", max_texts_per_task),
             ("max_chars_per_task", max_chars_per_task),
             ("max_text_chars", max_text_chars),
+            ("bulk_min_texts", 1 if bulk_min_texts is None else bulk_min_texts),
         ):
             if value < 1:
                 raise ConfigError(f"{name} must be positive, got {value}")
         self.model = BUNDLED_MODEL_ID if model is None else check_model_id(model, "model")
         self.queue = queue_for_model(self.model)
+        self.bulk_queue = bulk_queue_for_model(self.model)
+        self._bulk_min_texts = bulk_min_texts
         self._owns_app = app is None
         if broker_url is not None:
             settings = Settings(broker_url=broker_url, result_backend=result_backend or "")
@@ -156,17 +163,32 @@ class EmbeddingClient:
         """Return the state of the job with this id (pending, started, done or failed with its error)."""
         return self.job(job_id).status()
 
-    def model_dim(self) -> int:
-        """Return the vector dimension the live workers of this model report (waits like a submit)."""
-        raw: bytes = self._wait_for_worker(lambda client: client.get(presence_key(self.queue)))
+    def model_dim(self, queue: str | None = None) -> int:
+        """Return the vector dimension the live workers of this model report (waits like a submit).
+
+        ``queue`` None accepts a worker on either of the model's queues; else one on that queue.
+        """
+        queues = [self.queue, self.bulk_queue] if queue is None else [queue]
+
+        def read(client: Any) -> bytes | None:
+            values: list[bytes | None] = client.mget([presence_key(name) for name in queues])
+            return next((value for value in values if value is not None), None)
+
+        raw: bytes = self._wait_for_worker(read, queues[0])
         presence = WorkerPresence.decode(raw)
         if presence.model != self.model:
             raise ModelMismatchError(
-                f"queue {self.queue} is served by a worker of model {presence.model!r}, not {self.model!r}"
+                f"queue {queues[0]} is served by a worker of model {presence.model!r}, not {self.model!r}"
             )
         return presence.dim
 
-    def _wait_for_worker(self, read: Callable[[Any], _T | None]) -> _T:
+    def queue_for(self, text_count: int) -> str:
+        """Return the queue a request of ``text_count`` texts is sent to."""
+        if self._bulk_min_texts is not None and text_count >= self._bulk_min_texts:
+            return self.bulk_queue
+        return self.queue
+
+    def _wait_for_worker(self, read: Callable[[Any], _T | None], queue: str) -> _T:
         """Return ``read(redis)`` once it is not None, polling up to ``worker_wait_s``; else NoWorkerError."""
         deadline = time.monotonic() + (self._worker_wait_s or 0.0)
         while True:
@@ -177,28 +199,28 @@ class EmbeddingClient:
             if time.monotonic() >= deadline:
                 how = "EMBEDQ_MODEL unset" if self.model == BUNDLED_MODEL_ID else f"EMBEDQ_MODEL={self.model}"
                 raise NoWorkerError(
-                    f"no worker consumes queue {self.queue} (model {self.model!r}) after waiting "
+                    f"no worker consumes queue {queue} (model {self.model!r}) after waiting "
                     f"{self._worker_wait_s or 0:g} s: start one with {how} "
                     "(or check EMBEDQ_BROKER_URL points at the same Redis)"
                 )
             time.sleep(_WORKER_POLL_S)
 
-    def _check_queue(self) -> None:
-        """Raise NoWorkerError if no worker serves the queue, OverloadedError if it is too deep."""
+    def _check_queue(self, queue: str) -> None:
+        """Raise NoWorkerError if no worker serves ``queue``, OverloadedError if it is too deep."""
         if self._worker_wait_s is None and self._max_queue_depth is None:
             return
 
         def read(client: Any) -> tuple[bool, int] | None:
             pipe = client.pipeline()
-            pipe.exists(presence_key(self.queue))
-            pipe.llen(self.queue)
+            pipe.exists(presence_key(queue))
+            pipe.llen(queue)
             present, depth = pipe.execute()
             return None if not present and self._worker_wait_s is not None else (bool(present), int(depth))
 
-        _, depth = self._wait_for_worker(read)
+        _, depth = self._wait_for_worker(read, queue)
         if self._max_queue_depth is not None and depth >= self._max_queue_depth:
             raise OverloadedError(
-                f"queue {self.queue} holds {depth} tasks, at the limit of {self._max_queue_depth} "
+                f"queue {queue} holds {depth} tasks, at the limit of {self._max_queue_depth} "
                 "(EMBEDQ_MAX_QUEUE_DEPTH): retry later or start more workers"
             )
 
@@ -209,7 +231,8 @@ class EmbeddingClient:
         if not checked:
             raise InvalidInputError("texts is empty: pass at least one text")
         batches = split_batches(checked, self._max_texts_per_task, self._max_chars_per_task)
-        self._check_queue()
+        queue = self.queue_for(len(checked))
+        self._check_queue(queue)
         task_ids = [uuid() for _ in batches]
         job_id = task_ids[0] if len(batches) == 1 else uuid()
         if len(batches) > 1:
@@ -222,6 +245,7 @@ class EmbeddingClient:
                 for task_id, batch in zip(task_ids, batches, strict=True)
             ],
             f"{kind} texts",
+            queue,
         )
         return Job(self.reader, job_id, task_ids, self.model)
 
@@ -244,17 +268,20 @@ class EmbeddingClient:
             texts=tuple(texts),
             metadata=tuple(document.metadata for document in documents),
         )
-        self._check_queue()
+        self._check_queue(self.bulk_queue)
         task_id: str = uuid()
         self._send(
             TASK_UPSERT_DOCUMENTS,
             [(task_id, request.encode(), len(documents))],
             f"documents for {collection}",
+            self.bulk_queue,
         )
         return task_id
 
-    def _send(self, task_name: str, tasks: Sequence[tuple[str, dict[str, Any], int]], what: str) -> None:
-        """Publish ``(task id, request, item count)`` tasks on the model's queue in one connection."""
+    def _send(
+        self, task_name: str, tasks: Sequence[tuple[str, dict[str, Any], int]], what: str, queue: str
+    ) -> None:
+        """Publish ``(task id, request, item count)`` tasks on ``queue`` in one connection."""
         try:
             with self.app.producer_or_acquire() as producer:
                 for task_id, payload, count in tasks:
@@ -262,7 +289,7 @@ class EmbeddingClient:
                         task_name,
                         args=[payload],
                         task_id=task_id,
-                        queue=self.queue,
+                        queue=queue,
                         producer=producer,
                         # Keeps the texts out of worker logs, events and inspect replies.
                         argsrepr=f"[<{count} {what}>]",

@@ -25,6 +25,7 @@ BUNDLED_MODEL_ID: Final = "embedq/minilm-l6-v2-256"
 WIRE_VERSION: Final = 1
 VECTOR_DTYPE: Final = "<f4"
 QUEUE_PREFIX: Final = "embedq."
+BULK_QUEUE_SUFFIX: Final = ".bulk"
 PRESENCE_TTL_S: Final = 6
 """A worker refreshes its presence key every third of this; a producer sees it gone this long after."""
 
@@ -34,8 +35,17 @@ TASK_FOR_KIND: Final[dict[Kind, str]] = {"document": TASK_EMBED_DOCUMENTS, "quer
 
 
 def queue_for_model(model_id: str) -> str:
-    """Return the queue that the workers serving ``model_id`` consume (one pool serves one model)."""
+    """Return the queue of ``model_id``'s small requests (queries, a web backend's documents)."""
     return QUEUE_PREFIX + model_id
+
+
+def bulk_queue_for_model(model_id: str) -> str:
+    """Return the queue of ``model_id``'s large requests and upserts (backfills).
+
+    Workers consume both queues by default; kept apart, a backfill's tasks never sit in front of a
+    query in one list, and query-only workers can be run with ``embedq worker --queues interactive``.
+    """
+    return QUEUE_PREFIX + model_id + BULK_QUEUE_SUFFIX
 
 
 def presence_key(queue: str) -> str:

@@ -16,11 +16,11 @@ def _queue_names(app: Celery) -> list[str]:
     return [queue.name for queue in app.conf.task_queues]
 
 
-def test_worker_app_serves_its_models_queue_with_the_settings_limits() -> None:
+def test_worker_app_serves_its_models_queues_with_the_settings_limits() -> None:
     encoder = FakeEncoder("org/fake", dim=4)
     app = build_worker_app(Settings(max_text_chars=3), encoder)
     try:
-        assert _queue_names(app) == ["embedq.org/fake"]
+        assert _queue_names(app) == ["embedq.org/fake", "embedq.org/fake.bulk"]
         assert app.conf.task_default_queue == "embedq.org/fake"
         assert {TASK_EMBED_DOCUMENTS, TASK_EMBED_QUERIES} <= set(app.tasks)
         assert app.conf.accept_content == ["msgpack"] and app.conf.task_acks_late
@@ -38,6 +38,22 @@ def test_queues_can_be_overridden() -> None:
     app = build_worker_app(Settings(), FakeEncoder("org/fake"), queues=["embedq.org/fake", "extra"])
     try:
         assert _queue_names(app) == ["embedq.org/fake", "extra"]
+    finally:
+        app.close()
+
+
+@pytest.mark.parametrize(
+    ("queues", "expected"),
+    [
+        (["interactive"], ["embedq.org/fake"]),
+        (["bulk"], ["embedq.org/fake.bulk"]),
+        (["bulk", "interactive", "bulk"], ["embedq.org/fake.bulk", "embedq.org/fake"]),
+    ],
+)
+def test_interactive_and_bulk_name_the_models_two_queues(queues: list[str], expected: list[str]) -> None:
+    app = build_worker_app(Settings(), FakeEncoder("org/fake"), queues=queues)
+    try:
+        assert _queue_names(app) == expected
     finally:
         app.close()
 

@@ -31,6 +31,7 @@ from producer.errors import (
     ResultTimeoutError,
     TaskFailedError,
 )
+from producer.readers import Document
 from producer.settings import Settings
 from producer.wire import (
     BUNDLED_MODEL_ID,
@@ -358,3 +359,37 @@ def test_embedding_function_builds_its_own_client() -> None:
     function = Model2VecEmbeddingFunction(None, "redis://:s3cret@localhost:6379/0")
     assert function.model_source == BUNDLED_MODEL_ID and function.client.model == BUNDLED_MODEL_ID
     function.close()
+
+
+BULK_QUEUE = f"{QUEUE}.bulk"
+
+
+def test_large_requests_and_upserts_go_to_the_bulk_queue(
+    fake_app: Celery, fake_redis: fakeredis.FakeRedis
+) -> None:
+    for queue in (QUEUE, BULK_QUEUE):
+        fake_redis.set(presence_key(queue), WorkerPresence(MODEL, 4).encode())
+    client = EmbeddingClient(app=fake_app, model=MODEL, max_texts_per_task=3, bulk_min_texts=5)
+    assert client.bulk_queue == BULK_QUEUE
+
+    client.embed_queries(["q1", "q2", "q3", "q4"])
+    client.embed_documents([f"d{i}" for i in range(5)])
+    client.submit_upsert("docs", [Document(id="x", text="one document", metadata={})])
+
+    assert [len(task.request.texts) for task in sent_tasks(fake_redis, QUEUE)] == [3, 1]
+    assert fake_redis.llen(BULK_QUEUE) == 3  # 5 documents in two tasks, then the upsert
+    never_bulk = EmbeddingClient(app=fake_app, model=MODEL, bulk_min_texts=None)
+    assert never_bulk.queue_for(10**6) == QUEUE and client.queue_for(5) == BULK_QUEUE
+
+
+def test_no_worker_on_the_bulk_queue_is_named_while_queries_still_go(
+    fake_app: Celery, fake_redis: fakeredis.FakeRedis
+) -> None:
+    fake_redis.set(presence_key(QUEUE), WorkerPresence(MODEL, 4).encode())  # query-only workers
+    client = EmbeddingClient(app=fake_app, model=MODEL, bulk_min_texts=3, worker_wait_s=0.1)
+    client.embed_queries(["one query"])
+    with pytest.raises(NoWorkerError, match=r"no worker consumes queue embedq\.org/fake\.bulk"):
+        client.embed_documents(["a", "b", "c"])
+    with pytest.raises(NoWorkerError, match=r"\.bulk"):
+        client.model_dim(client.bulk_queue)
+    assert client.model_dim() == 4

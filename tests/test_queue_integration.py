@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +20,14 @@ import pytest
 from producer import EmbeddingClient, Model2VecEmbeddingFunction
 from producer.errors import InvalidInputError, MessageDecodeError, ModelMismatchError, NoWorkerError
 from producer.wire import TASK_EMBED_DOCUMENTS, EmbedRequest
-from tests.worker_fixtures import REPO_ROOT, TEST_MAX_TEXTS_PER_REQUEST, WorkerProcess
+from tests.model_fixtures import build_model
+from tests.worker_fixtures import (
+    REPO_ROOT,
+    TEST_MAX_TEXTS_PER_REQUEST,
+    WorkerProcess,
+    start_worker,
+    stop_worker,
+)
 from worker.encoder import StaticEncoder
 
 pytestmark = pytest.mark.integration
@@ -190,3 +198,35 @@ def test_a_pool_process_killed_mid_task_does_not_lose_the_request(
     assert worker.received_count(task_id) >= 2  # redelivered after the kill
     assert "WorkerLostError" in worker.log()
     assert worker.process.poll() is None
+
+
+def test_query_only_workers_answer_while_a_bulk_backlog_waits_for_bulk_workers(
+    redis_url: str, tmp_path: Path
+) -> None:
+    model_dir = build_model(tmp_path / "model")  # a model, and so queues, of this test's own
+    model = str(model_dir)
+    queries_worker = start_worker(redis_url, tmp_path / "queries.log", model, queues=["interactive"])
+    bulk_worker: WorkerProcess | None = None
+    try:
+        encoder = StaticEncoder.from_pretrained(model_dir)
+        bulk_texts = [[f"bulk job {job} text {i}" for i in range(40)] for job in range(6)]
+        with (
+            EmbeddingClient(redis_url, model=model, bulk_min_texts=40, worker_wait_s=1.0) as client,
+            EmbeddingClient(redis_url, model=model, bulk_min_texts=40, worker_wait_s=None) as unchecked,
+        ):
+            with pytest.raises(NoWorkerError, match=r"\.bulk"):
+                client.embed_documents(bulk_texts[0])
+            bulk_jobs = [unchecked.embed_documents(texts) for texts in bulk_texts]
+            for i in range(5):
+                query = f"a query {i}"
+                vector = client.embed_queries([query]).result(timeout_s=10)
+                np.testing.assert_array_equal(vector, encoder.encode([query]))
+            assert all(job.status().state == "pending" for job in bulk_jobs)
+
+            bulk_worker = start_worker(redis_url, tmp_path / "bulk.log", model, queues=["bulk"])
+            for job, texts in zip(bulk_jobs, bulk_texts, strict=True):
+                np.testing.assert_array_equal(job.result(timeout_s=30), encoder.encode(texts))
+    finally:
+        stop_worker(queries_worker)
+        if bulk_worker is not None:
+            stop_worker(bulk_worker)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,8 +26,8 @@ WORKER_STOP_TIMEOUT_S = 15.0
 # Big enough for one task to run for about a second, so a test can kill it mid-task.
 TEST_MAX_TEXTS_PER_REQUEST = 10_000
 _RUN_WORKER = (
-    "from producer.settings import load_settings; from worker.app import run_worker; "
-    "run_worker(load_settings(), loglevel='INFO')"
+    "import json, os; from producer.settings import load_settings; from worker.app import run_worker; "
+    "run_worker(load_settings(), queues=json.loads(os.environ['EMBEDQ_TEST_QUEUES']), loglevel='INFO')"
 )
 
 
@@ -58,11 +59,13 @@ def start_worker(
     *,
     milvus_uri: str | None = None,
     extra_env: Mapping[str, str] | None = None,
+    queues: Sequence[str] | None = None,
 ) -> WorkerProcess:
-    """Start a worker on ``redis_url`` and wait until it advertises its queue.
+    """Start a worker on ``redis_url`` and wait until it advertises its queues.
 
     Its Milvus target is ``milvus_uri``, by default a Lite database next to the log file;
-    ``extra_env`` adds or overrides EMBEDQ_* variables.
+    ``extra_env`` adds or overrides EMBEDQ_* variables; ``queues`` is passed to ``run_worker``
+    (default: the model's queue and its bulk queue).
     """
     env = {
         **os.environ,
@@ -71,6 +74,7 @@ def start_worker(
         "EMBEDQ_CONCURRENCY": "2",
         "EMBEDQ_MAX_TEXTS_PER_REQUEST": str(TEST_MAX_TEXTS_PER_REQUEST),
         "PYTHONUNBUFFERED": "1",
+        "EMBEDQ_TEST_QUEUES": json.dumps(list(queues) if queues else None),
     }
     env.pop("EMBEDQ_RESULT_BACKEND", None)
     if model is None:
@@ -85,10 +89,10 @@ def start_worker(
         )
     worker = WorkerProcess(process, log_path, settings)
     client = redis.Redis.from_url(redis_url)
-    key = presence_key(f"embedq.{settings.model_id}")
+    keys = [presence_key(f"embedq.{settings.model_id}"), presence_key(f"embedq.{settings.model_id}.bulk")]
     deadline = time.monotonic() + WORKER_START_TIMEOUT_S
     try:
-        while not client.exists(key):
+        while not client.exists(*keys):
             if process.poll() is not None or time.monotonic() > deadline:
                 stop_worker(worker)
                 pytest.fail(f"the worker did not start; its log:\n{worker.log()[-4000:]}")

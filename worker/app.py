@@ -14,7 +14,13 @@ from kombu.entity import Exchange, Queue
 from producer.celery_config import broker_client, build_celery_app
 from producer.errors import BrokerUnavailableError
 from producer.settings import Settings
-from producer.wire import PRESENCE_TTL_S, WorkerPresence, presence_key, queue_for_model
+from producer.wire import (
+    PRESENCE_TTL_S,
+    WorkerPresence,
+    bulk_queue_for_model,
+    presence_key,
+    queue_for_model,
+)
 from worker.message_guard import install_message_guard
 from worker.tasks import CollectionSinks, Encoder, Sink, TextLimits, register_tasks
 
@@ -37,12 +43,14 @@ class PresenceStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery shi
         self._keys: list[str] = []
 
     def start(self, consumer: Any) -> None:
-        """Advertise the model's queue now and every third of the presence TTL."""
-        own_queue = queue_for_model(self.presence.model)
+        """Advertise the model's queues it consumes now and every third of the presence TTL."""
+        own_queues = model_queues(self.presence.model)
         consumed = {queue.name for queue in consumer.task_consumer.queues}
-        self._keys = [presence_key(own_queue)] if own_queue in consumed else []
+        self._keys = [presence_key(queue) for queue in own_queues if queue in consumed]
         if not self._keys:
-            logger.warning("this worker does not consume %s: producers will not see it", own_queue)
+            logger.warning(
+                "this worker consumes neither %s: producers will not see it", " nor ".join(own_queues)
+            )
             return
         self._refresh(consumer.app)
         self._timer_entry = consumer.timer.call_repeatedly(PRESENCE_TTL_S / 3, self._refresh, (consumer.app,))
@@ -63,6 +71,11 @@ class PresenceStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery shi
             logger.warning("could not refresh the worker presence key: %s", exc)
 
 
+def model_queues(model_id: str) -> tuple[str, str]:
+    """Return the model's queue of small requests and its bulk queue, in the order a worker reads them."""
+    return queue_for_model(model_id), bulk_queue_for_model(model_id)
+
+
 def _open_sink(uri: str, token: str | None, collection: str, model_id: str, dim: int) -> Sink:
     from worker.sink import open_sink  # pymilvus loads in the pool process that first upserts
 
@@ -70,14 +83,18 @@ def _open_sink(uri: str, token: str | None, collection: str, model_id: str, dim:
 
 
 def build_worker_app(settings: Settings, encoder: Encoder, queues: Sequence[str] | None = None) -> Celery:
-    """Return the worker's Celery app: embed tasks bound to ``encoder``, consuming its model's queue.
+    """Return the worker's Celery app: embed tasks bound to ``encoder``, consuming its model's queues.
 
-    ``queues`` overrides the queues consumed (default: the one queue of the encoder's model).
+    ``queues`` overrides the queues consumed (default: the model's queue, then its bulk queue; the
+    words ``interactive`` and ``bulk`` stand for those two).
     """
     app = build_celery_app(settings, "embedq-worker")
     install_message_guard(app)  # one malformed queue item must not stop the worker
-    own_queue = queue_for_model(encoder.model_id)
-    names = list(queues) if queues else [own_queue]
+    own_queue, bulk_queue = model_queues(encoder.model_id)
+    aliases = {"interactive": own_queue, "bulk": bulk_queue}
+    names = (
+        list(dict.fromkeys(aliases.get(name, name) for name in queues)) if queues else [own_queue, bulk_queue]
+    )
     app.conf.task_default_queue = own_queue
     app.conf.task_queues = [
         Queue(name, Exchange(name), routing_key=name)  # type: ignore[no-untyped-call]

@@ -129,7 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
         _WORKER_EPILOG,
     )
     worker.add_argument("--concurrency", type=_positive_int, help="pool processes (default: number of CPUs)")
-    worker.add_argument("--queues", help="comma-separated queues to consume (default: the model's own queue)")
+    worker.add_argument(
+        "--queues",
+        help="comma-separated queues to consume: 'interactive' (the model's queue of small requests), "
+        "'bulk' (its queue of large requests and upserts), or queue names (default: interactive,bulk)",
+    )
     worker.add_argument(
         "--loglevel",
         default="INFO",
