@@ -45,6 +45,7 @@ _WORKER_EPILOG = """\
 examples:
   EMBEDQ_BROKER_URL=redis://localhost:6379/0 embedq worker
   embedq worker --concurrency 4 --model minishlab/potion-base-8M
+  embedq worker --queues interactive     # queries only; run others with --queues bulk
   embedq worker --loglevel debug
 """
 
@@ -125,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker = _subcommand(
         commands,
         "worker",
-        "Run an embedding worker: load the model once, then serve its queue.",
+        "Run an embedding worker: load the model once, then serve its queues.",
         _WORKER_EPILOG,
     )
     worker.add_argument("--concurrency", type=_positive_int, help="pool processes (default: number of CPUs)")
