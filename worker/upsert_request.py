@@ -69,7 +69,7 @@ class ColumnUpsert:
         self._collection = collection
         self._fields = fields
         self._names = (id_field, vector_field, text_field, metadata_field)
-        self._handler = client._get_connection()
+        self._handler()  # fails here, not at the first write, if the client has no connection handler
 
     @classmethod
     def create(
@@ -90,7 +90,7 @@ class ColumnUpsert:
         except Exception:  # any surprise in pymilvus internals means: use the public path
             log.info("column-wise upserts unavailable; using MilvusClient.upsert", exc_info=True)
             return None
-        if not all(hasattr(builder._handler, name) for name in ("upsert", "_prepare_row_upsert_request")):
+        if not all(hasattr(builder._handler(), name) for name in ("upsert", "_prepare_row_upsert_request")):
             log.info("pymilvus lacks the column-wise upsert calls; using MilvusClient.upsert")
             return None
         return builder
@@ -121,7 +121,7 @@ class ColumnUpsert:
 
     def send(self, request: Any, timeout_s: float) -> int:
         """Send a built request; return the number of rows Milvus acknowledged."""
-        result = self._handler.upsert(
+        result = self._handler().upsert(
             self._collection,
             [],
             timeout=timeout_s,
@@ -142,7 +142,7 @@ class ColumnUpsert:
         """Whether :meth:`build` gives, byte for byte, what ``MilvusClient.upsert(rows)`` would send."""
         try:
             ours = self.build(ids, vectors, texts, metadata)
-            reference = self._handler._prepare_row_upsert_request(self._collection, rows)
+            reference = self._handler()._prepare_row_upsert_request(self._collection, rows)
         except Exception:  # cannot compare: do not trust the column path
             log.warning("cannot compare column-wise upserts with pymilvus' own; using MilvusClient.upsert")
             log.debug("comparison failed", exc_info=True)
@@ -157,6 +157,10 @@ class ColumnUpsert:
                 "using MilvusClient.upsert (slower, same result)"
             )
         return same
+
+    def _handler(self) -> Any:
+        """Return the client's current grpc handler (asked each time: the client owns its connection)."""
+        return self._client._get_connection()
 
     def _position(self, name: str) -> int:
         for index, field in enumerate(self._fields):
