@@ -69,28 +69,25 @@ class ColumnUpsert:
         self._collection = collection
         self._fields = fields
         self._names = (id_field, vector_field, text_field, metadata_field)
-        self._handler()  # fails here, not at the first write, if the client has no connection handler
 
     @classmethod
     def create(
         cls, client: MilvusClient, collection: str, fields: list[dict[str, Any]], **names: str
     ) -> ColumnUpsert | None:
         """Return a builder, or ``None`` when this pymilvus lacks the calls it needs."""
+        builder = cls(client, collection, fields, **names)
+        try:
+            handler = builder._handler()
+        except Exception:  # any surprise in pymilvus internals means: use the public path
+            log.debug("no grpc handler behind this MilvusClient", exc_info=True)
+            handler = None
         needed = (
             Prepare is not None
             and hasattr(Prepare, "batch_upsert_param")
-            and hasattr(client, "_get_connection")
             and hasattr(client, "_generate_call_context")
+            and all(hasattr(handler, name) for name in ("upsert", "_prepare_row_upsert_request"))
         )
         if not needed:
-            log.info("pymilvus lacks the column-wise upsert calls; using MilvusClient.upsert")
-            return None
-        try:
-            builder = cls(client, collection, fields, **names)
-        except Exception:  # any surprise in pymilvus internals means: use the public path
-            log.info("column-wise upserts unavailable; using MilvusClient.upsert", exc_info=True)
-            return None
-        if not all(hasattr(builder._handler(), name) for name in ("upsert", "_prepare_row_upsert_request")):
             log.info("pymilvus lacks the column-wise upsert calls; using MilvusClient.upsert")
             return None
         return builder
