@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import re
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ SEARCHABLE_FIELDS = (TEXT_FIELD, METADATA_FIELD)
 
 _COLLECTION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
 _NOT_LOADED_CODE = 101
+_CONCURRENT_CREATE_WAIT_S = 10.0  # how long to wait for a collection another client is creating
 _COLUMN_CHECK_ROWS = 8  # rows compared with pymilvus' own request before the column-wise path is used
 
 
@@ -277,9 +279,14 @@ class MilvusSink:
                     timeout=self.timeout_s,
                 )
         except MilvusException:
-            # Another process may have created it between our check and our call: it is then verified.
-            if not self.client.has_collection(self.collection, timeout=self.timeout_s):
-                raise
+            # Another process may be creating it between our check and our call: wait for that
+            # creation to finish, then the collection is verified like any existing one. (Milvus Lite
+            # refuses a second create while the first is still in progress, with "File exists".)
+            deadline = time.monotonic() + min(self.timeout_s, _CONCURRENT_CREATE_WAIT_S)
+            while not self.client.has_collection(self.collection, timeout=self.timeout_s):
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.05)
 
     def _schema(self) -> CollectionSchema:
         schema = MilvusClient.create_schema(
