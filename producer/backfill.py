@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from producer.backfill_state import BackfillState, ChunkRecord, load_progress
+from producer.backfill_state import BackfillState, ChunkRecord, load_local_progress, load_progress
 from producer.client import EmbeddingClient
 from producer.errors import BrokerUnavailableError, ConfigError, EmbedqError, TransientError
 from producer.job import TaskOutcome
@@ -31,6 +31,7 @@ _POLL_S = 0.02
 _WORKER_CHECK_AFTER_S = 10.0
 _STOP_AFTER_TRANSIENT_FAILURES = 3
 _MAX_ERRORS_KEPT = 20
+DEFAULT_STATE_DIR = Path(".embedq/backfill")
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class BackfillOptions:
     metadata_fields: tuple[str, ...] | None = None
     chunk_size: int = 1000
     max_in_flight: int = 4
-    state_dir: Path = Path(".embedq/backfill")
+    state_dir: Path = DEFAULT_STATE_DIR
 
     def __post_init__(self) -> None:
         if self.chunk_size < 1 or self.max_in_flight < 1:
@@ -252,9 +253,26 @@ def run_backfill(
     )
 
 
-def backfill_status(client: EmbeddingClient, job_id: str) -> BackfillProgress | None:
-    """Return a backfill job's progress from Redis, or None if ``job_id`` is not a backfill job."""
+def backfill_status(
+    client: EmbeddingClient, job_id: str, state_dir: Path = DEFAULT_STATE_DIR
+) -> BackfillProgress | None:
+    """Return a backfill job's progress from Redis, else from ``state_dir``; None if neither knows it."""
     saved: dict[str, Any] | None = load_progress(client, job_id)
-    if saved is None:
+    if saved is not None:
+        return BackfillProgress(**saved)
+    local = local_backfill_status(job_id, state_dir)
+    return None if local is None else local[0]
+
+
+def local_backfill_status(
+    job_id: str, state_dir: Path = DEFAULT_STATE_DIR
+) -> tuple[BackfillProgress, float] | None:
+    """Return a backfill job's last progress written in ``state_dir`` and when (epoch s), without Redis."""
+    local = load_local_progress(state_dir, job_id)
+    if local is None:
         return None
-    return BackfillProgress(**saved)
+    fields, written_at = local
+    try:
+        return BackfillProgress(**fields), written_at
+    except TypeError:  # written by another embedq version
+        return None

@@ -1,7 +1,9 @@
 """Where a backfill keeps track of confirmed chunks: a local checkpoint file and Redis.
 
 The checkpoint file (one JSON line per confirmed chunk) survives a Redis restart without
-persistence; the Redis copy lets `embedq status JOB_ID` answer from any shell. A change of the
+persistence; the Redis copy lets `embedq status JOB_ID` answer from any shell, and a progress
+file next to the checkpoint lets it answer in the backfill's directory when Redis cannot (no broker
+URL, the key expired, or Redis restarted without persistence). A change of the
 broker's run id during a run means Redis restarted and lost the queued chunks: the run stops
 with BrokerRestartedError and the same command resumes it.
 """
@@ -9,6 +11,8 @@ with BrokerRestartedError and the same command resumes it.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,6 +25,8 @@ if TYPE_CHECKING:
     from producer.backfill import BackfillOptions, BackfillProgress
     from producer.client import EmbeddingClient
 
+log = logging.getLogger(__name__)
+
 STATE_TTL_S = 7 * 24 * 3600
 _PUBLISH_EVERY_S = 0.5
 _BROKER_CHECK_EVERY_S = 1.0
@@ -32,6 +38,11 @@ class BrokerRestartedError(BrokerUnavailableError):
 
 def _key(job_id: str) -> str:
     return f"embedq:backfill:{job_id}"
+
+
+def progress_file(state_dir: Path, job_id: str) -> Path:
+    """Return the local file holding a backfill job's last progress."""
+    return state_dir / f"{job_id}.progress.json"
 
 
 @dataclass(frozen=True)
@@ -59,6 +70,7 @@ class BackfillState:
         self._collection = options.collection
         self._path = str(options.path)
         self._checkpoint_path = checkpoint
+        self._progress_path = progress_file(options.state_dir, job_id)
         self._done: dict[int, ChunkRecord] = {}
         self._chunks_seen = 0
         self._total: int | None = None
@@ -149,6 +161,7 @@ class BackfillState:
         return progress
 
     def _publish(self, progress: BackfillProgress) -> None:
+        self._write_local(progress)
         fields = {name: json.dumps(value) for name, value in asdict(progress).items()}
         fields["chunks"] = json.dumps([[r.index, r.written, r.rejected] for r in self._done.values()])
         try:
@@ -160,6 +173,15 @@ class BackfillState:
         except BrokerUnavailableError:
             if progress.state == "running":
                 raise
+
+    def _write_local(self, progress: BackfillProgress) -> None:
+        """Replace the local progress file in one step, so that a reader never sees half of it."""
+        partial = self._progress_path.with_name(self._progress_path.name + ".tmp")
+        try:
+            partial.write_text(json.dumps(asdict(progress)), encoding="utf-8")
+            os.replace(partial, self._progress_path)
+        except OSError as exc:  # the checkpoint file, written first, is what resuming needs
+            log.warning("could not write backfill progress to %s: %s", self._progress_path, exc)
 
     def finish(self) -> None:
         """Close the checkpoint file; the final progress is published by the last ``progress`` call."""
@@ -178,3 +200,15 @@ def load_progress(client: EmbeddingClient, job_id: str) -> dict[str, Any] | None
     fields.pop("chunks", None)
     fields["errors"] = tuple(fields.get("errors", ()))
     return fields
+
+
+def load_local_progress(state_dir: Path, job_id: str) -> tuple[dict[str, Any], float] | None:
+    """Return a backfill job's last progress from its local file and when it was written (epoch s)."""
+    path = progress_file(state_dir, job_id)
+    try:
+        written_at = path.stat().st_mtime
+        fields: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    fields["errors"] = tuple(fields.get("errors", ()))
+    return fields, written_at

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from producer.backfill import BackfillOptions, BackfillProgress, backfill_status, job_id_for, run_backfill
+from producer.backfill import (
+    BackfillOptions,
+    BackfillProgress,
+    backfill_status,
+    job_id_for,
+    local_backfill_status,
+    run_backfill,
+)
+from producer.celery_config import broker_client
 from producer.client import EmbeddingClient
 from producer.ids import document_id
 from tests.worker_fixtures import WorkerProcess
@@ -76,6 +85,13 @@ def test_backfill_writes_every_document_and_a_rerun_skips_them(
     assert sink.count() == DOCS
     status = backfill_status(client, summary.job_id)
     assert status is not None and status.state == "done" and status.docs_done == DOCS
+    # Without its Redis copy (expired, or Redis restarted empty), the state comes from the local file.
+    with broker_client(client.app) as redis:
+        assert redis.delete(f"embedq:backfill:{summary.job_id}") == 1
+    assert backfill_status(client, summary.job_id) is None  # another directory knows nothing of it
+    assert backfill_status(client, summary.job_id, options.state_dir) == status
+    local = local_backfill_status(summary.job_id, options.state_dir)
+    assert local is not None and local[0] == status and abs(local[1] - time.time()) < 60
 
 
 def test_interrupted_backfill_resumes_without_redoing_confirmed_chunks(

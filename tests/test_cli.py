@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from tests.worker_fixtures import WorkerProcess
+from worker.cli_output import local_progress_line
 from worker.encoder import StaticEncoder
 
 pytestmark = pytest.mark.integration
@@ -200,7 +201,8 @@ def test_status_needs_a_broker_url_and_reads_unknown_ids_as_pending(redis_url: s
 
     assert embedded.returncode == 2
     assert embedded.stderr.startswith(
-        "embedq: error: EMBEDQ_BROKER_URL is not set: job states live on the broker"
+        "embedq: error: EMBEDQ_BROKER_URL is not set and .embedq/backfill in this directory holds no "
+        "backfill 'some-id': job states live on the broker"
     )
     assert reported.returncode == 0, reported.stderr
     assert reported.stdout.startswith("job some-id: pending (an unknown or expired id also reads as pending)")
@@ -221,6 +223,8 @@ def test_backfill_then_search_without_a_broker_url(tmp_path: Path) -> None:
         ["search", "milvus stores vectors (note 6)", "--collection", "notes", "--top-k", "3"], env, tmp_path
     )
     missing = run_cli(["search", "anything", "--collection", "nothing_here"], env, tmp_path)
+    job_id = backfill.stdout.split()[1].rstrip(":")
+    status = run_cli(["status", job_id], env, tmp_path)
 
     assert backfill.returncode == 0, backfill.stderr
     assert re.fullmatch(
@@ -234,6 +238,25 @@ def test_backfill_then_search_without_a_broker_url(tmp_path: Path) -> None:
     assert re.fullmatch(r"  1  1\.0000  doc-6  milvus stores vectors \(note 6\)", hits[0])
     assert missing.returncode == 2
     assert "embedq: error: collection 'nothing_here' does not exist in Milvus" in missing.stderr
+    # Without a broker URL, status reads the backfill's local progress file.
+    assert status.returncode == 0, status.stderr
+    assert re.fullmatch(
+        rf"backfill {job_id}: done, 40 of 40 documents done, 0 failed, 3 chunks done, [\d.]+ s\n"
+        r"file \S*docs\.jsonl -> collection notes\n"
+        r"\(read from \.embedq/backfill in this directory, written \d+ s ago\)\n",
+        status.stdout,
+    )
     # The Lite server started for these commands stopped with the last of them.
     assert backfill.left == search.left == missing.left == []
     assert not (tmp_path / "embedq.db.server.json").exists()
+
+
+def test_a_running_state_read_from_the_local_file_says_how_to_resume() -> None:
+    running = local_progress_line(Path(".embedq/backfill"), "running", written_at=1_000.0, now=1_042.4)
+    done = local_progress_line(Path(".embedq/backfill"), "done", written_at=1_000.0, now=1_000.0)
+
+    assert running == (
+        "(read from .embedq/backfill in this directory, written 42 s ago; if it stays the same, "
+        "the backfill stopped: run the same command again to resume it)"
+    )
+    assert done == "(read from .embedq/backfill in this directory, written 0 s ago)"

@@ -71,7 +71,8 @@ examples:
   embedq status 5f0c3e8e-1d2b-4c55-9a57-5b1c0d8a4e21
   embedq status backfill-3f2a9c1b7d4e5f60a1b2
 
-Needs EMBEDQ_BROKER_URL: job states live on the broker, and an embedded broker ends with its command.
+Job states live on the broker at EMBEDQ_BROKER_URL. Without it (an embedded broker ends with its
+command), a backfill's last progress is read from .embedq/backfill/ in the directory it ran in.
 """
 
 _SEARCH_EPILOG = """\
@@ -287,22 +288,29 @@ def _run_backfill(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _run_status(args: argparse.Namespace, settings: Settings) -> int:
-    from producer.backfill import backfill_status
+    from producer.backfill import DEFAULT_STATE_DIR, backfill_status, local_backfill_status
     from producer.client import EmbeddingClient
-    from worker.cli_output import backfill_progress_lines, job_status_lines
+    from worker.cli_output import backfill_progress_lines, job_status_lines, local_progress_line
 
     if _uses_embedded_cluster(os.environ):
-        raise ConfigError(
-            "EMBEDQ_BROKER_URL is not set: job states live on the broker, and without one each command "
-            "runs an embedded broker that ends with it. Set EMBEDQ_BROKER_URL to your Redis (a backfill "
-            "resumes from its local checkpoint: run the same backfill command again)"
-        )
-    with EmbeddingClient.from_settings(settings, worker_wait_s=None) as client:
-        progress = backfill_status(client, args.job_id)
-        if progress is not None:
-            lines = backfill_progress_lines(progress)
-        else:
-            lines = job_status_lines(client.status(args.job_id))
+        local = local_backfill_status(args.job_id, DEFAULT_STATE_DIR)
+        if local is None:
+            raise ConfigError(
+                f"EMBEDQ_BROKER_URL is not set and {DEFAULT_STATE_DIR} in this directory holds no backfill "
+                f"{args.job_id!r}: job states live on the broker, and without one each command runs an "
+                "embedded broker that ends with it. Set EMBEDQ_BROKER_URL to your Redis, or run status "
+                "in the directory the backfill ran in"
+            )
+        progress, written_at = local
+        lines = backfill_progress_lines(progress)
+        lines.append(local_progress_line(DEFAULT_STATE_DIR, progress.state, written_at))
+    else:
+        with EmbeddingClient.from_settings(settings, worker_wait_s=None) as client:
+            found = backfill_status(client, args.job_id)
+            if found is not None:
+                lines = backfill_progress_lines(found)
+            else:
+                lines = job_status_lines(client.status(args.job_id))
     print("\n".join(lines))
     return 0
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -60,6 +62,15 @@ def backfill_progress_lines(progress: BackfillProgress) -> list[str]:
     ]
     lines += [f"error: {error}" for error in progress.errors[:SHOWN_ERRORS]]
     return lines
+
+
+def local_progress_line(state_dir: Path, state: str, written_at: float, now: float | None = None) -> str:
+    """Return the line that says a backfill's progress came from its local file, and how old it is."""
+    age_s = max(0.0, (time.time() if now is None else now) - written_at)
+    line = f"(read from {state_dir} in this directory, written {age_s:.0f} s ago"
+    if state == "running":
+        line += "; if it stays the same, the backfill stopped: run the same command again to resume it"
+    return line + ")"
 
 
 def backfill_summary_line(summary: BackfillSummary, collection: str) -> str:
