@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +153,17 @@ def _message(body: object, **header_changes: Any) -> Callable[[str, str, list[st
     return build
 
 
+def _eta_ahead(seconds: float, *, naive: bool = False) -> Callable[[str, str, list[str]], bytes]:
+    """A well-formed message due ``seconds`` from when it is pushed."""
+
+    def build(task_id: str, queue: str, texts: list[str]) -> bytes:
+        eta = datetime.now(UTC) + timedelta(seconds=seconds)
+        text = (eta.replace(tzinfo=None) if naive else eta).isoformat()
+        return _message([["REQUEST"], {}, {}], eta=text)(task_id, queue, texts)
+
+    return build
+
+
 def _raw(data: bytes) -> Callable[[str, str, list[str]], bytes]:
     return lambda task_id, queue, texts: data
 
@@ -222,6 +234,9 @@ CASES = [
     Case("a time limit that is text", _message([["REQUEST"], {}, {}], timelimit="soon"), "refused"),
     Case("a time limit of three values", _message([["REQUEST"], {}, {}], timelimit=[1, 2, 3]), "refused"),
     Case("an eta that is not a date", _message([["REQUEST"], {}, {}], eta="tomorrow"), "refused"),
+    Case("an eta a second ahead", _eta_ahead(1), "done"),
+    Case("an eta a day ahead, beyond the visibility timeout", _eta_ahead(86_400), "refused"),
+    Case("an eta a day ahead without a time zone", _eta_ahead(86_400, naive=True), "refused"),
     Case("an expiry that is not a date", _message([["REQUEST"], {}, {}], expires=[2030]), "refused"),
     Case(
         "a compressed body that does not decompress",

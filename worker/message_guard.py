@@ -14,9 +14,9 @@ Two layers, both installed by :func:`install_message_guard`:
 - :class:`GuardedConsumer` (the worker consumer) checks each task message before Celery reads it:
   a Celery protocol 2 ``embedq.*`` task, an accepted content type (msgpack; pickle is refused
   before its body is touched), a body ``[list, map with str keys, map or null]`` without
-  callbacks or chains, and well-typed headers. A refused message is acked, logged, and, when it
-  carries a task id, stored as failed with :class:`MessageDecodeError`, so its producer sees a
-  typed error by id instead of waiting forever.
+  callbacks or chains, well-typed headers, and an eta within the visibility timeout. A refused
+  message is acked, logged, and, when it carries a task id, stored as failed with
+  :class:`MessageDecodeError`, so its producer sees a typed error by id instead of waiting forever.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from celery import Celery
@@ -43,6 +44,7 @@ _MAX_ID_CHARS: Final = 255
 _ID_HEADERS: Final = ("root_id", "parent_id", "group")
 _WORKFLOW_KEYS: Final = ("callbacks", "errbacks", "chain", "chord")
 # What building a kombu Message or a Celery Request raises on a value of the wrong shape.
+_REDIS_VISIBILITY_TIMEOUT_S: Final = 3600.0  # kombu's Redis transport default
 _SHAPE_ERRORS: Final = (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError)
 
 
@@ -181,7 +183,23 @@ def _identity_problem(headers: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _schedule_problem(headers: Mapping[str, Any]) -> str | None:
+def _eta_problem(eta: datetime, max_eta_ahead_s: float | None) -> str | None:
+    """Say why an ``eta`` is too far ahead to hold, or None."""
+    if max_eta_ahead_s is None:
+        return None
+    if eta.tzinfo is None:  # Celery reads a naive eta as UTC (enable_utc)
+        eta = eta.replace(tzinfo=UTC)
+    ahead_s = (eta - datetime.now(UTC)).total_seconds()
+    if ahead_s <= max_eta_ahead_s:
+        return None
+    return (
+        f"header eta is {ahead_s:.0f} s ahead, beyond the broker's visibility timeout "
+        f"({max_eta_ahead_s:.0f} s): a worker would hold it in memory while the broker delivers it "
+        "again to another; embedq tasks are not scheduled ahead, so send the request when it is due"
+    )
+
+
+def _schedule_problem(headers: Mapping[str, Any], max_eta_ahead_s: float | None = None) -> str | None:
     """Say what is wrong with the retry count, time limits and dates of a protocol 2 message, or None."""
     retries = headers.get("retries", 0)
     if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
@@ -200,9 +218,13 @@ def _schedule_problem(headers: Mapping[str, Any]) -> str | None:
         if not isinstance(value, str):
             return f"header {key} is {type(value).__name__}, not an ISO 8601 string"
         try:
-            maybe_iso8601(value)
+            when = maybe_iso8601(value)
         except (ValueError, OverflowError):
             return f"header {key} {value[:40]!r} is not an ISO 8601 date"
+        if key == "eta" and isinstance(when, datetime):
+            problem = _eta_problem(when, max_eta_ahead_s)
+            if problem is not None:
+                return problem
     return None
 
 
@@ -222,17 +244,20 @@ def _body_problem(body: object) -> str | None:
     return None
 
 
-def task_message_problem(message: Any, accept: frozenset[str]) -> str | None:
+def task_message_problem(
+    message: Any, accept: frozenset[str], max_eta_ahead_s: float | None = None
+) -> str | None:
     """Say why a received task message must be refused, or None if Celery may handle it.
 
     ``accept`` is the set of accepted content types: a body of another type is never decoded.
+    An ``eta`` more than ``max_eta_ahead_s`` ahead is refused (None: any eta).
     """
     headers = message.headers
     if not isinstance(headers, Mapping):
         return f"headers are {type(headers).__name__}, not a map"
     if "task" not in headers:
         return "no task header: not a Celery protocol 2 task message"
-    problem = _identity_problem(headers) or _schedule_problem(headers)
+    problem = _identity_problem(headers) or _schedule_problem(headers, max_eta_ahead_s)
     if problem is not None:
         return problem
     if message.content_type not in accept:
@@ -257,6 +282,17 @@ def _task_id(message: Any) -> str | None:
     return None
 
 
+def max_eta_ahead(app: Celery) -> float:
+    """Return how far ahead a task's eta may be: the broker's visibility timeout.
+
+    A Redis broker delivers an unacknowledged message again once the visibility timeout has
+    passed, so a task held in worker memory for longer would run twice (and pile up meanwhile).
+    Retries (at most a minute of backoff) stay well inside it.
+    """
+    options = app.conf.broker_transport_options or {}
+    return float(options.get("visibility_timeout", _REDIS_VISIBILITY_TIMEOUT_S))
+
+
 class GuardedConsumer(Consumer):  # type: ignore[misc]  # Celery ships no type hints
     """Celery's worker consumer, refusing malformed task messages before Celery reads them."""
 
@@ -264,9 +300,10 @@ class GuardedConsumer(Consumer):  # type: ignore[misc]  # Celery ships no type h
         """Wrap Celery's task message handler with :func:`task_message_problem`."""
         handle = super().create_task_handler(*args, **kwargs)
         accept = frozenset(prepare_accept_content(self.app.conf.accept_content))  # type: ignore[no-untyped-call]
+        max_eta_ahead_s = max_eta_ahead(self.app)
 
         def on_task_received(message: Any) -> Any:
-            problem = task_message_problem(message, accept)
+            problem = task_message_problem(message, accept, max_eta_ahead_s)
             if problem is not None:
                 return self.refuse_message(message, problem)
             try:
