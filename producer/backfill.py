@@ -254,13 +254,16 @@ def run_backfill(
 
 
 def backfill_status(
-    client: EmbeddingClient, job_id: str, state_dir: Path = DEFAULT_STATE_DIR
+    client: EmbeddingClient, job_id: str, state_dir: Path | None = DEFAULT_STATE_DIR
 ) -> BackfillProgress | None:
-    """Return a backfill job's progress from Redis, else from ``state_dir``; None if neither knows it."""
+    """Return a backfill job's progress from Redis, else from ``state_dir`` (None: Redis only).
+
+    None if neither knows ``job_id``.
+    """
     saved: dict[str, Any] | None = load_progress(client, job_id)
     if saved is not None:
         return BackfillProgress(**saved)
-    local = local_backfill_status(job_id, state_dir)
+    local = None if state_dir is None else local_backfill_status(job_id, state_dir)
     return None if local is None else local[0]
 
 

@@ -208,6 +208,41 @@ def test_status_needs_a_broker_url_and_reads_unknown_ids_as_pending(redis_url: s
     assert reported.stdout.startswith("job some-id: pending (an unknown or expired id also reads as pending)")
 
 
+def test_status_of_a_backfill_the_broker_does_not_know_comes_from_its_local_file(
+    redis_url: str, tmp_path: Path
+) -> None:
+    progress = {
+        "job_id": "backfill-0123",
+        "state": "running",
+        "docs_done": 2000,
+        "docs_failed": 1,
+        "docs_total": 5000,
+        "chunks_done": 2,
+        "collection": "docs",
+        "path": "/data/corpus.jsonl",
+        "elapsed_s": 12.5,
+        "errors": ["record 7: text is empty"],
+    }
+    state_dir = tmp_path / ".embedq" / "backfill"
+    state_dir.mkdir(parents=True)
+    (state_dir / "backfill-0123.progress.json").write_text(json.dumps(progress))
+
+    embedded = run_cli(["status", "backfill-0123"], cli_env(tmp_path), tmp_path)
+    reported = run_cli(["status", "backfill-0123"], cli_env(tmp_path, EMBEDQ_BROKER_URL=redis_url), tmp_path)
+
+    for run in (embedded, reported):
+        assert run.returncode == 0, run.stderr
+        assert re.fullmatch(
+            r"backfill backfill-0123: running, 2000 of 5000 documents done, 1 failed, 2 chunks done, "
+            r"12\.5 s\n"
+            r"file /data/corpus\.jsonl -> collection docs\n"
+            r"error: record 7: text is empty\n"
+            r"\(read from \.embedq/backfill in this directory, written \d+ s ago; if it stays the same, "
+            r"the backfill stopped: run the same command again to resume it\)\n",
+            run.stdout,
+        )
+
+
 def test_backfill_then_search_without_a_broker_url(tmp_path: Path) -> None:
     topics = ["cats sleep on warm windows", "redis queues hold tasks", "milvus stores vectors", "tea is hot"]
     with (tmp_path / "docs.jsonl").open("w") as corpus:

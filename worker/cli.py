@@ -288,31 +288,41 @@ def _run_backfill(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _run_status(args: argparse.Namespace, settings: Settings) -> int:
-    from producer.backfill import DEFAULT_STATE_DIR, backfill_status, local_backfill_status
+    from producer.backfill import DEFAULT_STATE_DIR, backfill_status
     from producer.client import EmbeddingClient
-    from worker.cli_output import backfill_progress_lines, job_status_lines, local_progress_line
+    from worker.cli_output import backfill_progress_lines, job_status_lines
 
     if _uses_embedded_cluster(os.environ):
-        local = local_backfill_status(args.job_id, DEFAULT_STATE_DIR)
-        if local is None:
+        lines = _local_backfill_lines(args.job_id)
+        if lines is None:
             raise ConfigError(
                 f"EMBEDQ_BROKER_URL is not set and {DEFAULT_STATE_DIR} in this directory holds no backfill "
                 f"{args.job_id!r}: job states live on the broker, and without one each command runs an "
                 "embedded broker that ends with it. Set EMBEDQ_BROKER_URL to your Redis, or run status "
                 "in the directory the backfill ran in"
             )
-        progress, written_at = local
-        lines = backfill_progress_lines(progress)
-        lines.append(local_progress_line(DEFAULT_STATE_DIR, progress.state, written_at))
     else:
         with EmbeddingClient.from_settings(settings, worker_wait_s=None) as client:
-            found = backfill_status(client, args.job_id)
+            found = backfill_status(client, args.job_id, state_dir=None)
             if found is not None:
                 lines = backfill_progress_lines(found)
             else:
-                lines = job_status_lines(client.status(args.job_id))
+                lines = _local_backfill_lines(args.job_id) or job_status_lines(client.status(args.job_id))
     print("\n".join(lines))
     return 0
+
+
+def _local_backfill_lines(job_id: str) -> list[str] | None:
+    """Return the status lines of a backfill from its local progress file, or None if there is none."""
+    from producer.backfill import DEFAULT_STATE_DIR, local_backfill_status
+    from worker.cli_output import backfill_progress_lines, local_progress_line
+
+    local = local_backfill_status(job_id, DEFAULT_STATE_DIR)
+    if local is None:
+        return None
+    progress, written_at = local
+    source = local_progress_line(DEFAULT_STATE_DIR, progress.state, written_at)
+    return [*backfill_progress_lines(progress), source]
 
 
 def _run_search(args: argparse.Namespace, settings: Settings) -> int:

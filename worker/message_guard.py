@@ -46,8 +46,8 @@ _UNIX_SOCKET_PREFIX: Final = "redis+socket://"
 _MAX_ID_CHARS: Final = 255
 _ID_HEADERS: Final = ("root_id", "parent_id", "group")
 _WORKFLOW_KEYS: Final = ("callbacks", "errbacks", "chain", "chord")
-# What building a kombu Message or a Celery Request raises on a value of the wrong shape.
 _REDIS_VISIBILITY_TIMEOUT_S: Final = 3600.0  # kombu's Redis transport default
+# What building a kombu Message or a Celery Request raises on a value of the wrong shape.
 _SHAPE_ERRORS: Final = (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError)
 
 
