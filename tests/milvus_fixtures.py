@@ -46,7 +46,8 @@ def milvus_server_uri() -> Iterator[str]:
         )
     data_dir = Path(tempfile.mkdtemp(prefix="embedq-milvus-server-"))
     config = MilvusServerConfig(data_dir=str(data_dir))
-    # Every listener on a free port, so parallel sessions on one machine do not collide.
+    # Every listener the wheel lets us set on a free port. Its embedded etcd's peer port (2380) and
+    # its management port (9092) are fixed, so two test sessions on one machine cannot both start it.
     config.update(**{key: _free_port() for key in config.configurable_items if key.endswith("_port")})
     server = MilvusServer(config)
     try:
