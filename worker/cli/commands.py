@@ -100,6 +100,7 @@ def backfill_command(args: argparse.Namespace, settings: Settings) -> int:
         metadata_fields=None if args.metadata_fields is None else _names(args.metadata_fields),
         chunk_size=args.chunk_size,
         max_in_flight=args.max_in_flight,
+        shard=args.shard,
     )
     with (
         serving(settings, needs_milvus=True) as served,

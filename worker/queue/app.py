@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Sequence
@@ -13,9 +14,11 @@ from kombu.entity import Exchange, Queue
 
 from producer.celery_config import broker_client, build_celery_app
 from producer.errors import BrokerUnavailableError
+from producer.protocol.fleet import PoolPresence
 from producer.protocol.messages import WorkerPresence
 from producer.protocol.names import PRESENCE_TTL_S, bulk_queue_for_model, presence_key, queue_for_model
 from producer.settings import Settings
+from worker.queue.fleet import advertise_pool, pool_identity, pool_processes, withdraw_pool
 from worker.queue.guard import install_message_guard
 from worker.queue.tasks import CollectionSinks, Encoder, Sink, TextLimits, register_tasks
 
@@ -36,12 +39,16 @@ class PresenceStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery shi
         super().__init__(parent, **kwargs)
         self._timer_entry: Any = None
         self._keys: list[str] = []
+        self._queues: list[str] = []
+        self._consumer: Any = None
 
     def start(self, consumer: Any) -> None:
         """Advertise the model's queues it consumes now and every third of the presence TTL."""
         own_queues = model_queues(self.presence.model)
         consumed = {queue.name for queue in consumer.task_consumer.queues}
-        self._keys = [presence_key(queue) for queue in own_queues if queue in consumed]
+        self._queues = [queue for queue in own_queues if queue in consumed]
+        self._keys = [presence_key(queue) for queue in self._queues]
+        self._consumer = consumer
         if not self._keys:
             logger.warning(
                 "this worker consumes neither %s: producers will not see it", " nor ".join(own_queues)
@@ -56,12 +63,21 @@ class PresenceStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery shi
             self._timer_entry.cancel()
             self._timer_entry = None
 
+    def shutdown(self, consumer: Any) -> None:
+        """At a warm stop, drop this worker's pool keys so producers stop counting it at once."""
+        self.stop(consumer)
+        if self._queues:
+            with contextlib.suppress(BrokerUnavailableError), broker_client(consumer.app) as client:
+                withdraw_pool(client, self._queues, pool_identity(consumer))
+
     def _refresh(self, app: Celery) -> None:
         value = self.presence.encode()
         try:
             with broker_client(app) as client:
                 for key in self._keys:
                     client.set(key, value, ex=PRESENCE_TTL_S)
+                pool = PoolPresence(pool_identity(self._consumer), pool_processes(self._consumer))
+                advertise_pool(client, self._queues, pool)
         except BrokerUnavailableError as exc:
             logger.warning("could not refresh the worker presence key: %s", exc)
 
