@@ -9,12 +9,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from celery import Celery
-from celery.backends.redis import RedisBackend
+from celery.backends.redis import RedisBackend, SentinelBackend
 from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
 from producer.errors import BrokerUnavailableError
 from producer.protocol.names import queue_for_model
+from producer.sentinel import is_sentinel_url
 from producer.settings import Settings, redact_url
 
 BROKER_ACQUIRE_TIMEOUT_S = 5.0
@@ -34,11 +35,21 @@ class PollingRedisBackend(RedisBackend):  # type: ignore[misc]  # Celery ships n
         """Do not subscribe: results are polled by id."""
 
 
+class PollingSentinelBackend(SentinelBackend):  # type: ignore[misc]  # Celery ships no type hints
+    """The Sentinel result backend (primary found through the sentinels), polled like the one above."""
+
+    def on_task_call(self, producer: Any, task_id: str) -> None:
+        """Do not subscribe: results are polled by id."""
+
+
 _BACKEND_PREFIX = f"{__name__}:{PollingRedisBackend.__name__}+"
+_SENTINEL_BACKEND_PREFIX = f"{__name__}:{PollingSentinelBackend.__name__}+"
 
 
 def backend_setting(url: str) -> str:
     """Return the ``result_backend`` setting that selects PollingRedisBackend for a Redis ``url``."""
+    if is_sentinel_url(url):
+        return _SENTINEL_BACKEND_PREFIX + url
     # Celery reads "<backend class>+<url>"; its Redis backend names the unix-socket scheme "socket".
     return _BACKEND_PREFIX + url.replace("redis+socket://", "socket://", 1)
 
@@ -46,7 +57,7 @@ def backend_setting(url: str) -> str:
 def backend_url(app: Celery) -> str:
     """Return the app's result backend URL with any password redacted, for messages."""
     setting = str(app.conf.result_backend)
-    return redact_url(setting.removeprefix(_BACKEND_PREFIX))
+    return redact_url(setting.removeprefix(_BACKEND_PREFIX).removeprefix(_SENTINEL_BACKEND_PREFIX))
 
 
 def _ssl_options(url: str) -> dict[str, Any] | None:
@@ -85,6 +96,9 @@ def celery_conf(settings: Settings) -> dict[str, Any]:
         "redis_socket_timeout": REDIS_SOCKET_TIMEOUT_S,
         "redis_socket_connect_timeout": REDIS_SOCKET_TIMEOUT_S,
     }
+    if settings.sentinel_master is not None:
+        conf["broker_transport_options"]["master_name"] = settings.sentinel_master
+        conf["result_backend_transport_options"] = {"master_name": settings.sentinel_master}
     broker_ssl = _ssl_options(settings.broker_url)
     if broker_ssl is not None:
         conf["broker_use_ssl"] = broker_ssl

@@ -9,6 +9,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from producer.errors import ConfigError
 from producer.protocol.names import BUNDLED_MODEL_ID
+from producer.sentinel import check_master_name, check_sentinel_url, is_sentinel_url
 
 DEFAULT_BROKER_URL = "redis://localhost:6379/0"
 DEFAULT_MILVUS_URI = "./embedq.db"
@@ -34,12 +35,14 @@ class Settings:
     milvus_token: str | None = None
     concurrency: int | None = None
     max_queue_depth: int = 10_000
+    sentinel_master: str | None = None  # the master name, with sentinel:// URLs
 
     def __post_init__(self) -> None:
         if not self.result_backend:
             object.__setattr__(self, "result_backend", self.broker_url)
         check_redis_url(self.broker_url, "EMBEDQ_BROKER_URL")
         check_redis_url(self.result_backend, "EMBEDQ_RESULT_BACKEND")
+        check_master_name(self.sentinel_master, (self.broker_url, self.result_backend))
         if self.model is not None:
             check_model_id(self.model, "EMBEDQ_MODEL")
         for name, value in (
@@ -98,6 +101,8 @@ def redact_url(url: str) -> str:
 
 def check_redis_url(url: str, variable: str) -> str:
     """Return ``url`` if it is a Redis URL Celery can use; else raise ConfigError naming ``variable``."""
+    if is_sentinel_url(url):
+        return check_sentinel_url(url, variable)
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - parsing the port validates it
@@ -105,7 +110,8 @@ def check_redis_url(url: str, variable: str) -> str:
         raise ConfigError(f"{variable} is not a valid URL ({redact_url(url)!r}): {exc}") from exc
     if parts.scheme not in REDIS_SCHEMES:
         raise ConfigError(
-            f"{variable} must be a redis://, rediss:// or redis+socket:// URL, got {redact_url(url)!r}"
+            f"{variable} must be a redis://, rediss://, redis+socket:// or sentinel:// URL (Redis Cluster "
+            f"is not supported by Celery), got {redact_url(url)!r}"
         )
     if parts.scheme != "redis+socket" and not parts.hostname:
         raise ConfigError(f"{variable} names no host: {redact_url(url)!r} (e.g. redis://localhost:6379/0)")
@@ -163,4 +169,5 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         milvus_token=_text(env, "EMBEDQ_MILVUS_TOKEN"),
         concurrency=None if concurrency is None else _int(env, "EMBEDQ_CONCURRENCY", 0),
         max_queue_depth=_int(env, "EMBEDQ_MAX_QUEUE_DEPTH", 10_000),
+        sentinel_master=_text(env, "EMBEDQ_SENTINEL_MASTER"),
     )

@@ -20,6 +20,7 @@ from producer.protocol.names import PRESENCE_TTL_S, bulk_queue_for_model, presen
 from producer.settings import Settings
 from worker.queue.fleet import advertise_pool, pool_identity, pool_processes, withdraw_pool
 from worker.queue.guard import install_message_guard
+from worker.queue.sentinel import install_sentinel_guard
 from worker.queue.tasks import CollectionSinks, Encoder, Sink, TextLimits, register_tasks
 
 logger = logging.getLogger(__name__)
@@ -101,6 +102,7 @@ def build_worker_app(settings: Settings, encoder: Encoder, queues: Sequence[str]
     """
     app = build_celery_app(settings, "embedq-worker")
     install_message_guard(app)  # one malformed queue item must not stop the worker
+    install_sentinel_guard(app)  # the same guard on kombu's Sentinel transport
     own_queue, bulk_queue = model_queues(encoder.model_id)
     aliases = {"interactive": own_queue, "bulk": bulk_queue}
     names = (
