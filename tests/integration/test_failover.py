@@ -26,7 +26,9 @@ def setup(tmp_path: Path) -> Iterator[SentinelSetup]:
         yield started
 
 
-def test_a_backfill_and_queries_survive_the_primary_being_killed(setup: SentinelSetup, tmp_path: Path) -> None:
+def test_a_backfill_and_queries_survive_the_primary_being_killed(
+    setup: SentinelSetup, tmp_path: Path
+) -> None:
     env = {"EMBEDQ_BROKER_URL": setup.url, "EMBEDQ_SENTINEL_MASTER": MASTER_NAME}
     worker = start_worker(setup.url, tmp_path / "worker.log", extra_env=env)
     milvus_uri = worker.settings.milvus_uri

@@ -134,4 +134,6 @@ def failover_round(
         finally:
             stop.set()
             queries.join(60.0)
-    return FailoverRound(runs, written, skipped, failover[0] if failover else float("nan"), stopped_with, tally)
+    return FailoverRound(
+        runs, written, skipped, failover[0] if failover else float("nan"), stopped_with, tally
+    )

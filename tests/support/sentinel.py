@@ -44,9 +44,8 @@ class SentinelSetup:
     def primary_port(self) -> int:
         """Ask a sentinel which data server is the primary now."""
         for port in self.sentinel_ports:
-            with contextlib.suppress(redis.RedisError), redis.Redis(port=port, socket_timeout=1.0) as client:
-                host, primary = client.execute_command("SENTINEL", "get-master-addr-by-name", MASTER_NAME)
-                return int(primary)
+            with contextlib.suppress(redis.RedisError):
+                return self._primary_of(port)
         raise RuntimeError("no sentinel answers")
 
     def kill_primary(self) -> int:
@@ -57,17 +56,22 @@ class SentinelSetup:
         return port
 
     def wait_for_failover(self, old_port: int, timeout_s: float = 20.0) -> float:
-        """Wait until the sentinels name another primary that answers as one; return the seconds taken."""
+        """Wait until every sentinel names another primary that answers as one; return the seconds taken."""
         started = time.monotonic()
         while time.monotonic() - started < timeout_s:
             with contextlib.suppress(redis.RedisError, RuntimeError):
-                port = self.primary_port()
-                if port != old_port:
-                    with redis.Redis(port=port, socket_timeout=1.0) as client:
+                ports = {self._primary_of(port) for port in self.sentinel_ports}
+                if len(ports) == 1 and old_port not in ports:
+                    with redis.Redis(port=ports.pop(), socket_timeout=1.0) as client:
                         if client.info("replication")["role"] == "master":
                             return time.monotonic() - started
             time.sleep(0.05)
         raise RuntimeError(f"no failover within {timeout_s} s")
+
+    def _primary_of(self, sentinel_port: int) -> int:
+        with redis.Redis(port=sentinel_port, socket_timeout=1.0) as client:
+            _, primary = client.execute_command("SENTINEL", "get-master-addr-by-name", MASTER_NAME)
+            return int(primary)
 
 
 def primary_client(url: str, master: str) -> redis.Redis:
@@ -76,7 +80,9 @@ def primary_client(url: str, master: str) -> redis.Redis:
 
     parts = [part.removeprefix("sentinel://") for part in url.split(";")]
     db = int(parts[-1].partition("/")[2] or 0)
-    addresses = [(host, int(port)) for host, _, port in (part.partition("/")[0].partition(":") for part in parts)]
+    addresses = [
+        (host, int(port)) for host, _, port in (part.partition("/")[0].partition(":") for part in parts)
+    ]
     return Sentinel(addresses, socket_timeout=2.0).master_for(master, db=db, socket_timeout=2.0)
 
 
@@ -121,7 +127,9 @@ def sentinel_setup(directory: Path) -> Iterator[SentinelSetup]:
                 f"sentinel failover-timeout {MASTER_NAME} 5000\n"
                 f"sentinel parallel-syncs {MASTER_NAME} 1\n"
             )
-            setup.processes[port] = _start([binary, str(conf), "--sentinel"], directory / f"sentinel-{port}.log")
+            setup.processes[port] = _start(
+                [binary, str(conf), "--sentinel"], directory / f"sentinel-{port}.log"
+            )
             _wait_ping(port, setup.processes[port])
         _wait_replica_in_sync(primary)
         yield setup
