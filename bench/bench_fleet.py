@@ -97,6 +97,10 @@ def bench_pool(
                             corpus.path, f"fleet_{tag}", chunk_size=args.chunk_size, max_in_flight=setting,
                             state_dir=tmp / f"state-{tag}",
                         )  # fmt: skip
+                        roles["worker"] = [
+                            worker.process.pid,
+                            *worker.pool_pids(),
+                        ]  # a pool process may be replaced
                         rate, per_doc = _run(
                             client, target, corpus.path, len(corpus.ids), options, roles, corpus.model_id
                         )
@@ -140,6 +144,12 @@ def report(processes: int, results: PoolResults) -> float:
     for setting, rate in medians.items():
         print(
             f"  in-flight {setting:>4}: {rate:>7,.0f} docs/s (median; spread {_spread(results.rates[setting])})"
+        )
+    same = str(2 * processes)  # the limit auto picks with this worker alone
+    if same in medians:
+        print(
+            f"  auto / fixed {same} (the limit auto picks here, so the difference is the machine's noise): "
+            f"{medians['auto'] / medians[same]:.2f}x"
         )
     runs = results.cpu_us_per_doc["auto"]
     cpu = {role: statistics.median(run[role] for run in runs) for role in ROLES}
