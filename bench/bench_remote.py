@@ -15,6 +15,7 @@ docs/s, and each delay against 0 ms through the same proxy (median of per-round 
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import subprocess
 import sys
@@ -29,6 +30,23 @@ from producer.client import EmbeddingClient
 from worker.ports import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+_SUCCEEDED = re.compile(rb"\] succeeded in ([0-9.]+)s")
+
+
+def busy_share(log: Path, offset: int, wall_s: float, processes: int) -> tuple[float, float, int]:
+    """Return the pool's busy share, the idle ms per task and the task count since ``offset`` of the log.
+
+    Busy time is the runtime Celery logs for each task ("succeeded in X s"); the rest of
+    ``wall_s`` x ``processes`` is time a pool process waited (for the broker, or for work).
+    """
+    with log.open("rb") as handle:
+        handle.seek(offset)
+        runtimes = [float(value) for value in _SUCCEEDED.findall(handle.read())]
+    capacity_s = wall_s * processes
+    idle_ms = (capacity_s - sum(runtimes)) / max(len(runtimes), 1) * 1000
+    return sum(runtimes) / capacity_s, idle_ms, len(runtimes)
 
 
 def _set_delay(control: Path, delay_ms: float) -> None:
@@ -49,6 +67,8 @@ def main() -> None:
     args = parser.parse_args()
     delays = [float(value) for value in args.delays.split(",")]
     rates: dict[tuple[str, float], list[float]] = {}
+    busy: dict[tuple[str, float], list[float]] = {}
+    idle: dict[tuple[str, float], list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="embedq-bench-remote-") as tmp_name, private_redis() as redis_url:
         tmp = Path(tmp_name)
         corpus = load_corpus(tmp, args.docs)
@@ -90,19 +110,32 @@ def main() -> None:
                                 options = BackfillOptions(
                                     corpus.path, f"remote_{tag}", state_dir=tmp / f"state-{tag}"
                                 )
+                                offset = worker.log_path.stat().st_size
                                 started = time.perf_counter()
                                 summary = run_backfill(client, options)
-                                backfill_rate = summary.written / (time.perf_counter() - started)
+                                wall_s = time.perf_counter() - started
+                                backfill_rate = summary.written / wall_s
+                                share, idle_ms, _ = busy_share(worker.log_path, offset, wall_s, 2)
+                                busy.setdefault(("backfill", delay), []).append(share)
+                                idle.setdefault(("backfill", delay), []).append(idle_ms)
                                 if summary.written != len(corpus.ids):
                                     raise RuntimeError(f"backfill wrote {summary.written}: {summary.errors}")
+                                offset = worker.log_path.stat().st_size
                                 started = time.perf_counter()
                                 vectors = client.embed_documents(corpus.texts).result(timeout_s=600)
-                                embed_rate = len(vectors) / (time.perf_counter() - started)
+                                wall_s = time.perf_counter() - started
+                                embed_rate = len(vectors) / wall_s
+                                time.sleep(0.2)  # the log line of the last task
+                                share, idle_ms, _ = busy_share(worker.log_path, offset, wall_s, 2)
+                                busy.setdefault(("embed", delay), []).append(share)
+                                idle.setdefault(("embed", delay), []).append(idle_ms)
                                 rates.setdefault(("backfill", delay), []).append(backfill_rate)
                                 rates.setdefault(("embed", delay), []).append(embed_rate)
                                 print(
                                     f"  round {round_no + 1} delay {delay:>4g} ms: backfill {backfill_rate:>7,.0f} "
-                                    f"docs/s  bulk embed {embed_rate:>7,.0f} docs/s",
+                                    f"docs/s (pool busy {busy[('backfill', delay)][-1]:.0%}, idle "
+                                    f"{idle[('backfill', delay)][-1]:.0f} ms/task)  bulk embed {embed_rate:>7,.0f} "
+                                    f"docs/s (busy {busy[('embed', delay)][-1]:.0%}, idle {idle[('embed', delay)][-1]:.0f} ms/task)",
                                     flush=True,
                                 )
                 finally:
@@ -117,7 +150,9 @@ def main() -> None:
             ratios = [value / ref for value, ref in zip(values, base, strict=True)]
             print(
                 f"{workload:<8} delay {delay:>4g} ms: {statistics.median(values):>7,.0f} docs/s (median), "
-                f"vs 0 ms {statistics.median(ratios):.2f}x (rounds: {', '.join(f'{r:.2f}' for r in ratios)})"
+                f"vs 0 ms {statistics.median(ratios):.2f}x (rounds: {', '.join(f'{r:.2f}' for r in ratios)}); "
+                f"pool busy {statistics.median(busy[(workload, delay)]):.0%}, idle per task "
+                f"{statistics.median(idle[(workload, delay)]):.1f} ms (medians)"
             )
 
 
