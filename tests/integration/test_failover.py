@@ -38,7 +38,6 @@ def test_a_backfill_and_queries_survive_the_primary_being_killed(
         result = failover_round(
             setup, settings, corpus, "failover", tmp_path / "state", kill_after_docs=DOCS // 4
         )
-        print(result)
         assert worker.process.poll() is None, "the worker must reconnect, not exit"
         assert result.failover_s < 10.0
         assert result.written + result.skipped == DOCS, result
