@@ -27,6 +27,7 @@ from bench.bench_backfill import CpuMeter, MilvusTarget, lite_target, load_corpu
 from producer.backfill import BackfillOptions, run_backfill
 from producer.backfill.in_flight import InFlightSetting
 from producer.client import EmbeddingClient
+from worker.queue.fleet import usable_cpus
 
 ROLES = ("bench", "redis", "worker", "milvus")
 
@@ -148,7 +149,7 @@ def report(processes: int, results: PoolResults) -> float:
         print(
             f"  in-flight {setting:>4}: {rate:>7,.0f} docs/s (median; spread {_spread(results.rates[setting])})"
         )
-    same = str(2 * processes)  # the limit auto picks with this worker alone
+    same = str(2 * min(processes, usable_cpus()))  # the limit auto picks with this worker alone
     if same in medians:
         print(
             f"  auto / fixed {same} (the limit auto picks here, so the difference is the machine's noise): "

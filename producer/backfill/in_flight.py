@@ -1,7 +1,8 @@
 """How many chunks a backfill keeps queued: a fixed number, or about two per live pool process.
 
 With ``auto``, the limit follows the pool processes the live workers of the model's bulk queue
-advertise (producer.protocol.fleet), re-read every few seconds, so a backfill fills a fleet that
+advertise (producer.protocol.fleet; a worker with more processes than CPUs counts its CPUs, as
+its extra processes only take turns), re-read every few seconds, so a backfill fills a fleet that
 grows or shrinks while it runs. Two chunks per process: one running, one waiting in the queue
 for the moment it ends, so no process idles for a round trip to the broker between chunks.
 """

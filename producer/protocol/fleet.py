@@ -33,14 +33,21 @@ def pool_key(queue: str, hostname: str) -> str:
 
 @dataclass(frozen=True)
 class PoolPresence:
-    """One worker's pool: its name (Celery hostname/pid) and how many processes run its tasks."""
+    """One worker's pool: its name (Celery hostname/pid), its processes and the CPUs it may use."""
 
     hostname: str
     processes: int
+    cpus: int | None = None  # None: not said (a record of an earlier version)
+
+    @property
+    def runnable(self) -> int:
+        """Pool processes that can run at once: no more than the CPUs (more only take turns)."""
+        return self.processes if self.cpus is None else min(self.processes, self.cpus)
 
     def encode(self) -> bytes:
         """Return the msgpack bytes stored under :func:`pool_key`."""
-        return cast(bytes, msgpack.packb({"hostname": self.hostname, "processes": self.processes}))
+        fields = {"hostname": self.hostname, "processes": self.processes, "cpus": self.cpus}
+        return cast(bytes, msgpack.packb({key: value for key, value in fields.items() if value is not None}))
 
     @classmethod
     def decode(cls, raw: bytes) -> PoolPresence:
@@ -51,16 +58,18 @@ class PoolPresence:
             raise MessageDecodeError(f"PoolPresence is not valid msgpack: {exc}") from exc
         if not isinstance(payload, dict):
             raise MessageDecodeError(f"PoolPresence must be a map, got {type(payload).__name__}")
-        hostname, processes = payload.get("hostname"), payload.get("processes")
+        hostname, processes, cpus = payload.get("hostname"), payload.get("processes"), payload.get("cpus")
         if not isinstance(hostname, str) or not hostname:
             raise MessageDecodeError("PoolPresence.hostname must be a non-empty string")
         if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
             raise MessageDecodeError(f"PoolPresence.processes must be a positive int, got {processes!r}")
-        return cls(hostname, processes)
+        if cpus is not None and (isinstance(cpus, bool) or not isinstance(cpus, int) or cpus < 1):
+            raise MessageDecodeError(f"PoolPresence.cpus must be a positive int, got {cpus!r}")
+        return cls(hostname, processes, cpus)
 
 
 def live_pool_processes(redis: Any, queue: str) -> int:
-    """Return the pool processes of the live workers that advertise a pool on ``queue`` (0: none).
+    """Return the runnable pool processes of the live workers advertising a pool on ``queue`` (0: none).
 
     Hostnames whose key expired (the worker stopped or lost the broker) are dropped from the set.
     """
@@ -76,7 +85,7 @@ def live_pool_processes(redis: Any, queue: str) -> int:
             gone.append(name)
             continue
         try:
-            total += PoolPresence.decode(raw).processes
+            total += PoolPresence.decode(raw).runnable
         except MessageDecodeError:
             continue  # a foreign value: not a pool this producer can count
     if gone:

@@ -85,6 +85,13 @@ def test_live_pool_processes_sum_live_workers_and_drop_expired_ones(fake_redis: 
     assert live_pool_processes(fake_redis, QUEUE) == 0
 
 
+def test_a_worker_with_more_processes_than_cpus_counts_its_cpus(fake_redis: fakeredis.FakeRedis) -> None:
+    advertise_pool(fake_redis, [QUEUE], PoolPresence("w1@a", 4, cpus=2))
+    advertise_pool(fake_redis, [QUEUE], PoolPresence("w2@b", 2, cpus=8))
+    advertise_pool(fake_redis, [QUEUE], PoolPresence("w3@c", 3))  # an earlier version: no cpus
+    assert live_pool_processes(fake_redis, QUEUE) == 2 + 2 + 3
+
+
 def test_a_foreign_pool_value_is_not_counted(fake_redis: fakeredis.FakeRedis) -> None:
     advertise_pool(fake_redis, [QUEUE], PoolPresence("w1@a", 2))
     fake_redis.sadd(pool_set_key(QUEUE), "junk")
@@ -98,3 +105,4 @@ def test_pool_presence_ignores_keys_a_later_version_adds() -> None:
     raw = msgpack.packb({"hostname": "w@h", "processes": 3, "threads": 9})
     assert PoolPresence.decode(raw) == PoolPresence("w@h", 3)
     assert PoolPresence.decode(PoolPresence("w@h", 3).encode()) == PoolPresence("w@h", 3)
+    assert PoolPresence.decode(PoolPresence("w@h", 3, 2).encode()) == PoolPresence("w@h", 3, 2)

@@ -18,7 +18,7 @@ from producer.protocol.fleet import PoolPresence
 from producer.protocol.messages import WorkerPresence
 from producer.protocol.names import PRESENCE_TTL_S, bulk_queue_for_model, presence_key, queue_for_model
 from producer.settings import Settings
-from worker.queue.fleet import advertise_pool, pool_identity, pool_processes, withdraw_pool
+from worker.queue.fleet import advertise_pool, pool_identity, pool_processes, usable_cpus, withdraw_pool
 from worker.queue.guard import install_message_guard
 from worker.queue.sentinel import install_sentinel_guard
 from worker.queue.tasks import CollectionSinks, Encoder, Sink, TextLimits, register_tasks
@@ -77,7 +77,9 @@ class PresenceStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery shi
             with broker_client(app) as client:
                 for key in self._keys:
                     client.set(key, value, ex=PRESENCE_TTL_S)
-                pool = PoolPresence(pool_identity(self._consumer), pool_processes(self._consumer))
+                pool = PoolPresence(
+                    pool_identity(self._consumer), pool_processes(self._consumer), usable_cpus()
+                )
                 advertise_pool(client, self._queues, pool)
         except BrokerUnavailableError as exc:
             logger.warning("could not refresh the worker presence key: %s", exc)

@@ -26,6 +26,14 @@ def pool_processes(consumer: Any) -> int:
     return concurrency if isinstance(concurrency, int) and concurrency > 0 else 1
 
 
+def usable_cpus() -> int:
+    """Return the CPUs this process may run on (its affinity mask, else the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def advertise_pool(redis: Any, queues: Sequence[str], presence: PoolPresence) -> None:
     """Set the worker's pool key on each of ``queues`` (TTL of the presence key) and list its hostname."""
     pipe = redis.pipeline()
