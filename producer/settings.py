@@ -16,6 +16,7 @@ DEFAULT_MILVUS_URI = "./embedq.db"
 REDIS_SCHEMES = frozenset({"redis", "rediss", "redis+socket"})
 _SECRET_QUERY_KEYS = frozenset({"password", "token", "secret"})
 _MAX_MODEL_ID_CHARS = 512
+TOKENIZER_CHOICES = ("auto", "fast", "tokenizers")  # EMBEDQ_TOKENIZER: see worker.fast_tokenizing
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class Settings:
     milvus_token: str | None = None
     concurrency: int | None = None
     max_queue_depth: int = 10_000
+    tokenizer: str = "auto"
 
     def __post_init__(self) -> None:
         if not self.result_backend:
@@ -53,6 +55,10 @@ class Settings:
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive whole number, got {value!r}")
+        if self.tokenizer not in TOKENIZER_CHOICES:
+            raise ConfigError(
+                f"EMBEDQ_TOKENIZER must be one of {', '.join(TOKENIZER_CHOICES)}, got {self.tokenizer!r}"
+            )
         if self.visibility_timeout_s <= self.task_time_limit_s:
             raise ConfigError(
                 f"EMBEDQ_VISIBILITY_TIMEOUT_S ({self.visibility_timeout_s}) must exceed "
@@ -74,7 +80,7 @@ class Settings:
             f"max_text_chars={self.max_text_chars}, task_time_limit_s={self.task_time_limit_s}, "
             f"visibility_timeout_s={self.visibility_timeout_s}, milvus_uri={redact_url(self.milvus_uri)!r}, "
             f"milvus_token={token!r}, concurrency={self.concurrency}, "
-            f"max_queue_depth={self.max_queue_depth})"
+            f"max_queue_depth={self.max_queue_depth}, tokenizer={self.tokenizer!r})"
         )
 
 
@@ -163,4 +169,5 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         milvus_token=_text(env, "EMBEDQ_MILVUS_TOKEN"),
         concurrency=None if concurrency is None else _int(env, "EMBEDQ_CONCURRENCY", 0),
         max_queue_depth=_int(env, "EMBEDQ_MAX_QUEUE_DEPTH", 10_000),
+        tokenizer=(_text(env, "EMBEDQ_TOKENIZER") or "auto").lower(),
     )
