@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from producer.errors import ConfigError
-from producer.wire import BUNDLED_MODEL_ID
+from producer.protocol.names import BUNDLED_MODEL_ID
 
 DEFAULT_BROKER_URL = "redis://localhost:6379/0"
 DEFAULT_MILVUS_URI = "./embedq.db"
@@ -16,7 +16,7 @@ DEFAULT_MILVUS_URI = "./embedq.db"
 REDIS_SCHEMES = frozenset({"redis", "rediss", "redis+socket"})
 _SECRET_QUERY_KEYS = frozenset({"password", "token", "secret"})
 _MAX_MODEL_ID_CHARS = 512
-TOKENIZER_CHOICES = ("auto", "fast", "tokenizers")  # EMBEDQ_TOKENIZER: see worker.fast_tokenizing
+TOKENIZER_CHOICES = ("auto", "fast", "tokenizers")  # EMBEDQ_TOKENIZER: see worker.encoding.fast_tokenizing
 
 
 @dataclass(frozen=True)
