@@ -191,8 +191,16 @@ def start_worker(
 
 def start_noop_worker(db_url: str, log_dir: Path, dim: int, concurrency: int) -> WorkerProcess:
     """Start this script as the no-op worker app (prefork, ``concurrency``) on NOOP_QUEUE."""
-    argv = [sys.executable, str(Path(__file__).resolve()), "--serve-noop", db_url, "--noop-dim", str(dim)]
-    env = {**os.environ, "EMBEDQ_CONCURRENCY": str(concurrency), "PYTHONUNBUFFERED": "1"}
+    # Run as a module from the repository root, as the benchmark itself is (it imports tests.support).
+    argv = [sys.executable, "-m", "bench.bench_queue", "--serve-noop", db_url, "--noop-dim", str(dim)]
+    root = str(Path(__file__).resolve().parent.parent)
+    pythonpath = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    env = {
+        **os.environ,
+        "EMBEDQ_CONCURRENCY": str(concurrency),
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": pythonpath,
+    }
     process, log_path = _spawn("noop", argv, env, log_dir)
     return WorkerProcess("noop", process, log_path, None, concurrency)
 
