@@ -142,7 +142,11 @@ def embed_request(encoder: Encoder, request: EmbedRequest, limits: TextLimits) -
     """Encode one request with the worker's model, refusing requests meant for another model."""
     _check_model(encoder, request.model)
     texts = validate_texts(request.texts, max_texts=limits.max_texts, max_text_chars=limits.max_text_chars)
-    return EmbedResult.from_array(encoder.model_id, encoder.encode(texts))
+    counting = getattr(encoder, "encode_with_token_counts", None)  # StaticEncoder reports token counts
+    if counting is None:
+        return EmbedResult.from_array(encoder.model_id, encoder.encode(texts))
+    vectors, tokens = counting(texts)
+    return EmbedResult.from_array(encoder.model_id, vectors, tokens.tolist())
 
 
 def upsert_request(
