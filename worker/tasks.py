@@ -138,6 +138,9 @@ def _check_model(encoder: Encoder, requested: str) -> None:
         )
 
 
+check_model = _check_model
+
+
 def embed_request(encoder: Encoder, request: EmbedRequest, limits: TextLimits) -> EmbedResult:
     """Encode one request with the worker's model, refusing requests meant for another model."""
     _check_model(encoder, request.model)
