@@ -280,7 +280,12 @@ class EmbeddingClient:
         timeout_s = self._request_timeout_s if timeout_s is None else timeout_s
         deadline_s = None if timeout_s is None else time.time() + timeout_s
         limits = self._batch_limits
-        if limits is not None and limits.admits(checked) and self.queue_for(len(checked)) == self.queue:
+        if (
+            limits is not None
+            and len(checked) <= self._max_texts_per_task  # a request split into tasks is not batched
+            and limits.admits(checked)
+            and self.queue_for(len(checked)) == self.queue
+        ):
             return self._submit_batched(BatchItem(uuid(), kind, tuple(checked), deadline_s))
         batches = split_batches(checked, self._max_texts_per_task, self._max_chars_per_task)
         queue = self.queue_for(len(checked))

@@ -39,7 +39,9 @@ def _batches_received(worker: WorkerProcess) -> list[str]:
 
 def _texts(rng: random.Random, tag: str) -> list[str]:
     count = rng.choice([1, 1, 1, 2, 5])
-    return [f"{tag} {i} " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 30))) for i in range(count)]
+    return [
+        f"{tag} {i} " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 30))) for i in range(count)
+    ]
 
 
 def test_threads_and_asyncio_tasks_sharing_a_client_each_get_their_own_vectors(
@@ -103,7 +105,9 @@ def test_a_pool_process_killed_mid_batch_loses_nothing_and_mixes_up_nothing(
     redis_url: str, worker: WorkerProcess, encoder: StaticEncoder
 ) -> None:
     rng = random.Random(11)
-    big = [[" ".join(rng.choice(WORDS) for _ in range(150)) + f" {n}-{i}" for i in range(2500)] for n in range(2)]
+    big = [
+        [" ".join(rng.choice(WORDS) for _ in range(150)) + f" {n}-{i}" for i in range(2500)] for n in range(2)
+    ]
     small = [[f"small request {n}"] for n in range(5)]
     with EmbeddingClient(
         redis_url, batch_wait_ms=300, batch_max_texts=10_000, batch_max_chars=10**9, bulk_min_texts=None
