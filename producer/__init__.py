@@ -5,6 +5,7 @@ from producer.embedding_function import Model2VecEmbeddingFunction
 from producer.errors import (
     BrokerUnavailableError,
     ConfigError,
+    DeadlineExceededError,
     EmbedqError,
     InvalidInputError,
     MessageDecodeError,
@@ -24,6 +25,7 @@ from producer.settings import Settings, load_settings
 __all__ = [
     "BrokerUnavailableError",
     "ConfigError",
+    "DeadlineExceededError",
     "EmbeddingClient",
     "EmbedqError",
     "InvalidInputError",

@@ -21,6 +21,7 @@ from producer.wire import (
     presence_key,
     queue_for_model,
 )
+from worker.batch_task import register_batch_task
 from worker.message_guard import install_message_guard
 from worker.tasks import CollectionSinks, Encoder, Sink, TextLimits, register_tasks
 
@@ -100,12 +101,14 @@ def build_worker_app(settings: Settings, encoder: Encoder, queues: Sequence[str]
         Queue(name, Exchange(name), routing_key=name)  # type: ignore[no-untyped-call]
         for name in names
     ]
+    limits = TextLimits(settings.max_texts_per_request, settings.max_text_chars)
     register_tasks(
         app,
         encoder,
-        TextLimits(settings.max_texts_per_request, settings.max_text_chars),
+        limits,
         CollectionSinks(partial(_open_sink, settings.milvus_uri, settings.milvus_token)),
     )
+    register_batch_task(app, encoder, limits)
     step = type("PresenceStep", (PresenceStep,), {"presence": WorkerPresence(encoder.model_id, encoder.dim)})
     app.steps["consumer"].add(step)
     return app

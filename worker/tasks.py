@@ -138,15 +138,24 @@ def _check_model(encoder: Encoder, requested: str) -> None:
         )
 
 
+check_model = _check_model
+
+
+def encode_counting_tokens(encoder: Encoder, texts: Sequence[str]) -> tuple[np.ndarray, list[int] | None]:
+    """Encode ``texts``; also return the tokens pooled per text if the encoder reports them."""
+    counting = getattr(encoder, "encode_with_token_counts", None)
+    if counting is None:
+        return encoder.encode(texts), None
+    vectors, tokens = counting(texts)
+    return vectors, [int(count) for count in tokens]
+
+
 def embed_request(encoder: Encoder, request: EmbedRequest, limits: TextLimits) -> EmbedResult:
     """Encode one request with the worker's model, refusing requests meant for another model."""
     _check_model(encoder, request.model)
     texts = validate_texts(request.texts, max_texts=limits.max_texts, max_text_chars=limits.max_text_chars)
-    counting = getattr(encoder, "encode_with_token_counts", None)  # StaticEncoder reports token counts
-    if counting is None:
-        return EmbedResult.from_array(encoder.model_id, encoder.encode(texts))
-    vectors, tokens = counting(texts)
-    return EmbedResult.from_array(encoder.model_id, vectors, tokens.tolist())
+    vectors, tokens = encode_counting_tokens(encoder, texts)
+    return EmbedResult.from_array(encoder.model_id, vectors, tokens)
 
 
 def upsert_request(

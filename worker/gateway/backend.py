@@ -75,6 +75,10 @@ class Backend:
                 max_texts_per_job=self._max_texts_per_job,
                 max_queue_depth=self.settings.max_queue_depth,
                 worker_wait_s=0.5,
+                batch_wait_ms=self.settings.batch_wait_ms,
+                batch_max_texts=self.settings.batch_max_texts,
+                batch_max_chars=self.settings.batch_max_chars,
+                request_timeout_s=self.request_timeout_s,
             )
         return client
 

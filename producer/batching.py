@@ -1,0 +1,126 @@
+"""Client-side coalescing: small requests sent close together by many threads leave as one task.
+
+One sender thread per client takes the waiting requests and sends them as one batch task. A
+request arriving when no batch went out in the last ``wait_ms`` is sent at once (a lone query is
+never held); under load, at most one batch per ``wait_ms`` leaves, holding every request that
+arrived meanwhile, up to ``max_texts`` texts and ``max_chars`` characters (a full batch leaves at
+once). The callers never wait for the send: they hold a Job and wait for its notice.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from producer.batch_wire import BatchItem
+from producer.errors import ConfigError, EmbedqError
+
+logger = logging.getLogger(__name__)
+
+SendBatch = Callable[[list[BatchItem]], None]
+FailBatch = Callable[[list[str], EmbedqError], None]
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    """How long a small request may wait for others (ms) and how much one batch may hold."""
+
+    wait_ms: float = 2.0
+    max_texts: int = 128
+    max_chars: int = 200_000
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.wait_ms <= 1000:
+            raise ConfigError(f"batch_wait_ms must be between 0 and 1000, got {self.wait_ms!r}")
+        for name, value in (("batch_max_texts", self.max_texts), ("batch_max_chars", self.max_chars)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive whole number, got {value!r}")
+
+    def admits(self, texts: Sequence[str]) -> bool:
+        """Whether a request of ``texts`` is small enough to be coalesced."""
+        return len(texts) <= self.max_texts and sum(map(len, texts)) <= self.max_chars
+
+
+class Coalescer:
+    """Collects small requests and hands them to ``send`` in batches, from one daemon thread."""
+
+    def __init__(self, limits: BatchLimits, send: SendBatch, fail: FailBatch, name: str) -> None:
+        self._limits = limits
+        self._send = send
+        self._fail = fail
+        self._cond = threading.Condition()
+        self._pending: deque[BatchItem] = deque()
+        self._pending_texts = 0
+        self._pending_chars = 0
+        self._last_send = 0.0
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def add(self, item: BatchItem) -> None:
+        """Queue ``item`` for the next batch."""
+        with self._cond:
+            if self._closed:
+                raise ConfigError("this EmbeddingClient is closed: create a new one")
+            was_empty = not self._pending
+            self._pending.append(item)
+            self._pending_texts += len(item.texts)
+            self._pending_chars += sum(map(len, item.texts))
+            if was_empty or self._full():
+                self._cond.notify()
+
+    def close(self) -> None:
+        """Send what is waiting, then stop the thread."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=10.0)
+
+    def _full(self) -> bool:
+        return self._pending_texts >= self._limits.max_texts or self._pending_chars >= self._limits.max_chars
+
+    def _take(self) -> list[BatchItem] | None:
+        """Wait for requests and the end of the window; return the next batch (None: closed and empty)."""
+        window_s = self._limits.wait_ms / 1000
+        with self._cond:
+            while not self._pending:
+                if self._closed:
+                    return None
+                self._cond.wait()
+            while not self._closed and not self._full():
+                left_s = self._last_send + window_s - time.monotonic()
+                if left_s <= 0:
+                    break
+                self._cond.wait(left_s)
+            batch: list[BatchItem] = []
+            texts = chars = 0
+            while self._pending:
+                item = self._pending[0]
+                size = sum(map(len, item.texts))
+                if batch and (
+                    texts + len(item.texts) > self._limits.max_texts or chars + size > self._limits.max_chars
+                ):
+                    break
+                self._pending.popleft()
+                batch.append(item)
+                texts += len(item.texts)
+                chars += size
+            self._pending_texts -= texts
+            self._pending_chars -= chars
+            self._last_send = time.monotonic()
+            return batch
+
+    def _run(self) -> None:
+        while (batch := self._take()) is not None:
+            try:
+                self._send(batch)
+            except EmbedqError as exc:
+                self._fail([item.id for item in batch], exc)
+            except Exception as exc:
+                logger.exception("sending a batch failed")
+                self._fail([item.id for item in batch], EmbedqError(f"sending the batch failed: {exc!r}"))
