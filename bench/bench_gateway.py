@@ -30,7 +30,6 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import redis
 import requests
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -92,7 +91,7 @@ def run_wrk(url: str, connections: int, threads: int, duration_s: float, script:
         "wrk",
         f"-t{threads}",
         f"-c{connections}",
-        f"-d{duration_s:g}s",
+        f"-d{round(duration_s)}s",
         "--latency",
         "-s",
         str(script),
@@ -232,7 +231,7 @@ def main() -> None:
             single_ratios = []
             for _ in range(args.rounds):
                 gateway_p50 = run_wrk(
-                    f"{gateway_url}/embed", 1, 1, max(2.0, args.duration_s / 2), script
+                    f"{gateway_url}/embed", 1, 1, max(2, int(args.duration_s // 2)), script
                 ).p50_ms
                 client_p50 = client_round_trip_p50_ms(broker_url, args.single_calls)
                 print(

@@ -74,7 +74,7 @@ class Backend:
                 max_text_chars=self.settings.max_text_chars,
                 max_texts_per_job=self._max_texts_per_job,
                 max_queue_depth=self.settings.max_queue_depth,
-                worker_wait_s=0.5,
+                worker_wait_s=0.0,  # an HTTP caller gets 503 at once and retries
                 batch_wait_ms=self.settings.batch_wait_ms,
                 batch_max_texts=self.settings.batch_max_texts,
                 batch_max_chars=self.settings.batch_max_chars,
@@ -134,11 +134,25 @@ class Backend:
         client = self.client(model)
         started = time.perf_counter()
         submit = client.embed_queries if kind == "query" else client.embed_documents
-        job: Job = await asyncio.to_thread(submit, texts)
+        if self._batched(texts):
+            # A small request only joins the client's next batch (no I/O but a queue check every few
+            # seconds), so it is handed over on the event loop: a thread hop would cost more.
+            job: Job = submit(texts)
+        else:
+            job = await asyncio.to_thread(submit, texts)
         enqueued = time.perf_counter()
         vectors = await job.result_async(timeout_s=self.request_timeout_s)
         tokens = sum(job.token_counts) if job.token_counts is not None else 0
         return Embedded(vectors, tokens, enqueued - started, time.perf_counter() - enqueued)
+
+    def _batched(self, texts: Sequence[str]) -> bool:
+        """Whether the client coalesces a request of ``texts`` (see EmbeddingClient's batch limits)."""
+        settings = self.settings
+        return (
+            settings.batch_wait_ms is not None
+            and len(texts) <= settings.batch_max_texts
+            and sum(map(len, texts)) <= settings.batch_max_chars
+        )
 
     def _unavailable(self, exc: BaseException) -> BrokerUnavailableError:
         url = redact_url(self.settings.broker_url)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,6 +10,7 @@ from starlette.requests import Request
 from producer.errors import InvalidInputError
 from producer.validation import validate_texts
 from worker.gateway.errors import ApiError, bad_request
+from worker.gateway.responses import loads
 
 
 async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:
@@ -26,7 +26,7 @@ async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:
             raise _too_large(size, max_bytes)
         chunks.append(chunk)
     try:
-        body = json.loads(b"".join(chunks))
+        body = loads(b"".join(chunks))
     except ValueError as exc:
         raise bad_request(f"the request body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):

@@ -7,12 +7,13 @@ paths never become label values.
 
 from __future__ import annotations
 
+import itertools
 import time
 import uuid
 from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from starlette.routing import BaseRoute, Match
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 _LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -39,13 +40,9 @@ class HttpMetrics:
         )
 
 
-def route_label(routes: Sequence[BaseRoute], scope: Scope) -> str:
-    """Return the path template of the route ``scope`` matches (``other`` for none)."""
-    for route in routes:
-        match, _ = route.matches(scope)
-        if match == Match.FULL:
-            return str(getattr(route, "path", _UNMATCHED_ROUTE))
-    return _UNMATCHED_ROUTE
+def route_labels(routes: Sequence[BaseRoute]) -> dict[object, str]:
+    """Map each route's endpoint to its path template (the label; endpoints are distinct per route)."""
+    return {getattr(route, "endpoint", None): getattr(route, "path", _UNMATCHED_ROUTE) for route in routes}
 
 
 class RequestMetricsMiddleware:
@@ -54,7 +51,11 @@ class RequestMetricsMiddleware:
     def __init__(self, app: ASGIApp, metrics: HttpMetrics, routes: Sequence[BaseRoute]) -> None:
         self.app = app
         self.metrics = metrics
-        self.routes = routes
+        # Ids unique across processes without reading os.urandom per request (slow on some VMs).
+        self._id_prefix = f"{uuid.uuid4().hex[:16]}-"
+        self._counter = itertools.count(1)
+        # The router records the endpoint it picked in the scope: one dict lookup, no second match.
+        self.labels = route_labels(routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Pass the request on, adding the headers and recording the metrics."""
@@ -62,7 +63,7 @@ class RequestMetricsMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        request_id = _header(scope, b"x-request-id") or uuid.uuid4().hex
+        request_id = _header(scope, b"x-request-id") or f"{self._id_prefix}{next(self._counter):x}"
         status = 500
 
         async def send_with_headers(message: Message) -> None:
@@ -79,7 +80,7 @@ class RequestMetricsMiddleware:
         try:
             await self.app(scope, receive, send_with_headers)
         finally:
-            route = route_label(self.routes, scope)
+            route = self.labels.get(scope.get("endpoint"), _UNMATCHED_ROUTE)
             self.metrics.requests.labels(route, str(status)).inc()
             self.metrics.seconds.labels(route).observe(time.perf_counter() - started)
 

@@ -13,6 +13,7 @@ from worker.gateway.backend import Backend
 from worker.gateway.config import GatewaySettings
 from worker.gateway.errors import bad_request
 from worker.gateway.limits import checked_dimensions, checked_texts, read_json, timing_headers
+from worker.gateway.responses import FastJSONResponse
 from worker.gateway.vectors import base64_float32, first_dimensions
 
 ENCODING_FORMATS = ("float", "base64")
@@ -49,11 +50,10 @@ async def create_embeddings(request: Request) -> Response:
             {"object": "embedding", "index": i, "embedding": base64_float32(v)} for i, v in enumerate(vectors)
         ]
     else:
-        rows = vectors.tolist()
-        data = [{"object": "embedding", "index": i, "embedding": row} for i, row in enumerate(rows)]
+        data = [{"object": "embedding", "index": i, "embedding": row} for i, row in enumerate(vectors)]
     usage = {"prompt_tokens": embedded.tokens, "total_tokens": embedded.tokens}
     answer = {"object": "list", "data": data, "model": model, "usage": usage}
-    return JSONResponse(answer, headers=timing_headers(embedded.enqueue_s, embedded.wait_s))
+    return FastJSONResponse(answer, headers=timing_headers(embedded.enqueue_s, embedded.wait_s))
 
 
 async def list_models(request: Request) -> Response:

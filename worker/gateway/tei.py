@@ -16,6 +16,7 @@ from worker.gateway.backend import Backend
 from worker.gateway.config import GatewaySettings
 from worker.gateway.errors import bad_request
 from worker.gateway.limits import checked_dimensions, checked_texts, read_json, timing_headers
+from worker.gateway.responses import FastJSONResponse
 from worker.gateway.vectors import first_dimensions, normalized
 
 TEI_COMPATIBLE_VERSION = "1.8.0"
@@ -63,7 +64,12 @@ async def embed(request: Request) -> Response:
         vectors = first_dimensions(vectors, dimensions)
     elif normalize:
         vectors = normalized(vectors)
-    return JSONResponse(vectors.tolist(), headers=timing_headers(embedded.enqueue_s, embedded.wait_s))
+    return FastJSONResponse(vectors, headers=timing_headers(embedded.enqueue_s, embedded.wait_s))
+
+
+async def embed_alias(request: Request) -> Response:
+    """``POST /``: the same as ``POST /embed`` (TEI serves both)."""
+    return await embed(request)
 
 
 async def info(request: Request) -> Response:
@@ -92,6 +98,6 @@ async def info(request: Request) -> Response:
 
 ROUTES = [
     Route("/embed", embed, methods=["POST"]),
-    Route("/", embed, methods=["POST"]),
+    Route("/", embed_alias, methods=["POST"]),
     Route("/info", info, methods=["GET"]),
 ]
