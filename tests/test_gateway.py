@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import openai
+import psutil
 import pytest
 import redis
 import requests
@@ -351,3 +352,42 @@ def test_metrics_count_requests_by_route_template(http: Http, gateway: Gateway) 
     assert 'embedq_http_request_seconds_bucket{le="0.001",route="/v1/jobs/{id}"}' in text
     assert http.get("/docs").status_code == 200
     assert "/v1/embeddings" in http.get("/openapi.json").json()["paths"]
+
+
+def test_serve_without_a_broker_url_is_a_local_embedding_server(
+    tmp_path: Path, encoder: StaticEncoder
+) -> None:
+    env = {name: value for name, value in os.environ.items() if not name.startswith("EMBEDQ_")}
+    env.update(EMBEDQ_MILVUS_URI=str(tmp_path / "embedq.db"), EMBEDQ_CONCURRENCY="1")
+    port = _free_port()
+    log_path = tmp_path / "serve.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "worker.cli", "serve", "--port", str(port)],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    local = Gateway(process, f"http://127.0.0.1:{port}", log_path)
+    started: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            try:
+                if requests.get(f"{local.url}/ready", timeout=1).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert process.poll() is None and time.monotonic() < deadline, local.log()[-4000:]
+            time.sleep(0.1)
+        started = psutil.Process(process.pid).children(recursive=True)
+        answer = Http(local.url, api_key=None).post("/embed", json={"inputs": TEXTS})
+        np.testing.assert_array_equal(np.array(answer.json(), dtype=np.float32), encoder.encode(TEXTS))
+        assert "started an embedded broker" in local.log()
+    finally:
+        stop_gateway(local)
+    # The embedded broker and the local workers stop with the command.
+    _gone, alive = psutil.wait_procs(started, timeout=15)
+    assert not alive, [" ".join(child.cmdline()) for child in alive]
+    assert process.returncode == 0
