@@ -30,6 +30,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import requests
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -209,7 +210,10 @@ def main() -> None:
         with servers(workdir) as (gateway_url, reference_url, broker_url):
             gateway_vector = requests.post(f"{gateway_url}/embed", data=body, timeout=30).json()
             reference_vector = requests.post(f"{reference_url}/embed", data=body, timeout=30).json()
-            print(f"same vector from both servers: {gateway_vector == reference_vector}")
+            same = np.array_equal(
+                np.array(gateway_vector, np.float32), np.array(reference_vector, np.float32)
+            )
+            print(f"same float32 vector from both servers: {same}")
             # Warm-up: the first requests load the model in the pool processes and fill caches.
             run_wrk(f"{gateway_url}/embed", args.connections, 2, 2, script)
             run_wrk(f"{reference_url}/embed", args.connections, 2, 2, script)
