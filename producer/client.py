@@ -88,6 +88,7 @@ class EmbeddingClient:
         batch_wait_ms: float | None = 2.0,
         batch_max_texts: int = 128,
         batch_max_chars: int = 200_000,
+        batch_max_in_flight: int = 2,
         request_timeout_s: float | None = None,
     ) -> None:
         """Connect by URLs (a Celery app of its own) or through ``app``; ``model`` None is the bundled one.
@@ -98,9 +99,10 @@ class EmbeddingClient:
         (None: only upserts), so that they never queue in front of small requests.
 
         Small requests (at most ``batch_max_texts`` texts and ``batch_max_chars`` characters) sent
-        from many threads or asyncio tasks are merged into one task, at most one per
-        ``batch_wait_ms`` under load (None: one task per request), and answered through one
-        pub/sub listener. ``request_timeout_s`` is the default deadline of a request: a worker
+        from many threads or asyncio tasks are merged into one task (None: one task per request):
+        a batch leaves when full, or when fewer than ``batch_max_in_flight`` batches of this client
+        are unanswered and ``batch_wait_ms`` passed since the last one; results come back through
+        one pub/sub listener. ``request_timeout_s`` is the default deadline of a request: a worker
         drops it unencoded if it is still queued then (None: no deadline).
         """
         if (app is None) == (broker_url is None):
@@ -132,7 +134,9 @@ class EmbeddingClient:
         self._max_queue_depth = max_queue_depth
         self._worker_wait_s = worker_wait_s
         self._batch_limits = (
-            None if batch_wait_ms is None else BatchLimits(batch_wait_ms, batch_max_texts, batch_max_chars)
+            None
+            if batch_wait_ms is None
+            else BatchLimits(batch_wait_ms, batch_max_texts, batch_max_chars, batch_max_in_flight)
         )
         self._request_timeout_s = request_timeout_s
         self._batch_lock = threading.Lock()
@@ -154,6 +158,7 @@ class EmbeddingClient:
                 "batch_wait_ms": settings.batch_wait_ms,
                 "batch_max_texts": settings.batch_max_texts,
                 "batch_max_chars": settings.batch_max_chars,
+                "batch_max_in_flight": settings.batch_max_in_flight,
                 **options,
             },
         )
@@ -332,6 +337,7 @@ class EmbeddingClient:
                     listener.fail,
                     f"embedq-batcher-{self.model}",
                 )
+                listener.on_notice = self._coalescer.batch_answered
             return self._coalescer, self._listener
 
     def _send_batch(self, reply_to: str, items: list[BatchItem]) -> None:

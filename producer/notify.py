@@ -16,6 +16,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
@@ -42,8 +43,16 @@ OutcomeFuture = Future  # of TaskOutcome
 class ResultListener:
     """Subscribes to one reply channel and completes the Future of each request it is told about."""
 
-    def __init__(self, app: Celery, reader: ResultReader, client_id: str, sweep_s: float = SWEEP_S) -> None:
+    def __init__(
+        self,
+        app: Celery,
+        reader: ResultReader,
+        client_id: str,
+        sweep_s: float = SWEEP_S,
+        on_notice: Callable[[], None] | None = None,
+    ) -> None:
         self.channel = reply_channel(client_id)
+        self.on_notice = on_notice  # called once per notice (one answered batch)
         self._app = app
         self._reader = reader
         self._sweep_s = sweep_s
@@ -150,6 +159,8 @@ class ResultListener:
                 entry = self._waiting.pop(request_id, None)
             if entry is not None:
                 entry[0].set_result(outcome_of(decode(stored)))
+        if self.on_notice is not None:
+            self.on_notice()
 
     def _sweep(self, registered_before: float) -> None:
         """Read by id the requests registered before ``registered_before``; complete the finished ones."""
