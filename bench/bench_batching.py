@@ -45,7 +45,26 @@ from producer.client import EmbeddingClient
 
 STOCK_TASK = "bench.stock_noop"
 STOCK_QUEUE = "bench-stock"
-WORDS = "how do i retry a task with backoff when the broker is down or the queue is full".split()
+WORDS = [
+    "how",
+    "do",
+    "i",
+    "retry",
+    "a",
+    "task",
+    "with",
+    "backoff",
+    "when",
+    "the",
+    "broker",
+    "is",
+    "down",
+    "or",
+    "the",
+    "queue",
+    "is",
+    "full",
+]
 
 
 def stock_app(db_url: str) -> Any:
