@@ -1,7 +1,7 @@
 """Many small concurrent requests: embedq's batching against a stock one-task-per-request Celery task.
 
-Usage: python bench/bench_batching.py [--redis-url redis://localhost:6379] [--rounds 5] [--seconds 3]
-                                      [--threads 32] [--tasks 256] [--single 200] [--batch-wait-ms 2]
+Usage: python -m bench.bench_batching [--redis-url redis://localhost:6379] [--rounds 5] [--seconds 3]
+                                        [--threads 32] [--tasks 256] [--single 200] [--batch-wait-ms 2]
 
 One Redis database (claimed empty, flushed at the end), two workers on it, each prefork with 2
 pool processes: `embedq worker` (run_worker, the bundled model) and a stock Celery app whose one
@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -37,10 +38,7 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench_queue import WorkerProcess, _spawn, claimed_database, redis_server, start_worker
-
+from bench.bench_queue import WorkerProcess, claimed_database, redis_server, start_worker
 from producer.client import EmbeddingClient
 
 STOCK_TASK = "bench.stock_noop"
@@ -240,7 +238,7 @@ def _print(rounds: Rounds) -> None:
 
 def run_benchmark(args: argparse.Namespace) -> None:
     """Start both workers, run the rounds, check every vector, print the figures."""
-    from worker.encoder import StaticEncoder
+    from worker.encoding.encoder import StaticEncoder
 
     encoder = StaticEncoder.from_pretrained()
     with (
@@ -250,8 +248,15 @@ def run_benchmark(args: argparse.Namespace) -> None:
     ):
         log_dir = Path(tmp)
         embedq = start_worker(db_url, log_dir, "embedq", model=None, concurrency=2, extra_env={})
-        argv = [sys.executable, str(Path(__file__).resolve()), "--serve-stock", db_url]
-        process, log_path = _spawn("stock", argv, {**os.environ, "PYTHONUNBUFFERED": "1"}, log_dir)
+        log_path = log_dir / "stock.log"
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "bench.bench_batching", "--serve-stock", db_url],
+                cwd=Path(__file__).resolve().parent.parent,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         stock = WorkerProcess("stock", process, log_path, None, 2)
         try:
             rounds = _bench(args, db_url, encoder, embedq)

@@ -17,8 +17,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from producer.batch_wire import BatchItem
 from producer.errors import ConfigError, EmbedqError
+from producer.protocol.batches import BatchItem
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,6 @@ from celery.utils import uuid
 from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
-from producer.batch_wire import TASK_EMBED_BATCH, BatchItem, BatchRequest
 from producer.batching import BatchLimits, Coalescer
 from producer.celery_config import broker_client, build_celery_app
 from producer.errors import (
@@ -28,10 +27,9 @@ from producer.errors import (
 )
 from producer.job import Job, JobStatus, ResultReader
 from producer.notify import ResultListener
-from producer.readers import Document
-from producer.settings import Settings, check_model_id, redact_url
-from producer.validation import validate_texts
-from producer.wire import (
+from producer.protocol.batches import TASK_EMBED_BATCH, BatchItem, BatchRequest
+from producer.protocol.documents import Document
+from producer.protocol.messages import (
     BUNDLED_MODEL_ID,
     TASK_FOR_KIND,
     TASK_UPSERT_DOCUMENTS,
@@ -43,6 +41,8 @@ from producer.wire import (
     presence_key,
     queue_for_model,
 )
+from producer.protocol.texts import validate_texts
+from producer.settings import Settings, check_model_id, redact_url
 
 _WORKER_POLL_S = 0.1
 _QUEUE_CHECK_TTL_S = 0.25

@@ -24,9 +24,9 @@ from celery import Celery
 from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
-from producer.batch_wire import decode_notice, reply_channel
 from producer.errors import BrokerUnavailableError, EmbedqError, MessageDecodeError
 from producer.job import ResultReader, TaskOutcome, outcome_of
+from producer.protocol.batches import decode_notice, reply_channel
 
 logger = logging.getLogger(__name__)
 
