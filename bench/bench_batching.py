@@ -1,7 +1,8 @@
 """Many small concurrent requests: embedq's batching against a stock one-task-per-request Celery task.
 
 Usage: python -m bench.bench_batching [--redis-url redis://localhost:6379] [--rounds 5] [--seconds 3]
-                                        [--threads 32] [--tasks 256] [--single 200] [--batch-wait-ms 2]
+                                        [--threads 32] [--tasks 256] [--single-s 1.5] [--batch-wait-ms 2]
+                                        [--batch-max-in-flight 2]
 
 One Redis database (claimed empty, flushed at the end), two workers on it, each prefork with 2
 pool processes: `embedq worker` (run_worker, the bundled model) and a stock Celery app whose one
@@ -276,7 +277,9 @@ def _bench(args: argparse.Namespace, db_url: str, encoder: Any, worker: WorkerPr
     kept: list[tuple[str, np.ndarray]] = []
     keep_lock = threading.Lock()
     rounds = Rounds()
-    with EmbeddingClient(db_url, batch_wait_ms=args.batch_wait_ms) as client:
+    with EmbeddingClient(
+        db_url, batch_wait_ms=args.batch_wait_ms, batch_max_in_flight=args.batch_max_in_flight
+    ) as client:
 
         def embedq_call(text: str) -> None:
             vectors = client.embed_queries([text]).result(timeout_s=60)
@@ -322,6 +325,7 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=256, help="asyncio tasks")
     parser.add_argument("--single-s", type=float, default=1.5, help="seconds of one-at-a-time requests")
     parser.add_argument("--batch-wait-ms", type=float, default=2.0)
+    parser.add_argument("--batch-max-in-flight", type=int, default=2)
     parser.add_argument("--serve-stock", metavar="DB_URL", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_stock:

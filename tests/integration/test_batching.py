@@ -164,8 +164,8 @@ def test_a_request_whose_deadline_passed_in_the_queue_is_dropped_unencoded(
                 assert time.monotonic() < deadline
                 time.sleep(0.05)
             expiring = client.embed_queries(["too late"], timeout_s=0.2)
-            patient = client.embed_queries(["no deadline"])
-            with pytest.raises(ResultTimeoutError, match=r"its queue holds 1 tasks"):
+            patient = client.embed_queries(["no deadline"])  # in the same batch or the next
+            with pytest.raises(ResultTimeoutError, match=r"its queue holds [12] tasks"):
                 patient.result(timeout_s=0.5)
         finally:
             own_model_worker.process.send_signal(signal.SIGCONT)
