@@ -15,9 +15,15 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 
+from celery import Celery
+from celery.utils import uuid
+
 from producer.errors import ConfigError, EmbedqError
+from producer.job import ResultReader, TaskOutcome
+from producer.notify import ResultListener
 from producer.protocol.batches import BatchItem
 
 logger = logging.getLogger(__name__)
@@ -148,3 +154,52 @@ class Coalescer:
             except Exception as exc:
                 logger.exception("sending a batch failed")
                 self._fail([item.id for item in batch], EmbedqError(f"sending the batch failed: {exc!r}"))
+
+
+class BatchPath:
+    """A client's batching: its coalescer and its result listener, started together on first use."""
+
+    def __init__(
+        self,
+        app: Celery,
+        reader: ResultReader,
+        limits: BatchLimits,
+        send: Callable[[str, list[BatchItem]], None],
+    ) -> None:
+        """``send(reply channel, items)`` publishes one batch task."""
+        self.limits = limits
+        self._app = app
+        self._reader = reader
+        self._send = send
+        self._lock = threading.Lock()
+        self._started: tuple[Coalescer, ResultListener] | None = None
+
+    def submit(self, item: BatchItem) -> Future[TaskOutcome]:
+        """Queue ``item`` for the next batch; return the Future its notice completes."""
+        coalescer, listener = self._start()
+        notice = listener.register(item.id)
+        coalescer.add(item)
+        return notice
+
+    def _start(self) -> tuple[Coalescer, ResultListener]:
+        with self._lock:
+            if self._started is None:
+                listener = ResultListener(self._app, self._reader, uuid())
+                listener.start()  # subscribed before the first batch can be answered
+                coalescer = Coalescer(
+                    self.limits,
+                    lambda items: self._send(listener.channel, items),
+                    listener.fail,
+                    f"embedq-batcher-{listener.channel}",
+                )
+                listener.on_notice = coalescer.batch_answered
+                self._started = (coalescer, listener)
+            return self._started
+
+    def close(self) -> None:
+        """Send what is waiting, then stop both threads (a later submit starts them again)."""
+        with self._lock:
+            started, self._started = self._started, None
+        if started is not None:
+            started[0].close()
+            started[1].close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -15,7 +14,7 @@ from celery.utils import uuid
 from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
-from producer.batching import BatchLimits, Coalescer
+from producer.batching import BatchLimits, BatchPath
 from producer.celery_config import broker_client, build_celery_app
 from producer.errors import (
     BrokerUnavailableError,
@@ -26,7 +25,6 @@ from producer.errors import (
     OverloadedError,
 )
 from producer.job import Job, JobStatus, ResultReader
-from producer.notify import ResultListener
 from producer.protocol.batches import TASK_EMBED_BATCH, BatchItem, BatchRequest
 from producer.protocol.documents import Document
 from producer.protocol.messages import (
@@ -133,15 +131,17 @@ class EmbeddingClient:
         self._max_texts_per_job = max_texts_per_job
         self._max_queue_depth = max_queue_depth
         self._worker_wait_s = worker_wait_s
-        self._batch_limits = (
+        self._batches = (
             None
             if batch_wait_ms is None
-            else BatchLimits(batch_wait_ms, batch_max_texts, batch_max_chars, batch_max_in_flight)
+            else BatchPath(
+                app,
+                self.reader,
+                BatchLimits(batch_wait_ms, batch_max_texts, batch_max_chars, batch_max_in_flight),
+                self._send_batch,
+            )
         )
         self._request_timeout_s = request_timeout_s
-        self._batch_lock = threading.Lock()
-        self._listener: ResultListener | None = None
-        self._coalescer: Coalescer | None = None
         self._checked_at: dict[str, float] = {}
 
     @classmethod
@@ -170,13 +170,8 @@ class EmbeddingClient:
 
     def close(self) -> None:
         """Send the requests still being batched, stop listening, release an app this client created."""
-        with self._batch_lock:
-            coalescer, listener = self._coalescer, self._listener
-            self._coalescer = self._listener = None
-        if coalescer is not None:
-            coalescer.close()
-        if listener is not None:
-            listener.close()
+        if self._batches is not None:
+            self._batches.close()
         if self._owns_app:
             self.app.close()
 
@@ -284,7 +279,7 @@ class EmbeddingClient:
             raise InvalidInputError("texts is empty: pass at least one text")
         timeout_s = self._request_timeout_s if timeout_s is None else timeout_s
         deadline_s = None if timeout_s is None else time.time() + timeout_s
-        limits = self._batch_limits
+        limits = None if self._batches is None else self._batches.limits
         if (
             limits is not None
             and len(checked) <= self._max_texts_per_task  # a request split into tasks is not batched
@@ -318,27 +313,9 @@ class EmbeddingClient:
         if now - self._checked_at.get(self.queue, -_QUEUE_CHECK_TTL_S) >= _QUEUE_CHECK_TTL_S:
             self._check_queue(self.queue)
             self._checked_at[self.queue] = now
-        coalescer, listener = self._batching()
-        notice = listener.register(item.id)
-        coalescer.add(item)
+        assert self._batches is not None  # only called when batching is on
+        notice = self._batches.submit(item)
         return Job(self.reader, item.id, [item.id], self.model, notice=notice, queue_depth=self.queue_depth)
-
-    def _batching(self) -> tuple[Coalescer, ResultListener]:
-        """Start the listener (subscribed before the first send) and the coalescer, once."""
-        with self._batch_lock:
-            if self._coalescer is None or self._listener is None:
-                assert self._batch_limits is not None
-                listener = ResultListener(self.app, self.reader, uuid())
-                listener.start()
-                self._listener = listener
-                self._coalescer = Coalescer(
-                    self._batch_limits,
-                    partial(self._send_batch, listener.channel),
-                    listener.fail,
-                    f"embedq-batcher-{self.model}",
-                )
-                listener.on_notice = self._coalescer.batch_answered
-            return self._coalescer, self._listener
 
     def _send_batch(self, reply_to: str, items: list[BatchItem]) -> None:
         request = BatchRequest(model=self.model, items=tuple(items), reply_to=reply_to)

@@ -72,14 +72,11 @@ class ResultListener:
             self._thread.start()
 
     def close(self) -> None:
-        """Stop the thread and drop the subscription; requests still waiting keep their Futures."""
+        """Stop listening: the thread drops the subscription within ``sweep_s`` (nobody waits for it).
+
+        Requests still waiting keep their Futures (they can be read by id).
+        """
         self._stopped.set()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=self._sweep_s + 1.0)
-        if self._pubsub is not None:
-            with contextlib.suppress(RedisError, OSError):
-                self._pubsub.close()
 
     def register(self, request_id: str) -> Future[TaskOutcome]:
         """Return the Future that completes with the outcome of ``request_id`` (register before sending)."""
@@ -121,6 +118,13 @@ class ResultListener:
         )
 
     def _run(self) -> None:
+        try:
+            self._listen()
+        finally:
+            with contextlib.suppress(RedisError, OSError):
+                self._pubsub.close()
+
+    def _listen(self) -> None:
         next_sweep = time.monotonic() + self._sweep_s
         while not self._stopped.is_set():
             try:
