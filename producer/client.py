@@ -14,7 +14,7 @@ from celery.utils import uuid
 from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
-from producer.batching import BatchLimits, BatchPath
+from producer.batching import BatchLimits, BatchPath, request_id
 from producer.celery_config import broker_client, build_celery_app
 from producer.errors import (
     BrokerUnavailableError,
@@ -286,7 +286,7 @@ class EmbeddingClient:
             and limits.admits(checked)
             and self.queue_for(len(checked)) == self.queue
         ):
-            return self._submit_batched(BatchItem(uuid(), kind, tuple(checked), deadline_s))
+            return self._submit_batched(BatchItem(request_id(), kind, tuple(checked), deadline_s))
         batches = split_batches(checked, self._max_texts_per_task, self._max_chars_per_task)
         queue = self.queue_for(len(checked))
         self._check_queue(queue)
@@ -322,7 +322,7 @@ class EmbeddingClient:
         texts = sum(len(item.texts) for item in items)
         self._send(
             TASK_EMBED_BATCH,
-            [(uuid(), request.encode(), texts)],
+            [(request_id(), request.encode(), texts)],
             f"texts in {len(items)} requests",
             self.queue,
         )
