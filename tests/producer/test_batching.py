@@ -130,3 +130,14 @@ def test_threads_never_lose_a_request() -> None:
         assert len(batch) <= 7
         sent.extend(batch)
     assert sorted(sent) == sorted(f"{n}{i}" for n in range(8) for i in range(200))
+
+
+def test_a_task_expired_by_its_deadline_reads_as_a_deadline_error() -> None:
+    from celery.exceptions import TaskRevokedError
+
+    from producer.errors import DeadlineExceededError
+    from producer.job import outcome_of
+
+    outcome = outcome_of({"status": "REVOKED", "result": TaskRevokedError("expired")})
+    assert outcome.state == "failed" and isinstance(outcome.error, DeadlineExceededError)
+    assert isinstance(outcome.error, TimeoutError) and "deadline passed" in str(outcome.error)
