@@ -191,7 +191,7 @@ def start_worker(
 
 def start_noop_worker(db_url: str, log_dir: Path, dim: int, concurrency: int) -> WorkerProcess:
     """Start this script as the no-op worker app (prefork, ``concurrency``) on NOOP_QUEUE."""
-    argv = [sys.executable, str(Path(__file__).resolve()), "--serve-noop", db_url, "--noop-dim", str(dim)]
+    argv = [sys.executable, "-m", "bench.bench_queue", "--serve-noop", db_url, "--noop-dim", str(dim)]
     env = {**os.environ, "EMBEDQ_CONCURRENCY": str(concurrency), "PYTHONUNBUFFERED": "1"}
     process, log_path = _spawn("noop", argv, env, log_dir)
     return WorkerProcess("noop", process, log_path, None, concurrency)
