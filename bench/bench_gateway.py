@@ -44,7 +44,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
-from worker.encoder import StaticEncoder
+from worker.encoding.encoder import StaticEncoder
 
 encoder = StaticEncoder.from_pretrained()
 
@@ -153,7 +153,7 @@ def servers(workdir: Path) -> Iterator[tuple[str, str, str]]:
         env = {**os.environ, "EMBEDQ_BROKER_URL": broker_url, "EMBEDQ_MILVUS_URI": str(workdir / "embedq.db")}
         env.pop("EMBEDQ_API_KEYS", None)
         worker = _spawn(
-            [sys.executable, "-m", "worker.cli", "worker", "--concurrency=2", "--loglevel=WARNING"],
+            [sys.executable, "-m", "worker.cli.main", "worker", "--concurrency=2", "--loglevel=WARNING"],
             env,
             workdir / "worker.log",
         )
@@ -161,7 +161,7 @@ def servers(workdir: Path) -> Iterator[tuple[str, str, str]]:
         gateway_port, reference_port = _free_port(), _free_port()
         gateway_log = workdir / "gateway.log"
         gateway = _spawn(
-            [sys.executable, "-m", "worker.cli", "serve", "--port", str(gateway_port)], env, gateway_log
+            [sys.executable, "-m", "worker.cli.main", "serve", "--port", str(gateway_port)], env, gateway_log
         )
         stack.callback(_stop, gateway)
         reference_log = workdir / "reference.log"

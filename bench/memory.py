@@ -32,7 +32,7 @@ def fork_memory_report(model_dir: Path, children: int) -> None:
 
     baseline_kib = _smaps()["Rss"]
     start = time.perf_counter()
-    from worker.encoder import StaticEncoder
+    from worker.encoding.encoder import StaticEncoder
 
     encoder = StaticEncoder.from_pretrained(model_dir)
     print(
@@ -72,6 +72,6 @@ def fork_memory_report(model_dir: Path, children: int) -> None:
 if __name__ == "__main__":
     import sys
 
-    from worker.loader import BUNDLED_MODEL_DIR
+    from worker.encoding.loader import BUNDLED_MODEL_DIR
 
     fork_memory_report(Path(sys.argv[1]) if len(sys.argv) > 1 else BUNDLED_MODEL_DIR, children=2)

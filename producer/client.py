@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -15,8 +14,7 @@ from celery.utils import uuid
 from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
-from producer.batch_wire import TASK_EMBED_BATCH, BatchItem, BatchRequest
-from producer.batching import BatchLimits, Coalescer
+from producer.batching import BatchLimits, BatchPath, request_id
 from producer.celery_config import broker_client, build_celery_app
 from producer.errors import (
     BrokerUnavailableError,
@@ -27,11 +25,9 @@ from producer.errors import (
     OverloadedError,
 )
 from producer.job import Job, JobStatus, ResultReader
-from producer.notify import ResultListener
-from producer.readers import Document
-from producer.settings import Settings, check_model_id, redact_url
-from producer.validation import validate_texts
-from producer.wire import (
+from producer.protocol.batches import TASK_EMBED_BATCH, BatchItem, BatchRequest
+from producer.protocol.documents import Document
+from producer.protocol.messages import (
     BUNDLED_MODEL_ID,
     TASK_FOR_KIND,
     TASK_UPSERT_DOCUMENTS,
@@ -43,6 +39,8 @@ from producer.wire import (
     presence_key,
     queue_for_model,
 )
+from producer.protocol.texts import validate_texts
+from producer.settings import Settings, check_model_id, redact_url
 
 _WORKER_POLL_S = 0.1
 _QUEUE_CHECK_TTL_S = 0.25
@@ -88,6 +86,7 @@ class EmbeddingClient:
         batch_wait_ms: float | None = 2.0,
         batch_max_texts: int = 128,
         batch_max_chars: int = 200_000,
+        batch_max_in_flight: int = 2,
         request_timeout_s: float | None = None,
     ) -> None:
         """Connect by URLs (a Celery app of its own) or through ``app``; ``model`` None is the bundled one.
@@ -98,9 +97,10 @@ class EmbeddingClient:
         (None: only upserts), so that they never queue in front of small requests.
 
         Small requests (at most ``batch_max_texts`` texts and ``batch_max_chars`` characters) sent
-        from many threads or asyncio tasks are merged into one task, at most one per
-        ``batch_wait_ms`` under load (None: one task per request), and answered through one
-        pub/sub listener. ``request_timeout_s`` is the default deadline of a request: a worker
+        from many threads or asyncio tasks are merged into one task (None: one task per request):
+        a batch leaves when full, or when fewer than ``batch_max_in_flight`` batches of this client
+        are unanswered and ``batch_wait_ms`` passed since the last one; results come back through
+        one pub/sub listener. ``request_timeout_s`` is the default deadline of a request: a worker
         drops it unencoded if it is still queued then (None: no deadline).
         """
         if (app is None) == (broker_url is None):
@@ -131,13 +131,17 @@ class EmbeddingClient:
         self._max_texts_per_job = max_texts_per_job
         self._max_queue_depth = max_queue_depth
         self._worker_wait_s = worker_wait_s
-        self._batch_limits = (
-            None if batch_wait_ms is None else BatchLimits(batch_wait_ms, batch_max_texts, batch_max_chars)
+        self._batches = (
+            None
+            if batch_wait_ms is None
+            else BatchPath(
+                app,
+                self.reader,
+                BatchLimits(batch_wait_ms, batch_max_texts, batch_max_chars, batch_max_in_flight),
+                self._send_batch,
+            )
         )
         self._request_timeout_s = request_timeout_s
-        self._batch_lock = threading.Lock()
-        self._listener: ResultListener | None = None
-        self._coalescer: Coalescer | None = None
         self._checked_at: dict[str, float] = {}
 
     @classmethod
@@ -154,6 +158,7 @@ class EmbeddingClient:
                 "batch_wait_ms": settings.batch_wait_ms,
                 "batch_max_texts": settings.batch_max_texts,
                 "batch_max_chars": settings.batch_max_chars,
+                "batch_max_in_flight": settings.batch_max_in_flight,
                 **options,
             },
         )
@@ -165,13 +170,8 @@ class EmbeddingClient:
 
     def close(self) -> None:
         """Send the requests still being batched, stop listening, release an app this client created."""
-        with self._batch_lock:
-            coalescer, listener = self._coalescer, self._listener
-            self._coalescer = self._listener = None
-        if coalescer is not None:
-            coalescer.close()
-        if listener is not None:
-            listener.close()
+        if self._batches is not None:
+            self._batches.close()
         if self._owns_app:
             self.app.close()
 
@@ -279,14 +279,14 @@ class EmbeddingClient:
             raise InvalidInputError("texts is empty: pass at least one text")
         timeout_s = self._request_timeout_s if timeout_s is None else timeout_s
         deadline_s = None if timeout_s is None else time.time() + timeout_s
-        limits = self._batch_limits
+        limits = None if self._batches is None else self._batches.limits
         if (
             limits is not None
             and len(checked) <= self._max_texts_per_task  # a request split into tasks is not batched
             and limits.admits(checked)
             and self.queue_for(len(checked)) == self.queue
         ):
-            return self._submit_batched(BatchItem(uuid(), kind, tuple(checked), deadline_s))
+            return self._submit_batched(BatchItem(request_id(), kind, tuple(checked), deadline_s))
         batches = split_batches(checked, self._max_texts_per_task, self._max_chars_per_task)
         queue = self.queue_for(len(checked))
         self._check_queue(queue)
@@ -313,33 +313,16 @@ class EmbeddingClient:
         if now - self._checked_at.get(self.queue, -_QUEUE_CHECK_TTL_S) >= _QUEUE_CHECK_TTL_S:
             self._check_queue(self.queue)
             self._checked_at[self.queue] = now
-        coalescer, listener = self._batching()
-        notice = listener.register(item.id)
-        coalescer.add(item)
+        assert self._batches is not None  # only called when batching is on
+        notice = self._batches.submit(item)
         return Job(self.reader, item.id, [item.id], self.model, notice=notice, queue_depth=self.queue_depth)
-
-    def _batching(self) -> tuple[Coalescer, ResultListener]:
-        """Start the listener (subscribed before the first send) and the coalescer, once."""
-        with self._batch_lock:
-            if self._coalescer is None or self._listener is None:
-                assert self._batch_limits is not None
-                listener = ResultListener(self.app, self.reader, uuid())
-                listener.start()
-                self._listener = listener
-                self._coalescer = Coalescer(
-                    self._batch_limits,
-                    partial(self._send_batch, listener.channel),
-                    listener.fail,
-                    f"embedq-batcher-{self.model}",
-                )
-            return self._coalescer, self._listener
 
     def _send_batch(self, reply_to: str, items: list[BatchItem]) -> None:
         request = BatchRequest(model=self.model, items=tuple(items), reply_to=reply_to)
         texts = sum(len(item.texts) for item in items)
         self._send(
             TASK_EMBED_BATCH,
-            [(uuid(), request.encode(), texts)],
+            [(request_id(), request.encode(), texts)],
             f"texts in {len(items)} requests",
             self.queue,
         )

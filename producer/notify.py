@@ -16,6 +16,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
@@ -23,9 +24,9 @@ from celery import Celery
 from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
-from producer.batch_wire import decode_notice, reply_channel
 from producer.errors import BrokerUnavailableError, EmbedqError, MessageDecodeError
 from producer.job import ResultReader, TaskOutcome, outcome_of
+from producer.protocol.batches import decode_notice, reply_channel
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +43,16 @@ OutcomeFuture = Future  # of TaskOutcome
 class ResultListener:
     """Subscribes to one reply channel and completes the Future of each request it is told about."""
 
-    def __init__(self, app: Celery, reader: ResultReader, client_id: str, sweep_s: float = SWEEP_S) -> None:
+    def __init__(
+        self,
+        app: Celery,
+        reader: ResultReader,
+        client_id: str,
+        sweep_s: float = SWEEP_S,
+        on_notice: Callable[[], None] | None = None,
+    ) -> None:
         self.channel = reply_channel(client_id)
+        self.on_notice = on_notice  # called once per notice (one answered batch)
         self._app = app
         self._reader = reader
         self._sweep_s = sweep_s
@@ -63,14 +72,11 @@ class ResultListener:
             self._thread.start()
 
     def close(self) -> None:
-        """Stop the thread and drop the subscription; requests still waiting keep their Futures."""
+        """Stop listening: the thread drops the subscription within ``sweep_s`` (nobody waits for it).
+
+        Requests still waiting keep their Futures (they can be read by id).
+        """
         self._stopped.set()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=self._sweep_s + 1.0)
-        if self._pubsub is not None:
-            with contextlib.suppress(RedisError, OSError):
-                self._pubsub.close()
 
     def register(self, request_id: str) -> Future[TaskOutcome]:
         """Return the Future that completes with the outcome of ``request_id`` (register before sending)."""
@@ -112,6 +118,13 @@ class ResultListener:
         )
 
     def _run(self) -> None:
+        try:
+            self._listen()
+        finally:
+            with contextlib.suppress(RedisError, OSError):
+                self._pubsub.close()
+
+    def _listen(self) -> None:
         next_sweep = time.monotonic() + self._sweep_s
         while not self._stopped.is_set():
             try:
@@ -150,6 +163,8 @@ class ResultListener:
                 entry = self._waiting.pop(request_id, None)
             if entry is not None:
                 entry[0].set_result(outcome_of(decode(stored)))
+        if self.on_notice is not None:
+            self.on_notice()
 
     def _sweep(self, registered_before: float) -> None:
         """Read by id the requests registered before ``registered_before``; complete the finished ones."""

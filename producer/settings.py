@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from producer.errors import ConfigError
-from producer.wire import BUNDLED_MODEL_ID
+from producer.protocol.messages import BUNDLED_MODEL_ID
 
 DEFAULT_BROKER_URL = "redis://localhost:6379/0"
 DEFAULT_MILVUS_URI = "./embedq.db"
@@ -37,6 +37,7 @@ class Settings:
     batch_wait_ms: float | None = 2.0  # None: one task per request, no coalescing
     batch_max_texts: int = 128
     batch_max_chars: int = 200_000
+    batch_max_in_flight: int = 2
 
     def __post_init__(self) -> None:
         if not self.result_backend:
@@ -55,6 +56,7 @@ class Settings:
             ("EMBEDQ_MAX_QUEUE_DEPTH", self.max_queue_depth),
             ("EMBEDQ_BATCH_MAX_TEXTS", self.batch_max_texts),
             ("EMBEDQ_BATCH_MAX_CHARS", self.batch_max_chars),
+            ("EMBEDQ_BATCH_MAX_IN_FLIGHT", self.batch_max_in_flight),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive whole number, got {value!r}")
@@ -83,7 +85,8 @@ class Settings:
             f"visibility_timeout_s={self.visibility_timeout_s}, milvus_uri={redact_url(self.milvus_uri)!r}, "
             f"milvus_token={token!r}, concurrency={self.concurrency}, "
             f"max_queue_depth={self.max_queue_depth}, batch_wait_ms={self.batch_wait_ms}, "
-            f"batch_max_texts={self.batch_max_texts}, batch_max_chars={self.batch_max_chars})"
+            f"batch_max_texts={self.batch_max_texts}, batch_max_chars={self.batch_max_chars}, "
+            f"batch_max_in_flight={self.batch_max_in_flight})"
         )
 
 
@@ -187,4 +190,5 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         batch_wait_ms=_wait_ms(env, "EMBEDQ_BATCH_WAIT_MS", 2.0),
         batch_max_texts=_int(env, "EMBEDQ_BATCH_MAX_TEXTS", 128),
         batch_max_chars=_int(env, "EMBEDQ_BATCH_MAX_CHARS", 200_000),
+        batch_max_in_flight=_int(env, "EMBEDQ_BATCH_MAX_IN_FLIGHT", 2),
     )

@@ -20,8 +20,8 @@ from producer.celery_config import build_celery_app
 from producer.client import EmbeddingClient
 from producer.errors import BrokerUnavailableError, MessageDecodeError, NoWorkerError
 from producer.job import Job
+from producer.protocol.messages import QUEUE_PREFIX, Kind, WorkerPresence, presence_key
 from producer.settings import Settings, redact_url
-from producer.wire import QUEUE_PREFIX, Kind, WorkerPresence, presence_key
 from worker.gateway.errors import ApiError
 
 _LIVE_MODELS_TTL_S = 1.0

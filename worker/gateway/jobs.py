@@ -18,8 +18,8 @@ from starlette.routing import Route
 
 from producer.errors import EmbedqError, MessageDecodeError
 from producer.job import JobStatus, TaskOutcome
-from producer.readers import Document
-from producer.wire import EmbedResult, UpsertResult
+from producer.protocol.documents import Document
+from producer.protocol.messages import EmbedResult, UpsertResult
 from worker.gateway.backend import Backend
 from worker.gateway.config import GatewaySettings
 from worker.gateway.errors import ApiError, bad_request, from_embedq_error

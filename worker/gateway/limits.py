@@ -8,7 +8,7 @@ from typing import Any
 from starlette.requests import Request
 
 from producer.errors import InvalidInputError
-from producer.validation import validate_texts
+from producer.protocol.texts import validate_texts
 from worker.gateway.errors import ApiError, bad_request
 from worker.gateway.responses import loads
 

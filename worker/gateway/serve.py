@@ -38,7 +38,7 @@ def _broker(settings: Settings) -> Iterator[Settings]:
     if os.environ.get("EMBEDQ_BROKER_URL", "").strip():
         yield settings
         return
-    from worker.embedded import LocalCluster
+    from worker.local.cluster import LocalCluster
 
     with LocalCluster(settings, needs_milvus=True) as cluster:
         print(f"embedq: {cluster.describe()}", file=sys.stderr, flush=True)

@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from worker.encoder import DEFAULT_MAX_LENGTH
+from worker.encoding.encoder import DEFAULT_MAX_LENGTH
 from worker.gateway.backend import Backend
 from worker.gateway.config import GatewaySettings
 from worker.gateway.errors import bad_request
