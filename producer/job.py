@@ -23,7 +23,8 @@ from producer.errors import (
     ResultTimeoutError,
     error_from_name,
 )
-from producer.protocol.messages import EmbedResult, JobManifest, job_key
+from producer.protocol.messages import EmbedResult, JobManifest
+from producer.protocol.names import job_key
 
 JobState = Literal["pending", "started", "done", "failed"]
 

@@ -10,7 +10,6 @@ import base64
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,9 +26,11 @@ import requests
 from huggingface_hub import InferenceClient
 
 from producer.client import EmbeddingClient
-from producer.protocol.messages import WorkerPresence, bulk_queue_for_model, presence_key, queue_for_model
+from producer.protocol.messages import WorkerPresence
+from producer.protocol.names import bulk_queue_for_model, presence_key, queue_for_model
 from tests.support.workers import REPO_ROOT, WorkerProcess
 from worker.encoding.encoder import StaticEncoder
+from worker.ports import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -69,16 +70,9 @@ class Gateway:
         return self.log_path.read_text(errors="replace")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def start_gateway(worker: WorkerProcess, log_path: Path, **env_overrides: str) -> Gateway:
     """Start `embedq serve` on the worker's broker and wait until /health answers."""
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "EMBEDQ_BROKER_URL": worker.settings.broker_url,
@@ -359,7 +353,7 @@ def test_serve_without_a_broker_url_is_a_local_embedding_server(
 ) -> None:
     env = {name: value for name, value in os.environ.items() if not name.startswith("EMBEDQ_")}
     env.update(EMBEDQ_MILVUS_URI=str(tmp_path / "embedq.db"), EMBEDQ_CONCURRENCY="1")
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path / "serve.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(

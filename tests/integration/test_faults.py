@@ -39,13 +39,15 @@ from producer.errors import (
     OverloadedError,
 )
 from producer.protocol.documents import Document
-from producer.protocol.messages import TASK_EMBED_DOCUMENTS, EmbedRequest
+from producer.protocol.messages import EmbedRequest
+from producer.protocol.names import TASK_EMBED_DOCUMENTS
 from tests.support.corpora import write_jsonl_corpus
 from tests.support.models import build_model
 from tests.support.workers import EMBEDQ, REPO_ROOT, WorkerProcess, start_worker, stop_worker
 from worker.encoding.encoder import StaticEncoder
 from worker.milvus.lite_server import LiteServerFiles, stop_lite_server
 from worker.milvus.sink import open_sink
+from worker.ports import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -59,13 +61,6 @@ def _wait_until(condition: Callable[[], bool], what: str, timeout_s: float = WAI
         if time.monotonic() > deadline:
             pytest.fail(f"timed out waiting for {what}")
         time.sleep(0.05)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # --- A worker whose model folder is missing or corrupt refuses to start, with one line ---------------
@@ -193,7 +188,7 @@ class SecretBroker:
 
 @pytest.fixture
 def secret_broker() -> Iterator[SecretBroker]:
-    broker = SecretBroker(password=f"brokerpw-{uuid.uuid4().hex}", port=_free_port())
+    broker = SecretBroker(password=f"brokerpw-{uuid.uuid4().hex}", port=free_port())
     broker.start()
     try:
         yield broker
@@ -243,7 +238,7 @@ def test_credentials_never_appear_in_logs_results_or_errors(
     uri_password = f"uripw-{uuid.uuid4().hex}"
     milvus_token = f"root:tokenpw-{uuid.uuid4().hex}"
     secrets = [secret_broker.password, wrong_password, uri_password, milvus_token.split(":")[1]]
-    unreachable_milvus = f"http://embedq:{uri_password}@127.0.0.1:{_free_port()}"
+    unreachable_milvus = f"http://embedq:{uri_password}@127.0.0.1:{free_port()}"
     evidence = Evidence()
     worker = start_worker(
         secret_broker.url,
@@ -342,7 +337,7 @@ def test_a_worker_holding_unacknowledged_tasks_survives_a_broker_restart(
 ) -> None:
     """Without worker.queue.guard.GuardedQoS, Celery 5.7 ends the worker here ("Unrecoverable error")."""
     worker = start_worker(
-        secret_broker.url, tmp_path / "worker.log", milvus_uri=f"http://127.0.0.1:{_free_port()}"
+        secret_broker.url, tmp_path / "worker.log", milvus_uri=f"http://127.0.0.1:{free_port()}"
     )
     try:
         with EmbeddingClient(secret_broker.url) as client:
@@ -612,7 +607,7 @@ class LiteServer:
     """A `milvus-lite server` this test starts and kills itself (no worker can restart it)."""
 
     data_dir: Path
-    port: int = field(default_factory=_free_port)
+    port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
 
     @property

@@ -20,7 +20,8 @@ from producer.celery_config import build_celery_app
 from producer.client import EmbeddingClient
 from producer.errors import BrokerUnavailableError, MessageDecodeError, NoWorkerError
 from producer.job import Job
-from producer.protocol.messages import QUEUE_PREFIX, Kind, WorkerPresence, presence_key
+from producer.protocol.messages import WorkerPresence
+from producer.protocol.names import QUEUE_PREFIX, Kind, presence_key
 from producer.settings import Settings, redact_url
 from worker.gateway.errors import ApiError
 

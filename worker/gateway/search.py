@@ -21,7 +21,8 @@ from worker.gateway.errors import ApiError, bad_request
 from worker.gateway.limits import read_json, timing_headers
 from worker.milvus.connection import connect_milvus, describe_error
 from worker.milvus.lite_server import LiteWriteLock, ensure_lite_server, is_lite_path
-from worker.milvus.sink import MAX_TOP_K, MODEL_PROPERTY, MilvusSink
+from worker.milvus.schema import MAX_TOP_K, MODEL_PROPERTY
+from worker.milvus.sink import MilvusSink
 
 DEFAULT_TOP_K = 10
 
