@@ -79,6 +79,7 @@ class Backend:
                 batch_wait_ms=self.settings.batch_wait_ms,
                 batch_max_texts=self.settings.batch_max_texts,
                 batch_max_chars=self.settings.batch_max_chars,
+                batch_max_in_flight=self.settings.batch_max_in_flight,
                 request_timeout_s=self.request_timeout_s,
             )
         return client
