@@ -181,6 +181,13 @@ def client_round_trip_p50_ms(broker_url: str, calls: int) -> float:
     return statistics.median(times)
 
 
+def _statuses(gateway_url: str) -> dict[str, float]:
+    """The gateway's own count of /embed answers by HTTP status (from /metrics)."""
+    text = requests.get(f"{gateway_url}/metrics", timeout=10).text
+    pattern = r'^embedq_http_requests_total\{route="/embed",status="(\d+)"\} ([\d.e+]+)$'
+    return {status: float(count) for status, count in re.findall(pattern, text, re.MULTILINE)}
+
+
 def _spread(values: list[float]) -> str:
     return f"median {statistics.median(values):.2f}, min {min(values):.2f}, max {max(values):.2f}"
 
@@ -224,6 +231,7 @@ def main() -> None:
                     )
                 ratios.append(runs["gateway"].requests_per_s / runs["reference"].requests_per_s)
                 gateway_p99s.append(runs["gateway"].p99_ms)
+            print(f"gateway answers by status so far: {_statuses(gateway_url)}")
             print(f"requests/s gateway / reference ({args.connections} connections): {_spread(ratios)}")
             print(f"gateway p99 ms: {_spread(gateway_p99s)}")
             single_ratios = []

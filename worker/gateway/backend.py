@@ -56,6 +56,7 @@ class Backend:
         )
         self._live: dict[str, int] = {}
         self._live_read_at = -1.0
+        self._live_refresh: asyncio.Future[dict[str, int]] | None = None
 
     async def close(self) -> None:
         """Close the broker connections."""
@@ -92,10 +93,22 @@ class Backend:
             raise self._unavailable(exc) from exc
 
     async def live_models(self) -> dict[str, int]:
-        """Return {model id: dim} of the models some worker serves now (cached for a second)."""
-        now = time.monotonic()
-        if now - self._live_read_at < _LIVE_MODELS_TTL_S:
+        """Return {model id: dim} of the models some worker serves now (cached for a second).
+
+        One read refreshes the cache while concurrent requests keep using the previous answer, so a
+        burst of requests does not send a burst of SCANs when the cache expires.
+        """
+        if time.monotonic() - self._live_read_at < _LIVE_MODELS_TTL_S:
             return self._live
+        if self._live_refresh is None or self._live_refresh.done():
+            self._live_refresh = asyncio.ensure_future(self._read_live_models())
+            # A failed background refresh is not an error of its own: the next request tries again.
+            self._live_refresh.add_done_callback(lambda done: done.cancelled() or done.exception())
+        if self._live_read_at < 0:  # nothing read yet: wait for the first answer
+            return await asyncio.shield(self._live_refresh)
+        return self._live
+
+    async def _read_live_models(self) -> dict[str, int]:
         live: dict[str, int] = {}
         try:
             keys = [key async for key in self._redis.scan_iter(match=_PRESENCE_PATTERN, count=500)]
@@ -110,7 +123,7 @@ class Backend:
             except MessageDecodeError:
                 continue
             live[presence.model] = presence.dim
-        self._live, self._live_read_at = live, now
+        self._live, self._live_read_at = live, time.monotonic()
         return live
 
     async def model_dim(self, model: str | None) -> tuple[str, int]:
