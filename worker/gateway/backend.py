@@ -92,11 +92,12 @@ class Backend:
         except (RedisError, OSError) as exc:
             raise self._unavailable(exc) from exc
 
-    async def live_models(self) -> dict[str, int]:
+    async def live_models(self, *, wait_for_fresh: bool = False) -> dict[str, int]:
         """Return {model id: dim} of the models some worker serves now (cached for a second).
 
         One read refreshes the cache while concurrent requests keep using the previous answer, so a
-        burst of requests does not send a burst of SCANs when the cache expires.
+        burst of requests does not send a burst of SCANs when the cache expires; ``wait_for_fresh``
+        waits for that read instead (to confirm a miss).
         """
         if time.monotonic() - self._live_read_at < _LIVE_MODELS_TTL_S:
             return self._live
@@ -104,7 +105,7 @@ class Backend:
             self._live_refresh = asyncio.ensure_future(self._read_live_models())
             # A failed background refresh is not an error of its own: the next request tries again.
             self._live_refresh.add_done_callback(lambda done: done.cancelled() or done.exception())
-        if self._live_read_at < 0:  # nothing read yet: wait for the first answer
+        if wait_for_fresh or self._live_read_at < 0:  # or nothing read yet
             return await asyncio.shield(self._live_refresh)
         return self._live
 
@@ -130,6 +131,8 @@ class Backend:
         """Return (model id, dim) of a live model: 404 for one no worker serves, 503 if none is live."""
         model_id = self.default_model if model is None else model
         live = await self.live_models()
+        if model_id not in live:
+            live = await self.live_models(wait_for_fresh=True)  # an expired cache may miss a new worker
         if model_id in live:
             return model_id, live[model_id]
         if not live:
