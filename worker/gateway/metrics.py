@@ -33,11 +33,24 @@ class HttpMetrics:
         )
         self.seconds = Histogram(
             "embedq_http_request_seconds",
-            "Time from request to response start, by route template.",
+            "Time from request to the end of the response, by route template.",
             ["route"],
             buckets=_LATENCY_BUCKETS_S,
             registry=registry,
         )
+        self._counters: dict[tuple[str, int], Counter] = {}
+        self._histograms: dict[str, Histogram] = {}
+
+    def observe(self, route: str, status: int, seconds: float) -> None:
+        """Count one answer and its time (labelled children cached: ``labels()`` takes a lock each call)."""
+        counter = self._counters.get((route, status))
+        if counter is None:
+            counter = self._counters[(route, status)] = self.requests.labels(route, str(status))
+        histogram = self._histograms.get(route)
+        if histogram is None:
+            histogram = self._histograms[route] = self.seconds.labels(route)
+        counter.inc()
+        histogram.observe(seconds)
 
 
 def route_labels(routes: Sequence[BaseRoute]) -> dict[object, str]:
@@ -81,8 +94,7 @@ class RequestMetricsMiddleware:
             await self.app(scope, receive, send_with_headers)
         finally:
             route = self.labels.get(scope.get("endpoint"), _UNMATCHED_ROUTE)
-            self.metrics.requests.labels(route, str(status)).inc()
-            self.metrics.seconds.labels(route).observe(time.perf_counter() - started)
+            self.metrics.observe(route, status, time.perf_counter() - started)
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -67,5 +67,8 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
             http="httptools",
             access_log=False,
             log_level="warning",
+            # Client addresses are not used, and the server header tells a caller nothing it needs.
+            proxy_headers=False,
+            server_header=False,
         )
     return 0
