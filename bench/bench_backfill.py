@@ -28,7 +28,6 @@ import argparse
 import contextlib
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -44,6 +43,7 @@ import psutil
 
 from producer.backfill import BackfillOptions, BackfillProgress, run_backfill
 from producer.client import EmbeddingClient
+from worker.ports import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -121,13 +121,6 @@ class MilvusTarget:
     write_lock: Path | None = None  # the Lite write lock file every writer takes
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @contextlib.contextmanager
 def lite_target(tmp: Path) -> Iterator[MilvusTarget]:
     """Start the shared Lite server for a fresh .db path (as a worker would); stop it after."""
@@ -152,7 +145,7 @@ def server_target(tmp: Path) -> Iterator[MilvusTarget]:
     data_dir = tmp / "milvus-server"
     data_dir.mkdir(parents=True, exist_ok=True)
     config = MilvusServerConfig(data_dir=str(data_dir))
-    config.update(**{key: _free_port() for key in config.configurable_items if key.endswith("_port")})
+    config.update(**{key: free_port() for key in config.configurable_items if key.endswith("_port")})
     server = MilvusServer(config)
     cwd = os.getcwd()  # start() changes directory into the data dir
     try:

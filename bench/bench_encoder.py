@@ -130,7 +130,7 @@ def main() -> None:
             bench_model(name, path, texts, args.rounds)
     print()
     # A fresh process, so that the parent holds the model and nothing else.
-    subprocess.run([sys.executable, str(Path(__file__).resolve().parent / "memory.py")], check=True)
+    subprocess.run([sys.executable, "-m", "bench.memory"], check=True)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from pathlib import Path
 import redis
 
 from producer.client import EmbeddingClient
-from producer.protocol.messages import BUNDLED_MODEL_ID, bulk_queue_for_model, presence_key, queue_for_model
+from producer.protocol.names import BUNDLED_MODEL_ID, bulk_queue_for_model, presence_key, queue_for_model
 from tests.support.corpora import paragraphs
 from tests.support.load import RESULT_TIMEOUT_S, LoadRun, mismatches, mixed_load
 from worker.encoding.encoder import StaticEncoder

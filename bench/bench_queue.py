@@ -47,9 +47,9 @@ from producer.celery_config import broker_client
 from producer.client import EmbeddingClient
 from producer.job import Job
 from producer.protocol.batches import TASK_EMBED_BATCH
-from producer.protocol.messages import (
+from producer.protocol.messages import EmbedRequest
+from producer.protocol.names import (
     BUNDLED_MODEL_ID,
-    EmbedRequest,
     job_key,
     presence_key,
     queue_for_model,

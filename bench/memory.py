@@ -26,7 +26,7 @@ def _peak_rss_kib() -> int:
 def fork_memory_report(model_dir: Path, children: int) -> None:
     """Load the model, fork ``children`` processes that each encode, and print RSS/USS per process.
 
-    Run it in a fresh process (``python bench/memory.py``) so that the parent holds only the model.
+    Run it in a fresh process (``python -m bench.memory``) so that the parent holds only the model.
     """
     import time
 

@@ -14,7 +14,7 @@ from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
 from producer.errors import BrokerUnavailableError
-from producer.protocol.messages import queue_for_model
+from producer.protocol.names import queue_for_model
 from producer.settings import Settings, redact_url
 
 BROKER_ACQUIRE_TIMEOUT_S = 5.0

@@ -27,14 +27,12 @@ from producer.errors import (
 from producer.job import Job, JobStatus, ResultReader
 from producer.protocol.batches import TASK_EMBED_BATCH, BatchItem, BatchRequest
 from producer.protocol.documents import Document
-from producer.protocol.messages import (
+from producer.protocol.messages import EmbedRequest, UpsertRequest, WorkerPresence
+from producer.protocol.names import (
     BUNDLED_MODEL_ID,
     TASK_FOR_KIND,
     TASK_UPSERT_DOCUMENTS,
-    EmbedRequest,
     Kind,
-    UpsertRequest,
-    WorkerPresence,
     bulk_queue_for_model,
     presence_key,
     queue_for_model,

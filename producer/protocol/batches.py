@@ -16,7 +16,8 @@ from typing import Any, Final, cast
 import msgpack
 
 from producer.errors import MessageDecodeError
-from producer.protocol.messages import KINDS, WIRE_VERSION, Kind, _fields, _single_argument, _typed, _unpack
+from producer.protocol.messages import _fields, _single_argument, _typed, _unpack
+from producer.protocol.names import KINDS, WIRE_VERSION, Kind
 
 TASK_EMBED_BATCH: Final = "embedq.embed_batch"
 REPLY_CHANNEL_PREFIX: Final = "embedq:reply:"

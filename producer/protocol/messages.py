@@ -1,4 +1,4 @@
-"""What producers and workers agree on: task names, queue names and the request/result messages.
+"""The request and result messages producers and workers exchange.
 
 Messages are small frozen dataclasses with explicit ``encode()`` (to a msgpack-safe dict) and
 ``decode()`` (validating schema and types, raising :class:`MessageDecodeError`). Vectors travel
@@ -9,53 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Literal, cast
+from typing import Any, cast
 
 import msgpack
 import numpy as np
 
 from producer.errors import MessageDecodeError
-
-TASK_EMBED_DOCUMENTS: Final = "embedq.embed_documents"
-TASK_EMBED_QUERIES: Final = "embedq.embed_queries"
-TASK_UPSERT_DOCUMENTS: Final = "embedq.upsert_documents"
-BUNDLED_MODEL_ID: Final = "embedq/minilm-l6-v2-256"
-"""The model id a worker reports for its bundled default model (``EMBEDQ_MODEL`` unset)."""
-
-WIRE_VERSION: Final = 1
-VECTOR_DTYPE: Final = "<f4"
-QUEUE_PREFIX: Final = "embedq."
-BULK_QUEUE_SUFFIX: Final = ".bulk"
-PRESENCE_TTL_S: Final = 6
-"""A worker refreshes its presence key every third of this; a producer sees it gone this long after."""
-
-Kind = Literal["document", "query"]
-KINDS: Final[tuple[Kind, ...]] = ("document", "query")
-TASK_FOR_KIND: Final[dict[Kind, str]] = {"document": TASK_EMBED_DOCUMENTS, "query": TASK_EMBED_QUERIES}
-
-
-def queue_for_model(model_id: str) -> str:
-    """Return the queue of ``model_id``'s small requests (queries, a web backend's documents)."""
-    return QUEUE_PREFIX + model_id
-
-
-def bulk_queue_for_model(model_id: str) -> str:
-    """Return the queue of ``model_id``'s large requests and upserts (backfills).
-
-    Workers consume both queues by default; kept apart, a backfill's tasks never sit in front of a
-    query in one list, and query-only workers can be run with ``embedq worker --queues interactive``.
-    """
-    return QUEUE_PREFIX + model_id + BULK_QUEUE_SUFFIX
-
-
-def presence_key(queue: str) -> str:
-    """Return the broker key a live worker consuming ``queue`` keeps set (with a short TTL)."""
-    return f"embedq:presence:{queue}"
-
-
-def job_key(job_id: str) -> str:
-    """Return the result-backend key that lists the tasks of a job split into several tasks."""
-    return f"embedq:job:{job_id}"
+from producer.protocol.names import KINDS, VECTOR_DTYPE, WIRE_VERSION, Kind
 
 
 def _unpack(raw: bytes, what: str) -> object:

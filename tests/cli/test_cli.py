@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import pytest
 from tests.support.workers import EMBEDQ, WorkerProcess
 from worker.cli.output import local_progress_line
 from worker.encoding.encoder import StaticEncoder
+from worker.ports import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -91,13 +91,6 @@ def cli_env(tmp_path: Path, **variables: str) -> dict[str, str]:
     env["EMBEDQ_CONCURRENCY"] = "1"  # the machine is shared: one pool process is enough here
     env.update(variables)
     return env
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def test_every_command_explains_itself_with_examples() -> None:
@@ -185,7 +178,7 @@ def test_a_bad_model_without_a_broker_url_fails_fast_with_one_clear_line(tmp_pat
 
 
 def test_an_unreachable_broker_is_a_transient_error_that_hides_the_password(tmp_path: Path) -> None:
-    url = f"redis://:hunter2-secret@127.0.0.1:{_free_port()}/0"
+    url = f"redis://:hunter2-secret@127.0.0.1:{free_port()}/0"
     run = run_cli(["embed", "x"], cli_env(tmp_path, EMBEDQ_BROKER_URL=url), tmp_path)
 
     assert run.returncode == 75

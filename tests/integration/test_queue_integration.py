@@ -19,7 +19,8 @@ import pytest
 
 from producer import EmbeddingClient, Model2VecEmbeddingFunction
 from producer.errors import InvalidInputError, MessageDecodeError, ModelMismatchError, NoWorkerError
-from producer.protocol.messages import TASK_EMBED_DOCUMENTS, EmbedRequest
+from producer.protocol.messages import EmbedRequest
+from producer.protocol.names import TASK_EMBED_DOCUMENTS
 from tests.support.models import build_model
 from tests.support.workers import (
     REPO_ROOT,

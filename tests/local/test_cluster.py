@@ -13,7 +13,7 @@ import redis
 
 from producer.client import EmbeddingClient
 from producer.errors import PermanentError
-from producer.protocol.messages import presence_key, queue_for_model
+from producer.protocol.names import presence_key, queue_for_model
 from producer.settings import Settings
 from worker.local.cluster import LocalCluster, shared_lite_server
 from worker.milvus.lite_server import LiteServerFiles, ensure_lite_server, stop_lite_server

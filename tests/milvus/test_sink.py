@@ -14,6 +14,7 @@ from producer.errors import ConfigError, InvalidInputError, ModelMismatchError
 from tests.support.milvus import DIM
 from worker.milvus.column_upsert import ColumnUpsert
 from worker.milvus.connection import connect_milvus
+from worker.milvus.rows import build_rows
 from worker.milvus.sink import MilvusSink
 
 pytestmark = pytest.mark.integration
@@ -223,7 +224,15 @@ def test_column_wise_requests_are_byte_for_byte_pymilvus_own(make_sink: SinkFact
     assert sink.upsert(AWKWARD_ROWS["ids"], AWKWARD_ROWS["texts"], AWKWARD_ROWS["metadata"], vectors) == 4
     builder = sink._column_upsert
     assert builder is not None, "the column-wise path was not taken with this pymilvus"
-    rows = sink._rows(AWKWARD_ROWS["ids"], AWKWARD_ROWS["texts"], AWKWARD_ROWS["metadata"], vectors)
+    rows = build_rows(
+        AWKWARD_ROWS["ids"],
+        AWKWARD_ROWS["texts"],
+        AWKWARD_ROWS["metadata"],
+        vectors,
+        collection=sink.collection,
+        model_id=sink.model_id,
+        dim=sink.dim,
+    )
     assert builder.same_as_row_request(rows.ids, rows.vectors, rows.texts, rows.metadata, rows.as_dicts())
     stored = sink.client.query(
         sink.collection,

@@ -27,13 +27,11 @@ from producer.errors import (
     TaskFailedError,
 )
 from producer.protocol.documents import Document
-from producer.protocol.messages import (
+from producer.protocol.messages import EmbedRequest, EmbedResult, WorkerPresence
+from producer.protocol.names import (
     BUNDLED_MODEL_ID,
     TASK_EMBED_DOCUMENTS,
     TASK_EMBED_QUERIES,
-    EmbedRequest,
-    EmbedResult,
-    WorkerPresence,
     job_key,
     presence_key,
 )

@@ -8,13 +8,8 @@ from hypothesis import strategies as st
 from kombu.serialization import dumps, loads, prepare_accept_content
 
 from producer.errors import MessageDecodeError
-from producer.protocol.messages import (
-    EmbedRequest,
-    EmbedResult,
-    JobManifest,
-    WorkerPresence,
-    queue_for_model,
-)
+from producer.protocol.messages import EmbedRequest, EmbedResult, JobManifest, WorkerPresence
+from producer.protocol.names import queue_for_model
 
 
 def _through_msgpack(payload: object) -> object:

@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 
 from producer.errors import ConfigError
-from producer.protocol.messages import BUNDLED_MODEL_ID
+from producer.protocol.names import BUNDLED_MODEL_ID
 from producer.settings import Settings, load_settings, redact_url
 
 

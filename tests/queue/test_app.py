@@ -6,12 +6,8 @@ import pytest
 from celery import Celery
 
 from producer.errors import InvalidInputError
-from producer.protocol.messages import (
-    BUNDLED_MODEL_ID,
-    TASK_EMBED_DOCUMENTS,
-    TASK_EMBED_QUERIES,
-    EmbedRequest,
-)
+from producer.protocol.messages import EmbedRequest
+from producer.protocol.names import BUNDLED_MODEL_ID, TASK_EMBED_DOCUMENTS, TASK_EMBED_QUERIES
 from producer.settings import Settings
 from tests.support.fakes import FakeEncoder
 from worker.queue.app import PresenceStep, build_worker_app, run_worker

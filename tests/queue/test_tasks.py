@@ -10,7 +10,8 @@ from producer.errors import (
     ModelMismatchError,
     SinkUnavailableError,
 )
-from producer.protocol.messages import TASK_EMBED_DOCUMENTS, TASK_EMBED_QUERIES, EmbedRequest, EmbedResult
+from producer.protocol.messages import EmbedRequest, EmbedResult
+from producer.protocol.names import TASK_EMBED_DOCUMENTS, TASK_EMBED_QUERIES
 from tests.support.fakes import FakeEncoder
 from worker.queue.tasks import EmbedTask, TextLimits, embed_request, register_tasks
 

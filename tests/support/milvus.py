@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -14,16 +13,10 @@ from pymilvus import MilvusClient
 
 from worker.milvus.connection import connect_milvus
 from worker.milvus.sink import MilvusSink
+from worker.ports import free_port
 
 DIM = 8
 MILVUS_KINDS = ["lite", pytest.param("server", marks=pytest.mark.milvus_server)]
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _log_tail(data_dir: Path) -> str:
@@ -48,7 +41,7 @@ def milvus_server_uri() -> Iterator[str]:
     config = MilvusServerConfig(data_dir=str(data_dir))
     # Every listener the wheel lets us set on a free port. Its embedded etcd's peer port (2380) and
     # its management port (9092) are fixed, so two test sessions on one machine cannot both start it.
-    config.update(**{key: _free_port() for key in config.configurable_items if key.endswith("_port")})
+    config.update(**{key: free_port() for key in config.configurable_items if key.endswith("_port")})
     server = MilvusServer(config)
     try:
         server.start()  # waits for /healthz; the server ignores SIGTERM, stop() SIGKILLs after 1 s

@@ -17,7 +17,7 @@ import psutil
 import pytest
 import redis
 
-from producer.protocol.messages import presence_key
+from producer.protocol.names import presence_key
 from producer.settings import Settings, load_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

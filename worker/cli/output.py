@@ -15,7 +15,7 @@ import numpy as np
 if TYPE_CHECKING:
     from producer.backfill import BackfillProgress, BackfillSummary
     from producer.job import JobStatus
-    from worker.milvus.sink import SearchHit
+    from worker.milvus.search import SearchHit
 
 SNIPPET_CHARS = 80
 SHOWN_VALUES = 4

@@ -17,8 +17,10 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from producer.errors import ModelLoadError
+from producer.protocol.names import BUNDLED_MODEL_ID
 
-BUNDLED_MODEL_ID = "embedq/minilm-l6-v2-256"
+__all__ = ["BUNDLED_MODEL_DIR", "BUNDLED_MODEL_ID", "ModelFiles", "load_model_files", "resolve_source"]
+
 BUNDLED_MODEL_DIR = Path(__file__).resolve().parent / "bundled_model"
 
 # (config, tensors, tokenizer, name of the table tensor): model2vec's own layout first, then the

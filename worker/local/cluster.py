@@ -29,15 +29,15 @@ from typing import Any
 
 import redis
 
-from producer.errors import BrokerUnavailableError, EmbedqError, PermanentError, TransientError
-from producer.protocol.messages import presence_key, queue_for_model
+from producer.errors import EXIT_TEMPFAIL, BrokerUnavailableError, EmbedqError, PermanentError, TransientError
+from producer.protocol.names import presence_key, queue_for_model
 from producer.settings import Settings
+from worker.ports import free_port
 
 DEFAULT_READY_TIMEOUT_S = 60.0
 DEFAULT_STOP_GRACE_S = 10.0
 WORKER_ERROR_PREFIX = "embedq: error: "
 """How ``embedq worker`` reports a fatal error on its last line; the cluster relays that line."""
-EXIT_TEMPFAIL = 75
 _POLL_S = 0.02
 _BROKER_HOST = "127.0.0.1"
 _BROKER_START_ATTEMPTS = 3
@@ -271,7 +271,7 @@ def _start_broker(data_dir: Path) -> Any:
         # The signal mask survives fork and exec, and valkey-server does not unblock SIGINT.
         previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
-            server = ValkeyServer(port=_free_port(), host=_BROKER_HOST, data_dir=data_dir)
+            server = ValkeyServer(port=free_port(_BROKER_HOST), host=_BROKER_HOST, data_dir=data_dir)
             server.start()
             return server
         except (ValkeyServerError, OSError) as exc:
@@ -282,13 +282,6 @@ def _start_broker(data_dir: Path) -> Any:
         f"could not start the embedded broker (valkey-server): {failure}; set EMBEDQ_BROKER_URL to a "
         "running Redis instead"
     ) from failure
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((_BROKER_HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @contextlib.contextmanager

@@ -27,6 +27,7 @@ from pathlib import Path
 from types import TracebackType
 
 from producer.errors import SinkUnavailableError
+from worker.ports import free_port
 
 LITE_HOST = "127.0.0.1"
 _BIND_ATTEMPTS = 3
@@ -222,17 +223,10 @@ def _answers(port: int) -> bool:
         return False
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LITE_HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _start(files: LiteServerFiles, timeout_s: float) -> int:
     """Start a detached server on a free port, wait until it answers, record it; return the port."""
     for _ in range(_BIND_ATTEMPTS):
-        port = _free_port()
+        port = free_port(LITE_HOST)
         log_offset = files.log.stat().st_size if files.log.exists() else 0
         with open(files.log, "ab") as log:
             proc = subprocess.Popen(

@@ -14,12 +14,11 @@ import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
-from typing import Any, Literal, NotRequired, TypedDict, TypeVar
+from typing import Any, Literal, TypeVar
 
 import grpc
 import numpy as np
-from pymilvus import CollectionSchema, DataType, MilvusClient
+from pymilvus import MilvusClient
 from pymilvus.exceptions import MilvusException
 
 from producer.errors import (
@@ -33,34 +32,29 @@ from producer.errors import (
 from worker.milvus.column_upsert import ColumnUpsert
 from worker.milvus.connection import connect_milvus, describe_error, is_transient
 from worker.milvus.lite_server import LiteWriteLock, ensure_lite_server, is_lite_path
+from worker.milvus.rows import Rows, build_rows, checked_ids
+from worker.milvus.schema import (
+    HNSW_PARAMS,
+    ID_FIELD,
+    MAX_TOP_K,
+    METADATA_FIELD,
+    METRIC,
+    MODEL_PROPERTY,
+    SEARCHABLE_FIELDS,
+    TEXT_FIELD,
+    VECTOR_FIELD,
+    collection_schema,
+)
+from worker.milvus.search import SearchHit, search_hit
 
 log = logging.getLogger(__name__)
 ServerKind = Literal["lite", "server"]
 T = TypeVar("T")
 
-ID_FIELD, VECTOR_FIELD, TEXT_FIELD, METADATA_FIELD = "id", "vector", "text", "metadata"
-ID_MAX_BYTES = 512
-TEXT_MAX_BYTES = 65535
-MODEL_PROPERTY = "embedq.model"
-"""Collection property holding ``{"model_id": ..., "dim": ...}`` as JSON."""
-METRIC = "COSINE"
-HNSW_PARAMS: dict[str, int] = {"M": 16, "efConstruction": 200}
-MAX_TOP_K = 16384  # Milvus' limit on topk
-SEARCHABLE_FIELDS = (TEXT_FIELD, METADATA_FIELD)
-
 _COLLECTION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
 _NOT_LOADED_CODE = 101
 _CONCURRENT_CREATE_WAIT_S = 10.0  # how long to wait for a collection another client is creating
 _COLUMN_CHECK_ROWS = 8  # rows compared with pymilvus' own request before the column-wise path is used
-
-
-class SearchHit(TypedDict):
-    """One search result: the document id, its cosine similarity, and the fields asked for."""
-
-    id: str
-    score: float
-    text: NotRequired[str]
-    metadata: NotRequired[dict[str, Any]]
 
 
 class MilvusSink:
@@ -109,6 +103,11 @@ class MilvusSink:
             self._server_kind = "lite" if version.startswith("milvus_lite") else "server"
         return self._server_kind
 
+    def exists(self) -> bool:
+        """Return whether the collection exists (without creating it)."""
+        with self._errors("look up", ConfigError):
+            return bool(self.client.has_collection(self.collection, timeout=self.timeout_s))
+
     def ensure_collection(self) -> None:
         """Create the collection on first use, or check that it holds this model; then load it."""
         with self._errors("open", ConfigError):
@@ -127,7 +126,9 @@ class MilvusSink:
         vectors: np.ndarray,
     ) -> int:
         """Write rows (insert or replace by id); return how many distinct rows Milvus acknowledged."""
-        rows = self._rows(ids, texts, metadata, vectors)
+        rows = build_rows(
+            ids, texts, metadata, vectors, collection=self.collection, model_id=self.model_id, dim=self.dim
+        )
         if not rows.ids:
             return 0
         self._ensure_ready()
@@ -146,7 +147,7 @@ class MilvusSink:
             written += acknowledged
         return written
 
-    def _send(self, part: _Rows, request: Any | None) -> int:
+    def _send(self, part: Rows, request: Any | None) -> int:
         """Send one request; return the number of rows Milvus acknowledged."""
         if request is not None and self._column_upsert is not None:
             try:
@@ -157,7 +158,7 @@ class MilvusSink:
         result = self.client.upsert(self.collection, part.as_dicts(), timeout=self.timeout_s)
         return int(result["upsert_count"])
 
-    def _column_request(self, part: _Rows) -> Any | None:
+    def _column_request(self, part: Rows) -> Any | None:
         """Build the column-wise request for ``part``; ``None`` means: use ``MilvusClient.upsert``.
 
         On the first call, the column-wise builder is checked against pymilvus' own row request
@@ -216,7 +217,7 @@ class MilvusSink:
                 timeout=self.timeout_s,
             ),
         )
-        return [_hit(raw, fields) for raw in results[0]]
+        return [search_hit(raw, fields) for raw in results[0]]
 
     def count(self) -> int:
         """Return the exact number of rows (strong consistency: every acknowledged write is counted)."""
@@ -234,7 +235,7 @@ class MilvusSink:
 
     def delete(self, ids: Sequence[str]) -> int:
         """Delete rows by id; return the number of ids Milvus reports deleted (Lite and server alike)."""
-        unique_ids = list(dict.fromkeys(_checked_ids(ids)))
+        unique_ids = list(dict.fromkeys(checked_ids(ids)))
         if not unique_ids:
             return 0
         self._ensure_ready()
@@ -268,7 +269,7 @@ class MilvusSink:
             return call()
 
     def _create_collection(self) -> None:
-        schema = self._schema()
+        schema = collection_schema(self.model_id, self.dim)
         record = json.dumps({"model_id": self.model_id, "dim": self.dim})
         try:
             with self._write_guard():
@@ -287,18 +288,6 @@ class MilvusSink:
                 if time.monotonic() >= deadline:
                     raise
                 time.sleep(0.05)
-
-    def _schema(self) -> CollectionSchema:
-        schema = MilvusClient.create_schema(
-            auto_id=False,
-            enable_dynamic_field=False,
-            description=f"embedq: vectors of model {self.model_id} (dim {self.dim})",
-        )
-        schema.add_field(ID_FIELD, DataType.VARCHAR, is_primary=True, max_length=ID_MAX_BYTES)
-        schema.add_field(VECTOR_FIELD, DataType.FLOAT_VECTOR, dim=self.dim)
-        schema.add_field(TEXT_FIELD, DataType.VARCHAR, max_length=TEXT_MAX_BYTES)
-        schema.add_field(METADATA_FIELD, DataType.JSON)
-        return schema
 
     def _check_recorded_model(self) -> None:
         description = self.client.describe_collection(self.collection, timeout=self.timeout_s)
@@ -370,93 +359,6 @@ class MilvusSink:
                 ) from exc
             raise permanent(f"Milvus refused to {action} collection {self.collection!r}: {detail}") from exc
 
-    def _rows(
-        self,
-        ids: Sequence[str],
-        texts: Sequence[str],
-        metadata: Sequence[dict[str, Any]],
-        vectors: np.ndarray,
-    ) -> _Rows:
-        """Validate one upsert request and keep its rows (the last occurrence of a repeated id wins)."""
-        checked_ids = _checked_ids(ids)
-        matrix = np.asarray(vectors, dtype=np.float32)
-        if matrix.ndim != 2:
-            raise InvalidInputError(f"vectors must be a 2-D array (rows, dim), got shape {matrix.shape}")
-        if matrix.shape[1] != self.dim:
-            raise ModelMismatchError(
-                f"vectors have dimension {matrix.shape[1]}, but collection {self.collection!r} holds "
-                f"{self.dim}-dimensional vectors of model {self.model_id!r}: encode with that model or "
-                "use another collection"
-            )
-        if not len(checked_ids) == len(texts) == len(metadata) == matrix.shape[0]:
-            raise InvalidInputError(
-                f"upsert needs one id, text, metadata and vector per row, got {len(checked_ids)} ids, "
-                f"{len(texts)} texts, {len(metadata)} metadata and {matrix.shape[0]} vectors"
-            )
-        if not np.isfinite(matrix).all():
-            raise InvalidInputError("vectors contain NaN or infinity: check the encoder output")
-        last_row = {doc_id: row for row, doc_id in enumerate(checked_ids)}
-        kept = sorted(last_row.values())
-        sizes = [
-            len(checked_ids[row])
-            + _checked_text(texts[row], row)
-            + len(_checked_metadata(metadata[row], row))
-            + 4 * self.dim
-            + 64
-            for row in kept
-        ]
-        if len(kept) == len(checked_ids):
-            return _Rows(checked_ids, list(texts), list(metadata), matrix, sizes)
-        return _Rows(
-            [checked_ids[row] for row in kept],
-            [texts[row] for row in kept],
-            [metadata[row] for row in kept],
-            matrix[np.array(kept, dtype=np.intp)],
-            sizes,
-        )
-
-
-@dataclass
-class _Rows:
-    """Validated rows of one upsert, column by column, with each row's estimated request bytes."""
-
-    ids: list[str]
-    texts: list[str]
-    metadata: list[dict[str, Any]]
-    vectors: np.ndarray
-    sizes: list[int]
-
-    def slice(self, start: int, end: int) -> _Rows:
-        return _Rows(
-            self.ids[start:end],
-            self.texts[start:end],
-            self.metadata[start:end],
-            self.vectors[start:end],
-            self.sizes[start:end],
-        )
-
-    def head(self, count: int) -> _Rows:
-        return self.slice(0, count)
-
-    def batches(self, max_bytes: int) -> Iterator[_Rows]:
-        """Split into requests of at most ``max_bytes`` (estimated), at least one row each."""
-        start, size = 0, 0
-        for end, nbytes in enumerate(self.sizes):
-            if end > start and size + nbytes > max_bytes:
-                yield self.slice(start, end)
-                start, size = end, 0
-            size += nbytes
-        yield self.slice(start, len(self.sizes))
-
-    def as_dicts(self) -> list[dict[str, Any]]:
-        """Return the rows as ``MilvusClient.upsert`` takes them."""
-        return [
-            {ID_FIELD: doc_id, VECTOR_FIELD: vector, TEXT_FIELD: text, METADATA_FIELD: meta}
-            for doc_id, vector, text, meta in zip(
-                self.ids, self.vectors, self.texts, self.metadata, strict=True
-            )
-        ]
-
 
 def open_sink(
     uri: str, token: str | None, collection: str, model_id: str, dim: int, *, timeout_s: float = 30.0
@@ -476,48 +378,3 @@ def open_sink(
     return MilvusSink(
         connect_milvus(uri, token, timeout_s=timeout_s), collection, model_id, dim, timeout_s=timeout_s
     )
-
-
-def _checked_ids(ids: Sequence[str]) -> list[str]:
-    checked = list(ids)
-    for position, doc_id in enumerate(checked):
-        if not isinstance(doc_id, str) or not doc_id:
-            raise InvalidInputError(f"id #{position} must be a non-empty str, got {doc_id!r}")
-        if len(doc_id.encode("utf-8", "surrogatepass")) > ID_MAX_BYTES:
-            raise InvalidInputError(
-                f"id #{position} is longer than {ID_MAX_BYTES} bytes: shorten it, or leave it out so the "
-                "id is derived from the text"
-            )
-    return checked
-
-
-def _checked_text(text: object, row: int) -> int:
-    if not isinstance(text, str):
-        raise InvalidInputError(f"text #{row} must be a str, got {type(text).__name__}")
-    size = len(text.encode("utf-8", "surrogatepass"))
-    if size > TEXT_MAX_BYTES:
-        raise InvalidInputError(
-            f"text #{row} is {size} bytes, over the {TEXT_MAX_BYTES}-byte limit of the text field: split it"
-        )
-    return size
-
-
-def _checked_metadata(meta: object, row: int) -> str:
-    if not isinstance(meta, dict):
-        raise InvalidInputError(f"metadata #{row} must be a dict, got {type(meta).__name__}")
-    try:
-        return json.dumps(meta, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInputError(
-            f"metadata #{row} is not JSON-serialisable ({exc}): use plain JSON values"
-        ) from exc
-
-
-def _hit(raw: dict[str, Any], fields: list[str]) -> SearchHit:
-    entity = raw.get("entity", {})
-    hit = SearchHit(id=str(raw["id"]), score=float(raw["distance"]))
-    if TEXT_FIELD in fields:
-        hit["text"] = str(entity.get(TEXT_FIELD, ""))
-    if METADATA_FIELD in fields:
-        hit["metadata"] = dict(entity.get(METADATA_FIELD) or {})
-    return hit

@@ -13,13 +13,8 @@ from kombu.entity import Exchange, Queue
 
 from producer.celery_config import broker_client, build_celery_app
 from producer.errors import BrokerUnavailableError
-from producer.protocol.messages import (
-    PRESENCE_TTL_S,
-    WorkerPresence,
-    bulk_queue_for_model,
-    presence_key,
-    queue_for_model,
-)
+from producer.protocol.messages import WorkerPresence
+from producer.protocol.names import PRESENCE_TTL_S, bulk_queue_for_model, presence_key, queue_for_model
 from producer.settings import Settings
 from worker.queue.batch_task import register_batch_task
 from worker.queue.guard import install_message_guard

@@ -18,16 +18,8 @@ from producer.errors import (
     SinkUnavailableError,
     TransientError,
 )
-from producer.protocol.messages import (
-    TASK_FOR_KIND,
-    TASK_UPSERT_DOCUMENTS,
-    EmbedRequest,
-    EmbedResult,
-    Kind,
-    UpsertRequest,
-    UpsertResult,
-    queue_for_model,
-)
+from producer.protocol.messages import EmbedRequest, EmbedResult, UpsertRequest, UpsertResult
+from producer.protocol.names import TASK_FOR_KIND, TASK_UPSERT_DOCUMENTS, Kind, queue_for_model
 from producer.protocol.texts import validate_texts
 
 
