@@ -46,10 +46,10 @@ import redis
 from producer.celery_config import broker_client
 from producer.client import EmbeddingClient
 from producer.job import Job
+from producer.protocol.batches import TASK_EMBED_BATCH
 from producer.protocol.messages import EmbedRequest
 from producer.protocol.names import (
     BUNDLED_MODEL_ID,
-    TASK_EMBED_QUERIES,
     job_key,
     presence_key,
     queue_for_model,
@@ -592,8 +592,8 @@ def run_benchmarks(args: argparse.Namespace) -> None:
         samples, round_ratios = bench_latency(client, tok1_client, texts, args.rounds, args.requests)
         runtimes_ms = {
             "no-op": noop.task_runtimes_ms(NOOP_TASK),
-            "embed": workers["c2"].task_runtimes_ms(TASK_EMBED_QUERIES),
-            "embed tokenizer 1 thread": workers["c2-tok1"].task_runtimes_ms(TASK_EMBED_QUERIES),
+            "embed": workers["c2"].task_runtimes_ms(TASK_EMBED_BATCH),
+            "embed tokenizer 1 thread": workers["c2-tok1"].task_runtimes_ms(TASK_EMBED_BATCH),
         }
         _print_latency(samples, round_ratios, args.requests, runtimes_ms)
 

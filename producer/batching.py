@@ -99,6 +99,11 @@ class Coalescer:
             if was_empty or self._full():
                 self._cond.notify()
 
+    @property
+    def pending(self) -> int:
+        """How many requests wait to be sent."""
+        return len(self._pending)
+
     def batch_answered(self) -> None:
         """Count one batch as answered (the listener got its notice): the next one may leave."""
         with self._cond:
@@ -191,6 +196,12 @@ class BatchPath:
         notice = listener.register(item.id)
         coalescer.add(item)
         return notice
+
+    @property
+    def pending(self) -> int:
+        """How many requests wait to be sent (0 before the first one)."""
+        started = self._started
+        return 0 if started is None else started[0].pending
 
     def _start(self) -> tuple[Coalescer, ResultListener]:
         with self._lock:

@@ -312,6 +312,13 @@ class EmbeddingClient:
             self._check_queue(self.queue)
             self._checked_at[self.queue] = now
         assert self._batches is not None  # only called when batching is on
+        waiting = self._batches.pending
+        if self._max_queue_depth is not None and waiting >= self._max_queue_depth:
+            raise OverloadedError(
+                f"{waiting} requests of this client wait to be sent to queue {self.queue}, at the limit "
+                f"of {self._max_queue_depth} (EMBEDQ_MAX_QUEUE_DEPTH): the workers are not keeping up; "
+                "retry later or start more workers"
+            )
         notice = self._batches.submit(item)
         return Job(self.reader, item.id, [item.id], self.model, notice=notice, queue_depth=self.queue_depth)
 

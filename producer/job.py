@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -267,8 +268,6 @@ class Job:
         read by id in a thread of the default executor, with growing pauses.
         """
         if self._notice is not None:
-            from producer.notify import await_future
-
             try:
                 outcome = await await_future(self._notice, timeout_s)
             except TimeoutError as exc:
@@ -280,3 +279,30 @@ class Job:
         while (vectors := await asyncio.to_thread(self._try_collect)) is None:
             await asyncio.sleep(next(delays))
         return vectors
+
+
+async def await_future(
+    future: concurrent.futures.Future[TaskOutcome], timeout_s: float | None
+) -> TaskOutcome:
+    """Await a listener Future from an event loop (one ``call_soon_threadsafe`` when it completes).
+
+    Unlike ``asyncio.wrap_future``, a timeout or cancellation here leaves ``future`` untouched,
+    so the request can be awaited again.
+    """
+    if future.done():
+        return future.result()
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[None] = loop.create_future()
+
+    def wake(_: concurrent.futures.Future[TaskOutcome]) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop was closed after its caller gave up
+            loop.call_soon_threadsafe(_set_done, waiter)
+
+    future.add_done_callback(wake)
+    await asyncio.wait_for(waiter, timeout_s)
+    return future.result()
+
+
+def _set_done(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

@@ -11,7 +11,6 @@ also reads the results of requests waiting longer than ``sweep_s`` by id, once p
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import threading
@@ -188,28 +187,3 @@ class ResultListener:
                 future.set_exception(
                     BrokerUnavailableError(f"request {request_id} had no answer in {MAX_WAIT_S:g} s")
                 )
-
-
-async def await_future(future: Future[TaskOutcome], timeout_s: float | None) -> TaskOutcome:
-    """Await a listener Future from an event loop (one ``call_soon_threadsafe`` when it completes).
-
-    Unlike ``asyncio.wrap_future``, a timeout or cancellation here leaves ``future`` untouched,
-    so the request can be awaited again.
-    """
-    if future.done():
-        return future.result()
-    loop = asyncio.get_running_loop()
-    waiter: asyncio.Future[None] = loop.create_future()
-
-    def wake(_: Future[TaskOutcome]) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop was closed after its caller gave up
-            loop.call_soon_threadsafe(_set_done, waiter)
-
-    future.add_done_callback(wake)
-    await asyncio.wait_for(waiter, timeout_s)
-    return future.result()
-
-
-def _set_done(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)

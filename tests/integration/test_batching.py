@@ -11,13 +11,14 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
 import redis
 
-from producer import EmbeddingClient
-from producer.errors import DeadlineExceededError, InvalidInputError, ResultTimeoutError
+from producer import EmbeddingClient, Job
+from producer.errors import DeadlineExceededError, InvalidInputError, OverloadedError, ResultTimeoutError
 from tests.support.models import build_model
 from tests.support.workers import WorkerProcess, start_worker, stop_worker
 from worker.encoding.encoder import StaticEncoder
@@ -148,6 +149,38 @@ def _blocked(broker: redis.Redis, worker: WorkerProcess) -> bool:
         int(str(client["addr"]).rpartition(":")[2]) in ports and "b" in str(client["flags"])
         for client in broker.client_list()
     )
+
+
+@contextmanager
+def _paused(worker: WorkerProcess, broker: redis.Redis) -> Iterator[None]:
+    """SIGSTOP the worker once its last BRPOP timed out (it takes nothing off the queue); SIGCONT after."""
+    worker.process.send_signal(signal.SIGSTOP)
+    try:
+        deadline = time.monotonic() + 10
+        while _blocked(broker, worker):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        yield
+    finally:
+        worker.process.send_signal(signal.SIGCONT)
+
+
+def test_a_stalled_queue_refuses_batched_requests_past_the_depth_limit(
+    redis_url: str, own_model_worker: WorkerProcess
+) -> None:
+    model = own_model_worker.settings.model_id
+    encoder = StaticEncoder.from_pretrained(model)
+    broker = redis.Redis.from_url(redis_url)
+    accepted: list[tuple[Job, str]] = []
+    with EmbeddingClient(redis_url, model=model, max_queue_depth=10, worker_wait_s=None) as client:
+        client.embed_queries(["warm-up"]).result(timeout_s=30)
+        with _paused(own_model_worker, broker), pytest.raises(OverloadedError, match="retry later"):
+            for number in range(1000):
+                accepted.append((client.embed_queries([f"text {number}"]), f"text {number}"))
+        assert len(accepted) <= 10 + 2  # two batches sent (max in flight), then at most 10 waiting
+        for job, text in accepted:
+            assert np.array_equal(job.result(timeout_s=30), encoder.encode([text]))
+    broker.close()
 
 
 def test_a_request_whose_deadline_passed_in_the_queue_is_dropped_unencoded(
