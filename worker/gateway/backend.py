@@ -81,7 +81,6 @@ class Backend:
                 batch_max_texts=self.settings.batch_max_texts,
                 batch_max_chars=self.settings.batch_max_chars,
                 batch_max_in_flight=self.settings.batch_max_in_flight,
-                request_timeout_s=self.request_timeout_s,
             )
         return client
 
@@ -148,16 +147,21 @@ class Backend:
         )
 
     async def embed(self, model: str, texts: Sequence[str], kind: Kind = "document") -> Embedded:
-        """Enqueue ``texts`` for ``model`` and await their vectors without holding a thread."""
+        """Enqueue ``texts`` for ``model`` and await their vectors without holding a thread.
+
+        The request carries the gateway's timeout as its deadline, so a worker that reaches it only
+        after the caller got its 504 drops it unencoded. (Jobs, sent through the same clients,
+        carry none: the clients have no default deadline.)
+        """
         client = self.client(model)
         started = time.perf_counter()
         submit = client.embed_queries if kind == "query" else client.embed_documents
         if self._batched(texts):
             # A small request only joins the client's next batch (no I/O but a queue check every few
             # seconds), so it is handed over on the event loop: a thread hop would cost more.
-            job: Job = submit(texts)
+            job: Job = submit(texts, timeout_s=self.request_timeout_s)
         else:
-            job = await asyncio.to_thread(submit, texts)
+            job = await asyncio.to_thread(submit, texts, timeout_s=self.request_timeout_s)
         enqueued = time.perf_counter()
         vectors = await job.result_async(timeout_s=self.request_timeout_s)
         tokens = sum(job.token_counts) if job.token_counts is not None else 0

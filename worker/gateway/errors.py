@@ -78,11 +78,13 @@ def error_response(error: ApiError) -> Response:
 
 async def handle_api_error(request: Request, exc: Exception) -> Response:
     """Starlette exception handler for ApiError."""
-    assert isinstance(exc, ApiError)
+    if not isinstance(exc, ApiError):  # registered for ApiError only
+        raise exc
     return error_response(exc)
 
 
 async def handle_embedq_error(request: Request, exc: Exception) -> Response:
     """Starlette exception handler for embedq errors that reach the app unmapped."""
-    assert isinstance(exc, EmbedqError)
+    if not isinstance(exc, EmbedqError):  # registered for EmbedqError only
+        raise exc
     return error_response(from_embedq_error(exc))

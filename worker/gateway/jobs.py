@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from producer.errors import EmbedqError, MessageDecodeError
+from producer.errors import MessageDecodeError
 from producer.job import JobStatus, TaskOutcome
 from producer.protocol.documents import Document
 from producer.protocol.messages import EmbedResult, UpsertResult
@@ -157,7 +157,7 @@ def _upsert_result(outcomes: list[TaskOutcome]) -> UpsertResult | None:
         return None
     try:
         return UpsertResult.decode(outcomes[0].value)
-    except (MessageDecodeError, EmbedqError):
+    except MessageDecodeError:
         return None
 
 
