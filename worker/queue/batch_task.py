@@ -26,6 +26,7 @@ from producer.errors import (
     DeadlineExceededError,
     EmbedqError,
     PermanentError,
+    TaskFailedError,
     TransientError,
 )
 from producer.protocol.batches import TASK_EMBED_BATCH, BatchItem, BatchRequest, encode_notice
@@ -107,7 +108,7 @@ def store_outcomes(app: Celery, outcomes: list[ItemOutcome], reply_to: str | Non
             raw = backend.encode(meta)
             key = backend.get_key_for_task(outcome.item_id)
             if expires:
-                pipe.setex(key, int(expires), raw)
+                pipe.set(key, raw, ex=int(expires))
             else:
                 pipe.set(key, raw)
             stored.append((outcome.item_id, raw))
@@ -128,6 +129,24 @@ def _queue_depth(app: Celery, queue: str) -> int | None:
         return None
 
 
+class BatchTask(EmbedTask):
+    """The batch task's base: a batch that fails as a whole fails each of its requests by id."""
+
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        """Store ``exc`` under every request id of the batch, so no caller waits for its timeout."""
+        try:
+            batch = BatchRequest.from_task_args(tuple(args), kwargs)
+        except PermanentError:
+            return  # not a batch: its ids are unknown (the failure is stored under the task id)
+        error = exc if isinstance(exc, EmbedqError) else TaskFailedError(f"{type(exc).__name__}: {exc}")
+        try:
+            store_outcomes(
+                self.app, [ItemOutcome(item.id, error=error) for item in batch.items], batch.reply_to
+            )
+        except BrokerUnavailableError:
+            return  # the callers' own timeouts end their wait
+
+
 def register_batch_task(app: Celery, encoder: Encoder, limits: TextLimits) -> None:
     """Register the batch task bound to ``encoder`` (its message is acked after every result is stored)."""
 
@@ -139,4 +158,4 @@ def register_batch_task(app: Celery, encoder: Encoder, limits: TextLimits) -> No
         store_outcomes(app, outcomes, batch.reply_to)
         return len(outcomes)
 
-    app.task(base=EmbedTask, bind=True, name=TASK_EMBED_BATCH, shared=False, ignore_result=True)(embed_batch)
+    app.task(base=BatchTask, bind=True, name=TASK_EMBED_BATCH, shared=False, ignore_result=True)(embed_batch)
