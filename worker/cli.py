@@ -39,6 +39,8 @@ environment:
   EMBEDQ_MILVUS_URI    Milvus server URL or Milvus Lite file (default ./embedq.db)
   EMBEDQ_MILVUS_TOKEN  Milvus credentials (user:password or API key)
   EMBEDQ_CONCURRENCY   pool processes per worker (default: number of CPUs)
+  EMBEDQ_METRICS_PORT  worker: serve /metrics, /health and /ready on this port (default: off)
+  EMBEDQ_LOG_FORMAT    text (default) or json: one JSON object per log line
 """
 
 _WORKER_EPILOG = """\
@@ -47,6 +49,7 @@ examples:
   embedq worker --concurrency 4 --model minishlab/potion-base-8M
   embedq worker --queues interactive     # queries only; run others with --queues bulk
   embedq worker --loglevel debug
+  embedq worker --metrics-port 9300 --log-format json   # Prometheus, probes, JSON logs
 """
 
 _EMBED_EPILOG = """\
@@ -105,13 +108,19 @@ def _positive_float(raw: str) -> float:
 def _subcommand(
     commands: argparse._SubParsersAction[argparse.ArgumentParser], name: str, summary: str, epilog: str
 ) -> argparse.ArgumentParser:
-    return commands.add_parser(
+    command = commands.add_parser(
         name,
         help=summary,
         description=summary,
         epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    command.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        help="log lines as text or one JSON object each (default: EMBEDQ_LOG_FORMAT, else text)",
+    )
+    return command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -144,6 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="log level (default: INFO)",
     )
     worker.add_argument("--model", metavar="SOURCE", help="model folder or Hub id (default: EMBEDQ_MODEL)")
+    worker.add_argument(
+        "--metrics-port",
+        type=_positive_int,
+        metavar="PORT",
+        help="serve /metrics, /health and /ready on PORT (default: EMBEDQ_METRICS_PORT, else off)",
+    )
     worker.set_defaults(run=_run_worker)
 
     embed = _subcommand(commands, "embed", "Embed texts and print their vectors.", _EMBED_EPILOG)
@@ -196,7 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _note(message: str) -> None:
-    print(f"embedq: {message}", file=sys.stderr, flush=True)
+    from worker.logging_json import note
+
+    note(message)
 
 
 def _uses_embedded_cluster(environ: Mapping[str, str]) -> bool:
@@ -221,6 +238,8 @@ def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.model is not None:
         settings = replace(settings, model=check_model_id(args.model, "--model"))
+    if args.metrics_port is not None:
+        settings = replace(settings, metrics_port=args.metrics_port)
     queues = _names(args.queues) if args.queues else None
     run_worker(settings, concurrency=args.concurrency, queues=queues, loglevel=args.loglevel)
     return 0
@@ -398,7 +417,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command != "worker":  # a worker's SIGTERM is Celery's warm shutdown
         _interrupt_on_sigterm()
     try:
-        return run(args, load_settings())
+        settings = load_settings()
+        if args.log_format is not None:
+            settings = replace(settings, log_format=args.log_format)
+        if args.command != "worker":  # Celery sets up a worker's logging itself
+            from worker.logging_json import configure_cli_logs
+
+            configure_cli_logs(settings.log_format)
+        return run(args, settings)
     except EmbedqError as exc:
         _note(f"error: {_one_line(str(exc))}")
         return exit_code(exc)
