@@ -134,6 +134,7 @@ def run_worker(
     app = build_worker_app(settings, encoder, queues)
     observability.attach(app, encoder.model_id)
     argv = [
+        *observability.celery_options(),
         "worker",
         "--pool=prefork",
         f"--loglevel={loglevel}",
@@ -141,7 +142,6 @@ def run_worker(
         # mingle alone adds about a second to every start.
         "--without-mingle",
         "--without-gossip",
-        *observability.worker_argv(),
     ]
     if hostname is not None:
         argv.append(f"--hostname={hostname}")

@@ -70,12 +70,24 @@ def use_json_format(logger: logging.Logger) -> None:
 
 
 def install_worker_json_logs() -> None:
-    """Switch the Celery worker's log handlers (its own and its tasks') to JSON once Celery sets them up."""
+    """Switch the Celery worker's log handlers to JSON once Celery sets them up.
+
+    Until then (warnings while the worker starts), a JSON handler on the root logger takes the
+    records and ``warnings``; Celery replaces it with its own handlers, which are then switched.
+    """
     from celery import signals
 
+    logging.captureWarnings(True)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    logging.getLogger().handlers[:] = [handler]
+
     def switch(logger: logging.Logger | None = None, **_: Any) -> None:
-        if logger is not None:
-            use_json_format(logger)
+        # Every logger Celery gave handlers: root, task and billiard's pool logger.
+        loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+        for each in loggers:
+            if isinstance(each, logging.Logger):
+                use_json_format(each)
 
     signals.after_setup_logger.connect(switch, weak=False)
     signals.after_setup_task_logger.connect(switch, weak=False)

@@ -48,8 +48,8 @@ class WorkerObservability:
             remove_multiprocess_dir(self._dir)
             raise
 
-    def worker_argv(self) -> list[str]:
-        """Extra ``celery worker`` arguments (JSON logs: no banner on stdout)."""
+    def celery_options(self) -> list[str]:
+        """Options of the ``celery`` command before ``worker`` (JSON logs: no banner on stdout)."""
         return ["--quiet"] if self._settings.log_format == "json" else []
 
     def attach(self, app: Celery, model_id: str) -> None:
