@@ -54,7 +54,8 @@ class MetricsServer:
 
     def close(self) -> None:
         """Stop serving and release the port."""
-        self._server.shutdown()
+        if self._thread is not None:  # shutdown() waits for serve_forever, which must have started
+            self._server.shutdown()
         self._server.server_close()
 
 

@@ -38,14 +38,14 @@ class WorkerObservability:
             install_worker_json_logs()
         if settings.metrics_port is None:
             return
-        from worker.metrics.multiprocess import prepare_multiprocess_dir, remove_multiprocess_dir
+        from worker.metrics.multiprocess import prepare_multiprocess_dir
         from worker.metrics.server import MetricsServer
 
-        self._dir = prepare_multiprocess_dir()
+        self._server = MetricsServer(settings.metrics_port, self._render, self._ready)
         try:
-            self._server = MetricsServer(settings.metrics_port, self._render, self._ready)
+            self._dir = prepare_multiprocess_dir()
         except Exception:
-            remove_multiprocess_dir(self._dir)
+            self._server.close()
             raise
 
     def celery_options(self) -> list[str]:
