@@ -126,8 +126,8 @@ def _send_the_mix(client: EmbeddingClient, worker: WorkerProcess) -> None:
 def _expected_counts(model: str, documents_requests: int) -> Samples:
     encoder = StaticEncoder.from_pretrained(None)
     batches = [DOCUMENTS, [QUERY], [document.text for document in UPSERTED]]
-    tokens = sum(encoder.encode_counted(texts)[1] for texts in batches)
-    extra_tokens = (documents_requests - 1) * encoder.encode_counted(DOCUMENTS)[1]
+    tokens = sum(int(encoder.encode_with_token_counts(texts)[1].sum()) for texts in batches)
+    extra_tokens = (documents_requests - 1) * int(encoder.encode_with_token_counts(DOCUMENTS)[1].sum())
     requests = "embedq_requests_total"
     queue_wait = "embedq_queue_wait_seconds_count"
 

@@ -228,20 +228,6 @@ class StaticEncoder:
         ``max_length`` (tokens; ``None`` for no limit) and ``normalize`` default to the model's
         config; ``batch_size`` is the number of texts tokenized per call.
         """
-        counted = self.encode_counted(
-            texts, max_length=max_length, normalize=normalize, batch_size=batch_size
-        )
-        return counted[0]
-
-    def encode_counted(
-        self,
-        texts: Sequence[str],
-        *,
-        max_length: int | _Unset | None = UNSET,
-        normalize: bool | None = None,
-        batch_size: int = DEFAULT_BATCH_SIZE,
-    ) -> tuple[np.ndarray, int]:
-        """Like :meth:`encode`, also returning the number of tokens pooled (each distinct text once)."""
         texts = _check_texts(texts)
         if batch_size < 1:
             raise InvalidInputError(f"batch_size must be >= 1, got {batch_size}")
@@ -253,23 +239,35 @@ class StaticEncoder:
         if len(first_seen) == len(texts):
             return self._encode_distinct(texts, limit, do_normalize, batch_size)
         try:
-            distinct, tokens = self._encode_distinct(list(first_seen), limit, do_normalize, batch_size)
+            distinct = self._encode_distinct(list(first_seen), limit, do_normalize, batch_size)
         except InvalidInputError:
             raise _find_unencodable(texts) from None  # name the item by its place in ``texts``
-        return distinct[np.array(order, dtype=np.intp)], tokens
+        return distinct[np.array(order, dtype=np.intp)]
+
+    def encode_with_token_counts(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Encode like ``encode(texts)`` with the model's defaults; also return the tokens pooled per text.
+
+        The counts are after truncation and unknown-token removal: what a usage report should bill.
+        """
+        texts = _check_texts(texts)
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        counts = np.zeros(len(texts), dtype=np.int64)
+        for start in range(0, len(texts), DEFAULT_BATCH_SIZE):
+            batch = texts[start : start + DEFAULT_BATCH_SIZE]
+            ids, lengths = self._token_ids(self._run_tokenizer(batch, self.max_length), self.max_length)
+            out[start : start + len(batch)] = self._pool(ids, lengths, self.normalize)
+            counts[start : start + len(batch)] = lengths
+        return out, counts
 
     def _encode_distinct(
         self, texts: Sequence[str], limit: int | None, do_normalize: bool, batch_size: int
-    ) -> tuple[np.ndarray, int]:
+    ) -> np.ndarray:
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         starts = range(0, len(texts), batch_size)
         if len(starts) <= 1:
-            if not texts:
-                return out, 0
-            ids, lengths = self._token_ids(self._run_tokenizer(texts, limit), limit)
-            out[:] = self._pool(ids, lengths, do_normalize)
-            return out, len(ids)
-        tokens = 0
+            if texts:
+                out[:] = self._pool(*self._token_ids(self._run_tokenizer(texts, limit), limit), do_normalize)
+            return out
         # The tokenizer releases the GIL and runs on all cores: two batches are kept in its hands on
         # helper threads, so it always has work while this thread reads the ids of the current
         # batch and pools them (closer to the bare tokenizer than one batch ahead, in bench_encoder).
@@ -285,5 +283,4 @@ class StaticEncoder:
                     pending.append(pool.submit(self._run_tokenizer, batches[following], limit))
                 ids, lengths = self._token_ids(encodings, limit)
                 out[start : start + len(lengths)] = self._pool(ids, lengths, do_normalize)
-                tokens += len(ids)
-        return out, tokens
+        return out

@@ -30,7 +30,7 @@ from producer.wire import (
     UpsertResult,
     queue_for_model,
 )
-from worker.metrics.recording import encode_observed, record_milvus_upsert, record_request
+from worker.metrics.recording import encode_observed, record_milvus_upsert, record_request, token_total
 
 
 class Encoder(Protocol):
@@ -145,7 +145,7 @@ def embed_request(encoder: Encoder, request: EmbedRequest, limits: TextLimits) -
     _check_model(encoder, request.model)
     texts = validate_texts(request.texts, max_texts=limits.max_texts, max_text_chars=limits.max_text_chars)
     vectors, tokens = encode_observed(encoder, encoder.model_id, texts)
-    record_request(encoder.model_id, request.kind, "ok", len(texts), tokens)
+    record_request(encoder.model_id, request.kind, "ok", len(texts), token_total(tokens))
     return EmbedResult.from_array(encoder.model_id, vectors)
 
 
@@ -164,7 +164,7 @@ def upsert_request(
         sinks.discard(request.collection)
         raise
     record_milvus_upsert(request.collection, written, time.perf_counter() - started)
-    record_request(encoder.model_id, "upsert", "ok", len(texts), tokens)
+    record_request(encoder.model_id, "upsert", "ok", len(texts), token_total(tokens))
     return UpsertResult(model=encoder.model_id, collection=request.collection, written=written)
 
 

@@ -121,24 +121,30 @@ def record_milvus_upsert(collection: str, rows: int, seconds: float) -> None:
 
 @runtime_checkable
 class TokenCountingEncoder(Protocol):
-    """An encoder that also says how many tokens it pooled (worker.encoder.StaticEncoder)."""
+    """An encoder that also says how many tokens it pooled per text (worker.encoder.StaticEncoder)."""
 
-    def encode_counted(self, texts: Sequence[str]) -> tuple[np.ndarray, int]:
-        """Return the vectors and the number of tokens pooled."""
+    def encode_with_token_counts(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Return the vectors and the tokens pooled per text."""
 
 
-def encode_observed(encoder: Any, model: str, texts: Sequence[str]) -> tuple[np.ndarray, int]:
-    """Encode ``texts``, record the call (:func:`observe_encode`); return the vectors and token count.
+def encode_observed(encoder: Any, model: str, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray | None]:
+    """Encode ``texts`` and record the call (:func:`observe_encode`); return the vectors and per-text tokens.
 
-    An encoder without ``encode_counted`` (a test double) reports 0 tokens.
+    An encoder without ``encode_with_token_counts`` (a test double) gives None for the tokens.
     """
     start = time.perf_counter()
+    tokens: np.ndarray | None = None
     if isinstance(encoder, TokenCountingEncoder):
-        vectors, tokens = encoder.encode_counted(texts)
+        vectors, tokens = encoder.encode_with_token_counts(texts)
     else:
-        vectors, tokens = encoder.encode(texts), 0
+        vectors = encoder.encode(texts)
     observe_encode(model, time.perf_counter() - start, len(texts))
     return vectors, tokens
+
+
+def token_total(tokens: np.ndarray | None) -> int:
+    """Sum of per-text token counts (0 when the encoder gave none)."""
+    return 0 if tokens is None else int(tokens.sum())
 
 
 def task_kind(task_name: str) -> str | None:
