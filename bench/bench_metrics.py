@@ -1,0 +1,207 @@
+"""What worker metrics cost: docs/s of a worker with --metrics-port next to one without, in one run.
+
+Usage: python bench/bench_metrics.py [--redis-url redis://localhost:6379] [--rounds 5]
+                                     [--requests 1500] [--docs 40000] [--scrape-interval-s 1]
+
+Two `run_worker` processes (prefork, concurrency 2) run side by side on the same Redis, each
+serving the bundled model on a queue of its own (a symlinked model folder gives a distinct model
+id): one with metrics off, one with EMBEDQ_METRICS_PORT set and scraped every
+--scrape-interval-s (Prometheus' default is 15 s: 1 s is the harsher case). Only one of them
+works at a time; rounds alternate which goes first.
+
+1. small requests: --requests jobs of 4 texts each, all in flight, results collected (per-request
+   cost dominates: the worst case for per-request counting);
+2. bulk: --docs paragraphs in tasks of 1000 (encoding dominates).
+
+Printed: docs/s per round, the median and the median of per-round on/off ratios (target >= 0.97x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.redis_fixtures
+from bench_queue import claimed_database, redis_server, start_worker
+from corpus import paragraphs
+
+from producer.client import EmbeddingClient
+
+SMALL_TEXTS_PER_REQUEST = 4
+BULK_TEXTS_PER_TASK = 1000
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _model_alias(tmp: Path, name: str) -> str:
+    from worker.loader import BUNDLED_MODEL_DIR
+
+    alias = tmp / name
+    alias.symlink_to(BUNDLED_MODEL_DIR, target_is_directory=True)
+    return str(alias)
+
+
+@contextlib.contextmanager
+def scraping(port: int, interval_s: float) -> Iterator[list[int]]:
+    """GET /metrics every ``interval_s`` on a thread; yields the list of response sizes."""
+    sizes: list[int] = []
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.wait(interval_s):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+                sizes.append(len(response.read()))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield sizes
+    finally:
+        stop.set()
+        thread.join()
+
+
+def small_requests(client: EmbeddingClient, texts: list[str], requests: int) -> float:
+    """Docs/s of ``requests`` jobs of SMALL_TEXTS_PER_REQUEST texts, all in flight."""
+    start = time.perf_counter()
+    jobs = [
+        client.embed_documents(texts[i * SMALL_TEXTS_PER_REQUEST : (i + 1) * SMALL_TEXTS_PER_REQUEST])
+        for i in range(requests)
+    ]
+    for job in jobs:
+        job.result(timeout_s=300)
+    return requests * SMALL_TEXTS_PER_REQUEST / (time.perf_counter() - start)
+
+
+def bulk(client: EmbeddingClient, texts: list[str]) -> float:
+    """Docs/s of one large embed_documents job split into tasks of BULK_TEXTS_PER_TASK."""
+    start = time.perf_counter()
+    client.embed_documents(texts).result(timeout_s=600)
+    return len(texts) / (time.perf_counter() - start)
+
+
+def _measure(
+    name: str,
+    run: Callable[[EmbeddingClient], float],
+    clients: dict[str, EmbeddingClient],
+    rounds: int,
+    metrics_port: int,
+    scrape_interval_s: float,
+) -> None:
+    rates: dict[str, list[float]] = {"off": [], "on": []}
+    ratios: list[float] = []
+    for round_index in range(rounds):
+        order = ("off", "on") if round_index % 2 == 0 else ("on", "off")
+        for mode in order:
+            if mode == "on":
+                with scraping(metrics_port, scrape_interval_s):
+                    rates[mode].append(run(clients[mode]))
+            else:
+                rates[mode].append(run(clients[mode]))
+        ratios.append(rates["on"][-1] / rates["off"][-1])
+        print(
+            f"   round {round_index + 1}: off {rates['off'][-1]:>9,.0f} docs/s  on {rates['on'][-1]:>9,.0f} docs/s"
+            f"  on/off {ratios[-1]:.3f}x",
+            flush=True,
+        )
+    print(
+        f"   {name}: median off {statistics.median(rates['off']):,.0f} docs/s, on {statistics.median(rates['on']):,.0f}"
+        f" docs/s; on/off {statistics.median(ratios):.3f}x (median of per-round ratios, range "
+        f"{min(ratios):.3f}-{max(ratios):.3f}); target >= 0.97x: "
+        f"{'holds' if statistics.median(ratios) >= 0.97 else 'MISSED'}",
+        flush=True,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--redis-url")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--requests", type=int, default=1500)
+    parser.add_argument("--docs", type=int, default=40_000)
+    parser.add_argument("--scrape-interval-s", type=float, default=1.0)
+    args = parser.parse_args()
+    corpus = paragraphs(args.docs)[: args.docs]
+    with (
+        redis_server(args.redis_url) as server_url,
+        claimed_database(server_url) as db_url,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
+        log_dir = Path(tmp)
+        metrics_port = _free_port()
+        off_model = _model_alias(log_dir, "metrics-off")
+        on_model = _model_alias(log_dir, "metrics-on")
+        workers = [
+            start_worker(db_url, log_dir, "off", model=off_model, concurrency=2, extra_env={}),
+            start_worker(
+                db_url,
+                log_dir,
+                "on",
+                model=on_model,
+                concurrency=2,
+                extra_env={"EMBEDQ_METRICS_PORT": str(metrics_port)},
+            ),
+        ]
+        print(
+            f"corpus: {len(corpus):,} stdlib docstring paragraphs; redis {db_url}; two workers, concurrency 2 each; "
+            f"metrics scraped every {args.scrape_interval_s:g} s while the metrics-on worker works",
+            flush=True,
+        )
+        clients = {
+            "off": EmbeddingClient(
+                db_url, model=off_model, max_texts_per_task=BULK_TEXTS_PER_TASK, bulk_min_texts=None
+            ),
+            "on": EmbeddingClient(
+                db_url, model=on_model, max_texts_per_task=BULK_TEXTS_PER_TASK, bulk_min_texts=None
+            ),
+        }
+        try:
+            for (
+                client
+            ) in clients.values():  # warm up: first tasks load pymilvus-free code paths, tokenizer caches
+                small_requests(client, corpus, 50)
+            print(
+                f"\n1. small requests: {args.requests} jobs x {SMALL_TEXTS_PER_REQUEST} texts, all in flight",
+                flush=True,
+            )
+            _measure(
+                "small requests",
+                lambda c: small_requests(c, corpus, args.requests),
+                clients,
+                args.rounds,
+                metrics_port,
+                args.scrape_interval_s,
+            )
+            print(f"\n2. bulk: {len(corpus):,} paragraphs in tasks of {BULK_TEXTS_PER_TASK}", flush=True)
+            _measure(
+                "bulk", lambda c: bulk(c, corpus), clients, args.rounds, metrics_port, args.scrape_interval_s
+            )
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
+                body = response.read()
+            print(f"\n/metrics of the metrics-on worker at the end: {len(body):,} bytes", flush=True)
+        finally:
+            for client in clients.values():
+                client.close()
+            for worker in workers:
+                worker.stop()
+
+
+if __name__ == "__main__":
+    main()
