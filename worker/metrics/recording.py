@@ -49,6 +49,8 @@ class _State:
     model_id: str = ""
     log_tasks: bool = False
     summary: TaskSummary = field(default_factory=TaskSummary)
+    # Labelled children by (metric, label values): prometheus_client's labels() is the costliest step.
+    children: dict[tuple[int, tuple[str, ...]], Any] = field(default_factory=dict)
 
 
 _state = _State()
@@ -60,6 +62,7 @@ def enable_recording(metrics: WorkerMetrics | None, model_id: str, *, log_tasks:
     Called in the worker's parent before the pool forks; the pool processes inherit it.
     """
     _state.metrics = metrics
+    _state.children = {}
     _state.model_id = model_id
     _state.log_tasks = log_tasks
     _connect_signals()
@@ -69,6 +72,14 @@ def disable_recording() -> None:
     """Stop counting and logging task summaries (the signal hooks stay connected and do nothing)."""
     _state.metrics = None
     _state.log_tasks = False
+
+
+def _child(metric: Any, *labels: str) -> Any:
+    key = (id(metric), labels)
+    child = _state.children.get(key)
+    if child is None:
+        child = _state.children[key] = metric.labels(*labels)
+    return child
 
 
 def record_request(model: str, kind: str, outcome: str, texts: int = 0, tokens: int = 0) -> None:
@@ -86,10 +97,10 @@ def record_request(model: str, kind: str, outcome: str, texts: int = 0, tokens: 
         summary.tokens += tokens
     if metrics is None:
         return
-    metrics.requests.labels(model, kind, outcome).inc()
+    _child(metrics.requests, model, kind, outcome).inc()
     if outcome == "ok":
-        metrics.texts.labels(model, kind).inc(texts)
-        metrics.tokens.labels(model).inc(tokens)
+        _child(metrics.texts, model, kind).inc(texts)
+        _child(metrics.tokens, model).inc(tokens)
 
 
 def observe_encode(model: str, seconds: float, batch_texts: int) -> None:
@@ -97,8 +108,8 @@ def observe_encode(model: str, seconds: float, batch_texts: int) -> None:
     _state.summary.encode_s += seconds
     metrics = _state.metrics
     if metrics is not None:
-        metrics.encode_seconds.labels(model).observe(seconds)
-        metrics.batch_texts.labels(model).observe(batch_texts)
+        _child(metrics.encode_seconds, model).observe(seconds)
+        _child(metrics.batch_texts, model).observe(batch_texts)
 
 
 def observe_queue_wait(model: str, queue: str, seconds: float) -> None:
@@ -106,7 +117,7 @@ def observe_queue_wait(model: str, queue: str, seconds: float) -> None:
     _state.summary.queue_wait_s = seconds
     metrics = _state.metrics
     if metrics is not None:
-        metrics.queue_wait_seconds.labels(model, queue).observe(seconds)
+        _child(metrics.queue_wait_seconds, model, queue).observe(seconds)
 
 
 def record_milvus_upsert(collection: str, rows: int, seconds: float) -> None:
@@ -115,8 +126,8 @@ def record_milvus_upsert(collection: str, rows: int, seconds: float) -> None:
     _state.summary.milvus_upsert_s += seconds
     metrics = _state.metrics
     if metrics is not None:
-        metrics.milvus_rows_written.labels(collection).inc(rows)
-        metrics.milvus_upsert_seconds.labels(collection).observe(seconds)
+        _child(metrics.milvus_rows_written, collection).inc(rows)
+        _child(metrics.milvus_upsert_seconds, collection).observe(seconds)
 
 
 @runtime_checkable
