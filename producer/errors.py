@@ -92,3 +92,17 @@ def error_from_name(name: str, message: str) -> EmbedqError:
     if cls is None:
         return TaskFailedError(f"{name}: {message}")
     return cls(message)
+
+
+EXIT_FAILED = 1
+EXIT_PERMANENT = 2  # fix the input or configuration
+EXIT_TEMPFAIL = 75  # sysexits.h EX_TEMPFAIL: try again later
+
+
+def exit_code(error: EmbedqError) -> int:
+    """Return a process exit code for an error: 75 to retry later, 2 to fix the input or configuration."""
+    if isinstance(error, TransientError):
+        return EXIT_TEMPFAIL
+    if isinstance(error, PermanentError):
+        return EXIT_PERMANENT
+    return EXIT_FAILED

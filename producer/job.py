@@ -21,7 +21,8 @@ from producer.errors import (
     ResultTimeoutError,
     error_from_name,
 )
-from producer.wire import EmbedResult, JobManifest, job_key
+from producer.protocol.messages import EmbedResult, JobManifest
+from producer.protocol.names import job_key
 
 JobState = Literal["pending", "started", "done", "failed"]
 

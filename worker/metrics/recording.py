@@ -18,8 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from celery import signals
 
-from producer.wire import SENT_AT_HEADER as SENT_AT_HEADER
-from producer.wire import TASK_FOR_KIND, TASK_UPSERT_DOCUMENTS
+from producer.protocol.names import SENT_AT_HEADER, TASK_FOR_KIND, TASK_UPSERT_DOCUMENTS
 from worker.metrics.definitions import WorkerMetrics
 
 logger = logging.getLogger("embedq.tasks")
@@ -132,7 +131,7 @@ def record_milvus_upsert(collection: str, rows: int, seconds: float) -> None:
 
 @runtime_checkable
 class TokenCountingEncoder(Protocol):
-    """An encoder that also says how many tokens it pooled per text (worker.encoder.StaticEncoder)."""
+    """An encoder that also says how many tokens it pooled per text (worker.encoding.StaticEncoder)."""
 
     def encode_with_token_counts(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Return the vectors and the tokens pooled per text."""

@@ -33,7 +33,7 @@ class WorkerObservability:
         self._server: MetricsServer | None = None
         self._sampler: BrokerSampler | None = None
         if settings.log_format == "json":
-            from worker.logging_json import install_worker_json_logs
+            from worker.metrics.logs import install_worker_json_logs
 
             install_worker_json_logs()
         if settings.metrics_port is None:

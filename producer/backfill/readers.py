@@ -1,0 +1,175 @@
+"""Stream documents out of JSONL, CSV, Parquet or plain-text files, one at a time.
+
+Readers never hold the whole file: memory stays flat however large the corpus. Each record
+becomes a :class:`Document`; a record without an id gets a deterministic one (a hash of its
+text), so running a backfill again never duplicates rows.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from producer.backfill.ids import document_id
+from producer.errors import InvalidInputError
+from producer.protocol.documents import Document
+
+FORMATS = ("jsonl", "csv", "parquet", "text")
+_SUFFIXES = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".txt": "text",
+    ".text": "text",
+}
+
+
+@dataclass(frozen=True)
+class FieldNames:
+    """Which record fields hold the id, the text and the metadata.
+
+    ``metadata`` None means: the record's ``metadata`` object if it has one, else every other field.
+    """
+
+    id: str | None = "id"
+    text: str = "text"
+    metadata: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A record that cannot become a document (bad JSON, missing text, bad id), with where and why."""
+
+    where: str
+    reason: str
+
+
+def detect_format(path: Path, format_name: str | None) -> str:
+    """Return the format to read ``path`` with: ``format_name`` if given, else from the suffix."""
+    if format_name is not None:
+        if format_name not in FORMATS:
+            raise InvalidInputError(f"unknown format {format_name!r}; use one of {', '.join(FORMATS)}")
+        return format_name
+    detected = _SUFFIXES.get(path.suffix.lower())
+    if detected is None:
+        raise InvalidInputError(
+            f"cannot tell the format of {path.name} from its suffix; pass --format ({', '.join(FORMATS)})"
+        )
+    return detected
+
+
+def _document(record: Mapping[str, Any], fields: FieldNames, where: str) -> Document | Rejected:
+    try:
+        return _checked_document(record, fields, where)
+    except InvalidInputError as exc:
+        return Rejected(where, str(exc))
+
+
+def _checked_document(record: Mapping[str, Any], fields: FieldNames, where: str) -> Document:
+    text = record.get(fields.text)
+    if not isinstance(text, str):
+        found = "missing" if text is None else type(text).__name__
+        raise InvalidInputError(
+            f"{where}: field {fields.text!r} must be a string ({found}); name the text field: --text-field"
+        )
+    raw_id = record.get(fields.id) if fields.id is not None else None
+    if raw_id is None or raw_id == "":
+        doc_id = document_id(text)
+    elif isinstance(raw_id, str | int) and not isinstance(raw_id, bool):
+        doc_id = str(raw_id)
+    else:
+        raise InvalidInputError(f"{where}: id field {fields.id!r} must be a string or integer")
+    if fields.metadata is not None:
+        metadata = {name: record.get(name) for name in fields.metadata if name in record}
+    elif isinstance(record.get("metadata"), dict):
+        metadata = dict(record["metadata"])
+    else:
+        metadata = {k: v for k, v in record.items() if k not in (fields.text, fields.id)}
+    return Document(id=doc_id, text=text, metadata=metadata)
+
+
+def _jsonl(path: Path, fields: FieldNames) -> Iterator[Document | Rejected]:
+    with path.open(encoding="utf-8", errors="replace") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            where = f"{path.name} line {number}"
+            try:
+                record = json.loads(line)
+            except ValueError as exc:
+                yield Rejected(where, f"{where}: not valid JSON ({exc})")
+                continue
+            if isinstance(record, dict):
+                yield _document(record, fields, where)
+            else:
+                yield Rejected(where, f"{where}: expected a JSON object, got {type(record).__name__}")
+
+
+def _csv(path: Path, fields: FieldNames) -> Iterator[Document | Rejected]:
+    with path.open(encoding="utf-8", errors="replace", newline="") as handle:
+        reader = csv.DictReader(handle)
+        if reader.fieldnames is None or fields.text not in reader.fieldnames:
+            raise InvalidInputError(
+                f"{path.name}: no column {fields.text!r} (columns: {reader.fieldnames}); use --text-field"
+            )
+        for number, row in enumerate(reader, start=2):
+            yield _document(row, fields, f"{path.name} line {number}")
+
+
+def _parquet(path: Path, fields: FieldNames) -> Iterator[Document | Rejected]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as exc:
+        raise InvalidInputError("reading Parquet needs pyarrow: pip install pyarrow") from exc
+    parquet = pq.ParquetFile(path)
+    row = 0
+    for batch in parquet.iter_batches(batch_size=1024):
+        for record in batch.to_pylist():
+            row += 1
+            yield _document(record, fields, f"{path.name} row {row}")
+
+
+def _text(path: Path, fields: FieldNames) -> Iterator[Document | Rejected]:
+    with path.open(encoding="utf-8", errors="replace") as lines:
+        for line in lines:
+            text = line.rstrip("\r\n")
+            if text.strip():
+                yield Document(id=document_id(text), text=text)
+
+
+def count_records(path: Path, format_name: str | None = None) -> int:
+    """Count the records of ``path`` quickly (for progress and ETA), without parsing them."""
+    fmt = detect_format(path, format_name)
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        return int(pq.ParquetFile(path).metadata.num_rows)
+    if fmt == "csv":
+        with path.open(encoding="utf-8", errors="replace", newline="") as handle:
+            return max(sum(1 for _ in csv.reader(handle)) - 1, 0)
+    count = 0
+    with path.open("rb") as handle:
+        for line in handle:
+            count += bool(line.strip())
+    return count
+
+
+_READERS = {"jsonl": _jsonl, "csv": _csv, "parquet": _parquet, "text": _text}
+
+
+def read_documents(
+    path: Path, format_name: str | None = None, fields: FieldNames | None = None
+) -> Iterator[Document | Rejected]:
+    """Yield the documents of ``path`` in file order, streaming; bad records come as :class:`Rejected`.
+
+    Problems with the file as a whole (missing, unknown format, no text column) raise InvalidInputError.
+    """
+    if not path.is_file():
+        raise InvalidInputError(f"{path} is not a file")
+    return _READERS[detect_format(path, format_name)](path, fields or FieldNames())

@@ -1,0 +1,238 @@
+"""Bulk backfill: stream a corpus file through the workers into a Milvus collection, resumably.
+
+The file is cut into chunks of ``chunk_size`` records in file order, so chunk k is the same
+records on every run. At most ``max_in_flight`` chunks are queued at once (backpressure: Redis
+never holds the corpus). A chunk counts as done only once its worker reports the rows written;
+done chunks are recorded both in a local checkpoint file and in Redis, so a run interrupted at
+any point (Ctrl-C, producer killed, Redis restarted) and started again with the same arguments
+skips them. Upserts are by id, so a chunk redone after a crash never duplicates rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import itertools
+import json
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from producer.backfill.model import (
+    DEFAULT_STATE_DIR,
+    BackfillOptions,
+    BackfillProgress,
+    BackfillSummary,
+    ChunkRecord,
+)
+from producer.backfill.readers import FieldNames, Rejected, count_records, detect_format, read_documents
+from producer.backfill.state import BackfillState, load_local_progress, load_progress
+from producer.client import EmbeddingClient
+from producer.errors import BrokerUnavailableError, EmbedqError, TransientError
+from producer.job import TaskOutcome
+from producer.protocol.documents import Document
+from producer.protocol.messages import UpsertResult
+
+_POLL_S = 0.02
+_WORKER_CHECK_AFTER_S = 10.0
+_STOP_AFTER_TRANSIENT_FAILURES = 3
+_MAX_ERRORS_KEPT = 20
+
+
+def job_id_for(options: BackfillOptions, model: str) -> str:
+    """Return the job id: the same file (path, size, mtime) with the same arguments is the same job."""
+    path = options.path.resolve()
+    stat = path.stat()
+    identity = {
+        "path": str(path),
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "collection": options.collection,
+        "model": model,
+        "format": detect_format(path, options.format),
+        "fields": [options.id_field, options.text_field, options.metadata_fields],
+        "chunk_size": options.chunk_size,
+    }
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    return f"backfill-{digest[:20]}"
+
+
+def _chunks(records: Iterable[Document | Rejected], size: int) -> Iterator[list[Document | Rejected]]:
+    iterator = iter(records)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
+
+
+@dataclass
+class _Run:
+    """Mutable counters of one run."""
+
+    state: BackfillState
+    started: float = field(default_factory=time.monotonic)
+    written: int = 0
+    failed: int = 0
+    skipped: int = 0
+    errors: list[str] = field(default_factory=list)
+    # task id -> (chunk index, documents sent, records rejected before sending)
+    in_flight: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+    transient_failures_in_a_row: int = 0
+
+    def note_error(self, message: str) -> None:
+        if len(self.errors) < _MAX_ERRORS_KEPT:
+            self.errors.append(message)
+
+
+def _record(run: _Run, task_id: str, outcome: TaskOutcome) -> None:
+    chunk_index, sent, rejected = run.in_flight.pop(task_id)
+    error = outcome.error
+    if error is not None:
+        # Not confirmed: a later run retries this chunk.
+        run.failed += sent + rejected
+        run.transient_failures_in_a_row = (
+            run.transient_failures_in_a_row + 1 if isinstance(error, TransientError) else 0
+        )
+        run.note_error(f"chunk {chunk_index} ({sent} documents): {type(error).__name__}: {error}")
+        return
+    run.transient_failures_in_a_row = 0
+    written = UpsertResult.decode(outcome.value).written
+    run.written += written
+    run.failed += rejected
+    run.state.confirm(ChunkRecord(chunk_index, written, rejected))
+
+
+def _collect(client: EmbeddingClient, run: _Run, *, block: bool) -> None:
+    """Record finished chunks; with ``block``, wait until at least one in-flight chunk finishes.
+
+    While nothing finishes for a while, check that a worker still serves the queue: with none,
+    NoWorkerError ends the run (resumable) instead of waiting forever.
+    """
+    last_progress = time.monotonic()
+    while run.in_flight:
+        task_ids = list(run.in_flight)
+        finished = 0
+        for task_id, outcome in zip(task_ids, client.reader.outcomes(task_ids), strict=True):
+            if outcome.state in ("done", "failed"):
+                finished += 1
+                _record(run, task_id, outcome)
+        run.state.check_broker()
+        if finished or not block:
+            return
+        if time.monotonic() - last_progress > _WORKER_CHECK_AFTER_S:
+            client.model_dim(client.bulk_queue)  # raises NoWorkerError when no worker is left
+            last_progress = time.monotonic()
+        time.sleep(_POLL_S)
+
+
+def _process_chunk(
+    client: EmbeddingClient,
+    options: BackfillOptions,
+    run: _Run,
+    chunk_index: int,
+    chunk: list[Document | Rejected],
+    report: Callable[[str], None],
+) -> None:
+    """Skip a confirmed chunk, or send it once fewer than ``max_in_flight`` chunks are queued."""
+    done = run.state.confirmed(chunk_index)
+    if run.transient_failures_in_a_row >= _STOP_AFTER_TRANSIENT_FAILURES:
+        return  # Milvus or the workers are down: more chunks would only fail one by one
+    if done is not None:
+        run.skipped += done.written + done.rejected
+        return
+    documents = [record for record in chunk if isinstance(record, Document)]
+    rejected = [record for record in chunk if isinstance(record, Rejected)]
+    for record in rejected:
+        run.note_error(record.reason)
+    while len(run.in_flight) >= options.max_in_flight:
+        _collect(client, run, block=True)
+        report("running")
+    if documents:
+        task_id = client.submit_upsert(options.collection, documents)
+        run.in_flight[task_id] = (chunk_index, len(documents), len(rejected))
+    else:
+        run.failed += len(rejected)
+        run.state.confirm(ChunkRecord(chunk_index, 0, len(rejected)))
+    _collect(client, run, block=False)
+    report("running")
+
+
+def run_backfill(
+    client: EmbeddingClient,
+    options: BackfillOptions,
+    *,
+    on_progress: Callable[[BackfillProgress], None] | None = None,
+) -> BackfillSummary:
+    """Stream ``options.path`` through the workers into ``options.collection``; resumable by job id."""
+    fields = FieldNames(options.id_field, options.text_field, options.metadata_fields)
+    records = read_documents(options.path, options.format, fields)
+    job_id = job_id_for(options, client.model)
+    total = count_records(options.path, options.format)
+    state = BackfillState.open(client, job_id, options, total)
+    run = _Run(state)
+
+    def report(status: str) -> None:
+        elapsed_s = time.monotonic() - run.started
+        progress = state.progress(status, run.written, run.failed, run.skipped, elapsed_s, run.errors)
+        if on_progress is not None:
+            on_progress(progress)
+
+    status = "interrupted"
+    try:
+        for chunk_index, chunk in enumerate(_chunks(records, options.chunk_size)):
+            _process_chunk(client, options, run, chunk_index, chunk, report)
+        state.set_total()
+        while run.in_flight:
+            _collect(client, run, block=True)
+            report("running")
+        if run.transient_failures_in_a_row >= _STOP_AFTER_TRANSIENT_FAILURES:
+            run.note_error(
+                f"stopped sending after {run.transient_failures_in_a_row} chunks in a row failed with a "
+                "transient error (Milvus or the workers down); fix it and run the same command to resume"
+            )
+        status = "done" if state.all_confirmed() else "failed"
+    except EmbedqError:
+        status = "failed"
+        raise
+    finally:
+        state.finish()
+        with contextlib.suppress(BrokerUnavailableError):  # the local checkpoint holds every confirmed chunk
+            report(status)
+    elapsed_s = time.monotonic() - run.started
+    return BackfillSummary(
+        job_id=job_id,
+        written=run.written,
+        failed=run.failed,
+        skipped=run.skipped,
+        elapsed_s=elapsed_s,
+        docs_per_s=run.written / elapsed_s if elapsed_s > 0 else 0.0,
+        errors=tuple(run.errors),
+    )
+
+
+def backfill_status(
+    client: EmbeddingClient, job_id: str, state_dir: Path | None = DEFAULT_STATE_DIR
+) -> BackfillProgress | None:
+    """Return a backfill job's progress from Redis, else from ``state_dir`` (None: Redis only).
+
+    None if neither knows ``job_id``.
+    """
+    saved: dict[str, Any] | None = load_progress(client, job_id)
+    if saved is not None:
+        return BackfillProgress(**saved)
+    local = None if state_dir is None else local_backfill_status(job_id, state_dir)
+    return None if local is None else local[0]
+
+
+def local_backfill_status(
+    job_id: str, state_dir: Path = DEFAULT_STATE_DIR
+) -> tuple[BackfillProgress, float] | None:
+    """Return a backfill job's last progress written in ``state_dir`` and when (epoch s), without Redis."""
+    local = load_local_progress(state_dir, job_id)
+    if local is None:
+        return None
+    fields, written_at = local
+    try:
+        return BackfillProgress(**fields), written_at
+    except TypeError:  # written by another embedq version
+        return None

@@ -1,0 +1,201 @@
+"""Where a backfill keeps track of confirmed chunks: a local checkpoint file and Redis.
+
+The checkpoint file (one JSON line per confirmed chunk) survives a Redis restart without
+persistence; the Redis copy lets `embedq status JOB_ID` answer from any shell, and a progress
+file next to the checkpoint lets it answer in the backfill's directory when Redis cannot (no broker
+URL, the key expired, or Redis restarted without persistence). A change of the
+broker's run id during a run means Redis restarted and lost the queued chunks: the run stops
+with BrokerRestartedError and the same command resumes it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import IO, Any
+
+from producer.backfill.model import BackfillOptions, BackfillProgress, ChunkRecord
+from producer.celery_config import broker_client
+from producer.client import EmbeddingClient
+from producer.errors import BrokerUnavailableError
+
+log = logging.getLogger(__name__)
+
+STATE_TTL_S = 7 * 24 * 3600
+_PUBLISH_EVERY_S = 0.5
+_BROKER_CHECK_EVERY_S = 1.0
+
+
+class BrokerRestartedError(BrokerUnavailableError):
+    """Redis restarted during a backfill and lost the chunks queued on it; run the backfill again."""
+
+
+def _key(job_id: str) -> str:
+    return f"embedq:backfill:{job_id}"
+
+
+def progress_file(state_dir: Path, job_id: str) -> Path:
+    """Return the local file holding a backfill job's last progress."""
+    return state_dir / f"{job_id}.progress.json"
+
+
+class BackfillState:
+    """Confirmed chunks of one backfill job, and its published progress."""
+
+    def __init__(
+        self,
+        client: EmbeddingClient,
+        job_id: str,
+        options: BackfillOptions,
+        checkpoint: Path,
+        docs_total: int,
+    ) -> None:
+        self._client = client
+        self.job_id = job_id
+        self._collection = options.collection
+        self._path = str(options.path)
+        self._checkpoint_path = checkpoint
+        self._progress_path = progress_file(options.state_dir, job_id)
+        self._done: dict[int, ChunkRecord] = {}
+        self._chunks_seen = 0
+        self._total: int | None = None
+        self._docs_total = docs_total
+        self._run_id: str | None = None
+        self._last_publish = 0.0
+        self._last_broker_check = 0.0
+        self._log: IO[str] | None = None
+
+    @classmethod
+    def open(
+        cls, client: EmbeddingClient, job_id: str, options: BackfillOptions, docs_total: int
+    ) -> BackfillState:
+        """Load what earlier runs of this job confirmed, from the checkpoint file and from Redis."""
+        options.state_dir.mkdir(parents=True, exist_ok=True)
+        state = cls(client, job_id, options, options.state_dir / f"{job_id}.jsonl", docs_total)
+        if state._checkpoint_path.exists():
+            for line in state._checkpoint_path.read_text(encoding="utf-8").splitlines():
+                if line.strip():
+                    record = ChunkRecord(**json.loads(line))
+                    state._done[record.index] = record
+        with broker_client(client.app) as redis:
+            state._run_id = str(redis.info("server").get("run_id"))
+            saved = redis.hget(_key(job_id), "chunks")
+        for raw in json.loads(saved) if saved else []:
+            record = ChunkRecord(*raw)
+            state._done.setdefault(record.index, record)
+        state._log = state._checkpoint_path.open("a", encoding="utf-8")
+        return state
+
+    def confirmed(self, index: int) -> ChunkRecord | None:
+        """Return the record of chunk ``index`` if an earlier run or this one confirmed it."""
+        self._chunks_seen = max(self._chunks_seen, index + 1)
+        return self._done.get(index)
+
+    def confirm(self, record: ChunkRecord) -> None:
+        """Record a chunk as done, durably in the checkpoint file first."""
+        self._done[record.index] = record
+        if self._log is not None:
+            self._log.write(json.dumps(asdict(record)) + "\n")
+            self._log.flush()
+
+    def set_total(self) -> None:
+        """Note that the whole file was read: the job has exactly the chunks seen so far."""
+        self._total = self._chunks_seen
+
+    def all_confirmed(self) -> bool:
+        """Whether every chunk of the file is confirmed (known only once the file was read)."""
+        return self._total is not None and all(index in self._done for index in range(self._total))
+
+    def check_broker(self) -> None:
+        """Raise BrokerRestartedError if Redis restarted since the run began (checked about once a second)."""
+        now = time.monotonic()
+        if now - self._last_broker_check < _BROKER_CHECK_EVERY_S:
+            return
+        self._last_broker_check = now
+        with broker_client(self._client.app) as redis:
+            run_id = str(redis.info("server").get("run_id"))
+        if run_id != self._run_id:
+            raise BrokerRestartedError(
+                f"the Redis broker restarted during backfill {self.job_id} and lost the chunks queued on it; "
+                f"run the same command again to resume ({len(self._done)} confirmed chunks are kept in "
+                f"{self._checkpoint_path})"
+            )
+
+    def progress(
+        self, status: str, written: int, failed: int, skipped: int, elapsed_s: float, errors: list[str]
+    ) -> BackfillProgress:
+        """Return the current progress and publish it to Redis (throttled, always for a final state)."""
+        progress = BackfillProgress(
+            job_id=self.job_id,
+            state=status,
+            docs_done=written + skipped,
+            docs_failed=failed,
+            docs_total=self._docs_total,
+            chunks_done=len(self._done),
+            collection=self._collection,
+            path=self._path,
+            elapsed_s=round(elapsed_s, 3),
+            errors=tuple(errors),
+        )
+        now = time.monotonic()
+        if status != "running" or now - self._last_publish >= _PUBLISH_EVERY_S:
+            self._last_publish = now
+            self._publish(progress)
+        return progress
+
+    def _publish(self, progress: BackfillProgress) -> None:
+        self._write_local(progress)
+        fields = {name: json.dumps(value) for name, value in asdict(progress).items()}
+        fields["chunks"] = json.dumps([[r.index, r.written, r.rejected] for r in self._done.values()])
+        try:
+            with broker_client(self._client.app) as redis:
+                pipe = redis.pipeline()
+                pipe.hset(_key(self.job_id), mapping=fields)
+                pipe.expire(_key(self.job_id), STATE_TTL_S)
+                pipe.execute()
+        except BrokerUnavailableError:
+            if progress.state == "running":
+                raise
+
+    def _write_local(self, progress: BackfillProgress) -> None:
+        """Replace the local progress file in one step, so that a reader never sees half of it."""
+        partial = self._progress_path.with_name(self._progress_path.name + ".tmp")
+        try:
+            partial.write_text(json.dumps(asdict(progress)), encoding="utf-8")
+            os.replace(partial, self._progress_path)
+        except OSError as exc:  # the checkpoint file, written first, is what resuming needs
+            log.warning("could not write backfill progress to %s: %s", self._progress_path, exc)
+
+    def finish(self) -> None:
+        """Close the checkpoint file; the final progress is published by the last ``progress`` call."""
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+def load_progress(client: EmbeddingClient, job_id: str) -> dict[str, Any] | None:
+    """Return the published progress fields of a backfill job, or None if Redis has none."""
+    with broker_client(client.app) as redis:
+        raw = redis.hgetall(_key(job_id))
+    if not raw:
+        return None
+    fields = {(k.decode() if isinstance(k, bytes) else k): json.loads(v) for k, v in raw.items()}
+    fields.pop("chunks", None)
+    fields["errors"] = tuple(fields.get("errors", ()))
+    return fields
+
+
+def load_local_progress(state_dir: Path, job_id: str) -> tuple[dict[str, Any], float] | None:
+    """Return a backfill job's last progress from its local file and when it was written (epoch s)."""
+    path = progress_file(state_dir, job_id)
+    try:
+        written_at = path.stat().st_mtime
+        fields: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    fields["errors"] = tuple(fields.get("errors", ()))
+    return fields, written_at

@@ -1,0 +1,289 @@
+"""The request and result messages producers and workers exchange.
+
+Messages are small frozen dataclasses with explicit ``encode()`` (to a msgpack-safe dict) and
+``decode()`` (validating schema and types, raising :class:`MessageDecodeError`). Vectors travel
+as raw little-endian float32 bytes, never as lists of floats.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, cast
+
+import msgpack
+import numpy as np
+
+from producer.errors import MessageDecodeError
+from producer.protocol.names import KINDS, VECTOR_DTYPE, WIRE_VERSION, Kind
+
+
+def _unpack(raw: bytes, what: str) -> object:
+    try:
+        return msgpack.unpackb(raw, raw=False)
+    except (ValueError, TypeError) as exc:
+        raise MessageDecodeError(f"{what} is not valid msgpack: {exc}") from exc
+
+
+def _fields(payload: object, what: str, names: frozenset[str]) -> Mapping[str, Any]:
+    """Check that ``payload`` is a map with exactly the keys ``names`` and the current version."""
+    if not isinstance(payload, Mapping):
+        raise MessageDecodeError(f"{what} must be a map, got {type(payload).__name__}")
+    keys = set(payload)
+    if keys != names | {"v"}:
+        missing = sorted(map(str, (names | {"v"}) - keys))
+        unknown = sorted(map(str, keys - names - {"v"}))
+        raise MessageDecodeError(f"{what} has missing keys {missing} and unknown keys {unknown}")
+    if payload["v"] != WIRE_VERSION:
+        raise MessageDecodeError(
+            f"{what} has wire version {payload['v']!r}, this side speaks {WIRE_VERSION}: "
+            "run the same embedq version on producers and workers"
+        )
+    return payload
+
+
+def _single_argument(args: tuple[Any, ...], kwargs: Mapping[str, Any], what: str) -> object:
+    """Return the one positional argument every embedq task takes."""
+    if len(args) != 1 or kwargs:
+        raise MessageDecodeError(
+            f"{what} takes one positional request, got {len(args)} positional and "
+            f"keyword arguments {sorted(kwargs)}"
+        )
+    return args[0]
+
+
+def _typed(payload: Mapping[str, Any], key: str, kind: type, what: str) -> Any:
+    value = payload[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise MessageDecodeError(f"{what}.{key} must be {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+@dataclass(frozen=True)
+class EmbedRequest:
+    """A batch of texts to embed with one model; ``kind`` is ``"document"`` or ``"query"``."""
+
+    model: str
+    kind: Kind
+    texts: tuple[str, ...]
+
+    def encode(self) -> dict[str, Any]:
+        """Return the msgpack-safe task argument."""
+        return {"v": WIRE_VERSION, "model": self.model, "kind": self.kind, "texts": list(self.texts)}
+
+    @classmethod
+    def decode(cls, payload: object) -> EmbedRequest:
+        """Rebuild a request from a task argument; raise MessageDecodeError if malformed."""
+        fields = _fields(payload, "EmbedRequest", frozenset({"model", "kind", "texts"}))
+        model = _typed(fields, "model", str, "EmbedRequest")
+        kind = _typed(fields, "kind", str, "EmbedRequest")
+        if kind not in KINDS:
+            raise MessageDecodeError(f"EmbedRequest.kind must be one of {list(KINDS)}, got {kind!r}")
+        texts = _typed(fields, "texts", list, "EmbedRequest")
+        for index, text in enumerate(texts):
+            if not isinstance(text, str):
+                kind_name = type(text).__name__
+                raise MessageDecodeError(f"EmbedRequest.texts[{index}] must be str, got {kind_name}")
+        return cls(model=model, kind=kind, texts=tuple(texts))
+
+    @classmethod
+    def from_task_args(cls, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> EmbedRequest:
+        """Decode the arguments of an embed task: exactly one positional request map."""
+        return cls.decode(_single_argument(args, kwargs, "an embed task"))
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    """The vectors of one request: ``count`` rows of ``dim`` little-endian float32 as raw bytes."""
+
+    model: str
+    dim: int
+    count: int
+    vectors: bytes
+    dtype: str = VECTOR_DTYPE
+
+    def __post_init__(self) -> None:
+        if self.dtype != VECTOR_DTYPE:
+            raise MessageDecodeError(f"EmbedResult.dtype must be {VECTOR_DTYPE!r}, got {self.dtype!r}")
+        if self.dim < 1 or self.count < 0:
+            raise MessageDecodeError(f"EmbedResult has dim {self.dim} and count {self.count}")
+        expected = self.count * self.dim * 4
+        if len(self.vectors) != expected:
+            raise MessageDecodeError(
+                f"EmbedResult.vectors holds {len(self.vectors)} bytes, expected {expected} "
+                f"for {self.count} x {self.dim} float32"
+            )
+
+    @classmethod
+    def from_array(cls, model: str, vectors: np.ndarray) -> EmbedResult:
+        """Pack an (n, dim) array as little-endian float32 bytes."""
+        if vectors.ndim != 2:
+            raise ValueError(f"vectors must be 2-D (n, dim), got shape {vectors.shape}")
+        raw = np.ascontiguousarray(vectors, dtype=VECTOR_DTYPE).tobytes()
+        return cls(model=model, dim=int(vectors.shape[1]), count=int(vectors.shape[0]), vectors=raw)
+
+    def view(self) -> np.ndarray:
+        """Return the vectors as a read-only (count, dim) array over the message bytes (no copy)."""
+        return np.frombuffer(self.vectors, dtype=VECTOR_DTYPE).reshape(self.count, self.dim)
+
+    def to_array(self) -> np.ndarray:
+        """Return the vectors as a writable native float32 array of shape (count, dim)."""
+        return self.view().astype(np.float32)
+
+    def encode(self) -> dict[str, Any]:
+        """Return the msgpack-safe task result."""
+        return {
+            "v": WIRE_VERSION,
+            "model": self.model,
+            "dim": self.dim,
+            "count": self.count,
+            "dtype": self.dtype,
+            "vectors": self.vectors,
+        }
+
+    @classmethod
+    def decode(cls, payload: object) -> EmbedResult:
+        """Rebuild a result from a task result; raise MessageDecodeError if malformed."""
+        what = "EmbedResult"
+        fields = _fields(payload, what, frozenset({"model", "dim", "count", "dtype", "vectors"}))
+        return cls(
+            model=_typed(fields, "model", str, what),
+            dim=_typed(fields, "dim", int, what),
+            count=_typed(fields, "count", int, what),
+            dtype=_typed(fields, "dtype", str, what),
+            vectors=_typed(fields, "vectors", bytes, what),
+        )
+
+
+@dataclass(frozen=True)
+class WorkerPresence:
+    """What a live worker advertises under :func:`presence_key`: its model and vector dimension."""
+
+    model: str
+    dim: int
+
+    def encode(self) -> bytes:
+        """Return the msgpack bytes stored in the presence key."""
+        return cast(bytes, msgpack.packb({"v": WIRE_VERSION, "model": self.model, "dim": self.dim}))
+
+    @classmethod
+    def decode(cls, raw: bytes) -> WorkerPresence:
+        """Rebuild a presence record; raise MessageDecodeError if malformed."""
+        fields = _fields(_unpack(raw, "WorkerPresence"), "WorkerPresence", frozenset({"model", "dim"}))
+        dim = _typed(fields, "dim", int, "WorkerPresence")
+        if dim < 1:
+            raise MessageDecodeError(f"WorkerPresence.dim must be positive, got {dim}")
+        return cls(model=_typed(fields, "model", str, "WorkerPresence"), dim=dim)
+
+
+@dataclass(frozen=True)
+class JobManifest:
+    """The ordered task ids of a job split into several tasks, stored under :func:`job_key`."""
+
+    task_ids: tuple[str, ...]
+
+    def encode(self) -> bytes:
+        """Return the msgpack bytes stored under the job key."""
+        return cast(bytes, msgpack.packb({"v": WIRE_VERSION, "task_ids": list(self.task_ids)}))
+
+    @classmethod
+    def decode(cls, raw: bytes) -> JobManifest:
+        """Rebuild a manifest; raise MessageDecodeError if malformed."""
+        fields = _fields(_unpack(raw, "JobManifest"), "JobManifest", frozenset({"task_ids"}))
+        task_ids = _typed(fields, "task_ids", list, "JobManifest")
+        if not task_ids or not all(isinstance(task_id, str) and task_id for task_id in task_ids):
+            raise MessageDecodeError("JobManifest.task_ids must be a non-empty list of task id strings")
+        return cls(tuple(task_ids))
+
+
+def _string_list(fields: Mapping[str, Any], key: str, what: str) -> list[str]:
+    values: list[str] = _typed(fields, key, list, what)
+    for index, value in enumerate(values):
+        if not isinstance(value, str):
+            raise MessageDecodeError(f"{what}.{key}[{index}] must be str, got {type(value).__name__}")
+    return values
+
+
+@dataclass(frozen=True)
+class UpsertRequest:
+    """Documents to embed with one model and upsert into a Milvus collection, id by id."""
+
+    model: str
+    collection: str
+    ids: tuple[str, ...]
+    texts: tuple[str, ...]
+    metadata: tuple[dict[str, Any], ...]
+
+    def __post_init__(self) -> None:
+        if not len(self.ids) == len(self.texts) == len(self.metadata):
+            raise MessageDecodeError(
+                f"UpsertRequest has {len(self.ids)} ids, {len(self.texts)} texts and "
+                f"{len(self.metadata)} metadata maps: they must pair up"
+            )
+
+    def encode(self) -> dict[str, Any]:
+        """Return the msgpack-safe task argument."""
+        return {
+            "v": WIRE_VERSION,
+            "model": self.model,
+            "collection": self.collection,
+            "ids": list(self.ids),
+            "texts": list(self.texts),
+            "metadata": list(self.metadata),
+        }
+
+    @classmethod
+    def decode(cls, payload: object) -> UpsertRequest:
+        """Rebuild a request from a task argument; raise MessageDecodeError if malformed."""
+        what = "UpsertRequest"
+        fields = _fields(payload, what, frozenset({"model", "collection", "ids", "texts", "metadata"}))
+        metadata = _typed(fields, "metadata", list, what)
+        for index, value in enumerate(metadata):
+            if not isinstance(value, dict):
+                raise MessageDecodeError(
+                    f"{what}.metadata[{index}] must be a map, got {type(value).__name__}"
+                )
+        return cls(
+            model=_typed(fields, "model", str, what),
+            collection=_typed(fields, "collection", str, what),
+            ids=tuple(_string_list(fields, "ids", what)),
+            texts=tuple(_string_list(fields, "texts", what)),
+            metadata=tuple(metadata),
+        )
+
+    @classmethod
+    def from_task_args(cls, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> UpsertRequest:
+        """Decode the arguments of an upsert task: exactly one positional request map."""
+        return cls.decode(_single_argument(args, kwargs, "an upsert task"))
+
+
+@dataclass(frozen=True)
+class UpsertResult:
+    """What an upsert task wrote: rows acknowledged by Milvus (distinct ids) into ``collection``."""
+
+    model: str
+    collection: str
+    written: int
+
+    def encode(self) -> dict[str, Any]:
+        """Return the msgpack-safe task result."""
+        return {
+            "v": WIRE_VERSION,
+            "model": self.model,
+            "collection": self.collection,
+            "written": self.written,
+        }
+
+    @classmethod
+    def decode(cls, payload: object) -> UpsertResult:
+        """Rebuild a result from a task result; raise MessageDecodeError if malformed."""
+        what = "UpsertResult"
+        fields = _fields(payload, what, frozenset({"model", "collection", "written"}))
+        written = _typed(fields, "written", int, what)
+        if written < 0:
+            raise MessageDecodeError(f"{what}.written must not be negative, got {written}")
+        return cls(
+            model=_typed(fields, "model", str, what),
+            collection=_typed(fields, "collection", str, what),
+            written=written,
+        )

@@ -1,0 +1,1 @@
+"""The `embedq` command: parsing (main.py) and what it prints (output.py)."""

@@ -1,0 +1,194 @@
+"""What each ``embedq`` subcommand does; heavy imports (model stack, pymilvus) stay inside them."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from producer.errors import EXIT_FAILED, ConfigError
+from producer.settings import Settings, check_model_id
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from worker.milvus.search import SearchHit
+    from worker.milvus.sink import MilvusSink
+
+
+def note(message: str) -> None:
+    """Print one line for the user on stderr, prefixed with embedq (a JSON object with --log-format json)."""
+    from worker.metrics.logs import note as write_note
+
+    write_note(message)
+
+
+def _uses_embedded_cluster(environ: Mapping[str, str]) -> bool:
+    return not environ.get("EMBEDQ_BROKER_URL", "").strip()
+
+
+@contextmanager
+def serving(settings: Settings, *, needs_milvus: bool) -> Iterator[Settings]:
+    """Yield settings whose broker has workers: EMBEDQ_BROKER_URL's, or an embedded local cluster's."""
+    if not _uses_embedded_cluster(os.environ):
+        yield settings
+        return
+    from worker.local.cluster import LocalCluster
+
+    with LocalCluster(settings, needs_milvus=needs_milvus) as cluster:
+        note(cluster.describe())
+        yield cluster.settings
+
+
+def worker_command(args: argparse.Namespace, settings: Settings) -> int:
+    """Run a Celery worker for the configured model on EMBEDQ_BROKER_URL."""
+    from worker.queue.app import run_worker
+
+    if args.model is not None:
+        settings = replace(settings, model=check_model_id(args.model, "--model"))
+    if args.metrics_port is not None:
+        settings = replace(settings, metrics_port=args.metrics_port)
+    queues = _names(args.queues) if args.queues else None
+    run_worker(settings, concurrency=args.concurrency, queues=queues, loglevel=args.loglevel)
+    return 0
+
+
+def _names(comma_separated: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in comma_separated.split(",") if name.strip())
+
+
+def _read_texts(arguments: Sequence[str]) -> list[str]:
+    if list(arguments) != ["-"]:
+        return list(arguments)
+    return [line.rstrip("\r\n") for line in sys.stdin if line.strip()]
+
+
+def embed_command(args: argparse.Namespace, settings: Settings) -> int:
+    """Embed the texts given (or read from stdin) and print their vectors."""
+    from producer.client import EmbeddingClient
+    from worker.cli.output import vector_summary, vectors_json
+
+    texts = _read_texts(args.texts)
+    with serving(settings, needs_milvus=False) as served, EmbeddingClient.from_settings(served) as client:
+        job = client.embed_queries(texts) if args.query else client.embed_documents(texts)
+        vectors = job.result(timeout_s=args.timeout)
+        # Printed before the local workers stop (about a second), so the answer shows at once.
+        if args.json:
+            print(vectors_json(vectors), flush=True)
+        else:
+            for index, (text, vector) in enumerate(zip(texts, vectors, strict=True)):
+                print(vector_summary(index, text, vector), flush=True)
+    return 0
+
+
+def backfill_command(args: argparse.Namespace, settings: Settings) -> int:
+    """Stream a corpus file through the workers into a Milvus collection."""
+    from producer.backfill import BackfillOptions, run_backfill
+    from producer.client import EmbeddingClient
+    from worker.cli.output import SHOWN_ERRORS, BackfillProgressBar, backfill_summary_line
+
+    if not args.file.is_file():
+        raise ConfigError(
+            f"{args.file} is not a readable file: pass the path of a JSONL, CSV, Parquet or text file"
+        )
+    options = BackfillOptions(
+        path=args.file,
+        collection=args.collection,
+        format=args.format,
+        id_field=args.id_field or None,
+        text_field=args.text_field,
+        metadata_fields=None if args.metadata_fields is None else _names(args.metadata_fields),
+        chunk_size=args.chunk_size,
+        max_in_flight=args.max_in_flight,
+    )
+    with (
+        serving(settings, needs_milvus=True) as served,
+        EmbeddingClient.from_settings(served) as client,
+        BackfillProgressBar(f"{args.file.name} -> {args.collection}") as bar,
+    ):
+        summary = run_backfill(client, options, on_progress=bar.update)
+    print(backfill_summary_line(summary, args.collection))
+    for error in summary.errors[:SHOWN_ERRORS]:
+        note(f"failed: {error}")
+    if summary.failed:
+        note(f"{summary.failed} documents failed; run the same command again to retry them")
+        return EXIT_FAILED
+    return 0
+
+
+def status_command(args: argparse.Namespace, settings: Settings) -> int:
+    """Print the state of a job or a backfill, from the broker or the local progress file."""
+    from producer.backfill import DEFAULT_STATE_DIR, backfill_status
+    from producer.client import EmbeddingClient
+    from worker.cli.output import backfill_progress_lines, job_status_lines
+
+    if _uses_embedded_cluster(os.environ):
+        lines = _local_backfill_lines(args.job_id)
+        if lines is None:
+            raise ConfigError(
+                f"EMBEDQ_BROKER_URL is not set and {DEFAULT_STATE_DIR} in this directory holds no backfill "
+                f"{args.job_id!r}: job states live on the broker, and without one each command runs an "
+                "embedded broker that ends with it. Set EMBEDQ_BROKER_URL to your Redis, or run status "
+                "in the directory the backfill ran in"
+            )
+    else:
+        with EmbeddingClient.from_settings(settings, worker_wait_s=None) as client:
+            found = backfill_status(client, args.job_id, state_dir=None)
+            if found is not None:
+                lines = backfill_progress_lines(found)
+            else:
+                lines = _local_backfill_lines(args.job_id) or job_status_lines(client.status(args.job_id))
+    print("\n".join(lines))
+    return 0
+
+
+def _local_backfill_lines(job_id: str) -> list[str] | None:
+    """Return the status lines of a backfill from its local progress file, or None if there is none."""
+    from producer.backfill import DEFAULT_STATE_DIR, local_backfill_status
+    from worker.cli.output import backfill_progress_lines, local_progress_line
+
+    local = local_backfill_status(job_id, DEFAULT_STATE_DIR)
+    if local is None:
+        return None
+    progress, written_at = local
+    source = local_progress_line(DEFAULT_STATE_DIR, progress.state, written_at)
+    return [*backfill_progress_lines(progress), source]
+
+
+def search_command(args: argparse.Namespace, settings: Settings) -> int:
+    """Embed the query and print the nearest documents of a collection."""
+    from producer.client import EmbeddingClient
+    from worker.cli.output import search_hit_lines
+
+    with serving(settings, needs_milvus=True) as served, EmbeddingClient.from_settings(served) as client:
+        vector = client.embed_queries([args.query]).result(timeout_s=args.timeout)[0]
+        hits = _search(served, client.model, args.collection, vector, args.top_k)
+        lines = search_hit_lines(hits) or [f"no documents in collection {args.collection}"]
+        print("\n".join(lines), flush=True)
+    return 0
+
+
+def _search(
+    settings: Settings, model_id: str, collection: str, vector: np.ndarray, top_k: int
+) -> list[SearchHit]:
+    """Search ``collection`` of EMBEDQ_MILVUS_URI, refusing to create it if it does not exist."""
+    from worker.milvus.sink import open_sink
+
+    sink = open_sink(settings.milvus_uri, settings.milvus_token, collection, model_id, int(vector.shape[0]))
+    try:
+        _require_collection(sink)
+        return sink.search(vector, top_k=top_k)
+    finally:
+        sink.close()
+
+
+def _require_collection(sink: MilvusSink) -> None:
+    if not sink.exists():
+        raise ConfigError(
+            f"collection {sink.collection!r} does not exist in Milvus: fill it first with "
+            f"`embedq backfill FILE --collection {sink.collection}` (or check EMBEDQ_MILVUS_URI)"
+        )

@@ -1,0 +1,133 @@
+"""What the ``embedq`` command prints: vectors, job and backfill states, search hits, a progress bar."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from producer.backfill import BackfillProgress, BackfillSummary
+    from producer.job import JobStatus
+    from worker.milvus.search import SearchHit
+
+SNIPPET_CHARS = 80
+SHOWN_VALUES = 4
+SHOWN_ERRORS = 5
+
+
+def snippet(text: str, width: int = SNIPPET_CHARS) -> str:
+    """Return ``text`` on one line, cut to ``width`` characters with an ellipsis."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def vector_summary(index: int, text: str, vector: np.ndarray) -> str:
+    """Return one human line about a vector: its dimension, norm and first values, and its text."""
+    values = ", ".join(f"{value:+.4f}" for value in vector[:SHOWN_VALUES])
+    more = ", …" if vector.shape[0] > SHOWN_VALUES else ""
+    norm = float(np.linalg.norm(vector.astype(np.float64)))
+    return f"[{index}] dim {vector.shape[0]}  norm {norm:.4f}  [{values}{more}]  {snippet(text)!r}"
+
+
+def vectors_json(vectors: np.ndarray) -> str:
+    """Return the vectors as a JSON list of lists; each float reads back as the same float32."""
+    return json.dumps(vectors.tolist())
+
+
+def job_status_lines(status: JobStatus) -> list[str]:
+    """Return the lines `embedq status` prints for an embedding job."""
+    state: str = status.state
+    if state == "pending":
+        state = "pending (an unknown or expired id also reads as pending)"
+    lines = [f"job {status.id}: {state}, {status.tasks_done} of {status.tasks_total} tasks done"]
+    if status.error_type is not None:
+        lines.append(f"error: {status.error_type}: {status.error_message}")
+    return lines
+
+
+def backfill_progress_lines(progress: BackfillProgress) -> list[str]:
+    """Return the lines `embedq status` prints for a backfill job."""
+    total = "?" if progress.docs_total is None else str(progress.docs_total)
+    lines = [
+        f"backfill {progress.job_id}: {progress.state}, {progress.docs_done} of {total} documents done, "
+        f"{progress.docs_failed} failed, {progress.chunks_done} chunks done, {progress.elapsed_s:.1f} s",
+        f"file {progress.path} -> collection {progress.collection}",
+    ]
+    lines += [f"error: {error}" for error in progress.errors[:SHOWN_ERRORS]]
+    return lines
+
+
+def local_progress_line(state_dir: Path, state: str, written_at: float, now: float | None = None) -> str:
+    """Return the line that says a backfill's progress came from its local file, and how old it is."""
+    age_s = max(0.0, (time.time() if now is None else now) - written_at)
+    line = f"(read from {state_dir} in this directory, written {age_s:.0f} s ago"
+    if state == "running":
+        line += "; if it stays the same, the backfill stopped: run the same command again to resume it"
+    return line + ")"
+
+
+def backfill_summary_line(summary: BackfillSummary, collection: str) -> str:
+    """Return the line that ends `embedq backfill`."""
+    return (
+        f"backfill {summary.job_id}: {summary.written} documents written to {collection}, "
+        f"{summary.failed} failed, {summary.skipped} skipped (done by an earlier run) "
+        f"in {summary.elapsed_s:.1f} s ({summary.docs_per_s:.0f} docs/s)"
+    )
+
+
+def search_hit_lines(hits: Sequence[SearchHit]) -> list[str]:
+    """Return one line per hit: rank, cosine score, document id and the start of its text."""
+    return [
+        f"{rank:>3}  {hit['score']:.4f}  {hit['id']}  {snippet(hit.get('text', ''))}"
+        for rank, hit in enumerate(hits, start=1)
+    ]
+
+
+class BackfillProgressBar:
+    """A tqdm bar on stderr over documents handled, fed by run_backfill's progress callback.
+
+    Shows docs/s and, once the file is counted, the total and ETA; absent when stderr is not a
+    terminal or tqdm is not installed (a producer-only install).
+    """
+
+    def __init__(self, description: str) -> None:
+        self._description = description
+        self._bar: Any = None
+
+    def __enter__(self) -> BackfillProgressBar:
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            return self
+        self._bar = tqdm(
+            total=None, unit="doc", desc=self._description, file=sys.stderr, disable=None, dynamic_ncols=True
+        )
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+    def update(self, progress: BackfillProgress) -> None:
+        """Move the bar to the documents written, skipped or failed so far."""
+        bar = self._bar
+        if bar is None or bar.disable:
+            return
+        if progress.docs_total is not None and bar.total != progress.docs_total:
+            bar.total = progress.docs_total
+        if progress.docs_failed:
+            bar.set_postfix(failed=progress.docs_failed, refresh=False)
+        handled = progress.docs_done + progress.docs_failed
+        if handled > bar.n:
+            bar.update(handled - bar.n)
+        else:
+            bar.refresh()

@@ -1,0 +1,109 @@
+"""Connecting to Milvus: failures mapped onto the embedq errors, credentials never shown."""
+
+from __future__ import annotations
+
+import re
+import traceback
+from collections.abc import Sequence
+
+import grpc
+from pymilvus import MilvusClient
+from pymilvus.exceptions import ConnectionConfigException, MilvusException
+
+from producer.errors import ConfigError, SinkUnavailableError
+
+_USERINFO = re.compile(r"(^|[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
+_TRANSIENT_GRPC_CODES = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.ABORTED,
+    grpc.StatusCode.CANCELLED,
+}
+_TRANSIENT_MILVUS_CODES = {2, 8}  # connect failed / service unavailable, rate limited
+_TRANSIENT_HINTS = ("server unavailable", "service unavailable", "not ready")
+
+
+def connect_milvus(uri: str, token: str | None = None, *, timeout_s: float = 10.0) -> MilvusClient:
+    """Connect to a Milvus server URI or a Lite path; failures never show the token or a URI password."""
+    if not uri or not uri.strip():
+        raise ConfigError(
+            "the Milvus URI is empty: set EMBEDQ_MILVUS_URI to http://host:19530 or a Lite path "
+            "like ./embedq.db"
+        )
+    secrets = _secrets(uri, token)
+    shown_uri = redact_uri(uri)
+    try:
+        return MilvusClient(uri=uri, token=token or "", timeout=timeout_s)
+    except ConnectionConfigException as exc:
+        cause = _safe_cause(exc, secrets)
+        if "open local milvus failed" in exc.message.lower():
+            raise SinkUnavailableError(
+                f"cannot open the Milvus Lite database {shown_uri}: another process holds it open. "
+                "Let every process share one Lite server (worker.milvus.lite_server.ensure_lite_server), "
+                "or close the other process"
+            ) from cause
+        raise ConfigError(
+            f"invalid Milvus URI {shown_uri}: {_scrub(exc.message, secrets)}; set EMBEDQ_MILVUS_URI to "
+            "http(s)://host:port or a local path ending in .db"
+        ) from cause
+    except (MilvusException, grpc.RpcError, OSError) as exc:
+        cause = _safe_cause(exc, secrets)
+        detail = _scrub(describe_error(exc), secrets)
+        if not is_transient(exc):
+            raise ConfigError(
+                f"Milvus at {shown_uri} refused the connection ({detail}): check EMBEDQ_MILVUS_TOKEN"
+            ) from cause
+        raise SinkUnavailableError(
+            f"cannot connect to Milvus at {shown_uri} ({detail}): check that the server is running and "
+            "reachable and that EMBEDQ_MILVUS_URI is right; the request can be retried"
+        ) from cause
+    except ValueError as exc:
+        raise ConfigError(f"invalid Milvus URI {shown_uri}: {_scrub(str(exc), secrets)}") from None
+
+
+def redact_uri(uri: str) -> str:
+    """Return ``uri`` with any ``user:password@`` replaced by ``***@``."""
+    return _USERINFO.sub(r"\1***@", uri)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Tell whether a pymilvus, gRPC or OS error may go away on retry (connection, overload, timeout)."""
+    if isinstance(exc, (OSError, grpc.RpcError)):
+        return True
+    if not isinstance(exc, MilvusException):
+        return False
+    if isinstance(exc.code, grpc.StatusCode):
+        return exc.code in _TRANSIENT_GRPC_CODES
+    message = str(exc.message).lower()
+    return exc.code in _TRANSIENT_MILVUS_CODES or any(hint in message for hint in _TRANSIENT_HINTS)
+
+
+def describe_error(exc: BaseException) -> str:
+    """Summarise a pymilvus, gRPC or OS error in one line, with any ``user:password@`` redacted."""
+    if isinstance(exc, MilvusException):
+        return _scrub(f"code {exc.code}: {exc.message}", ())
+    return _scrub(f"{type(exc).__name__}: {exc}", ())
+
+
+def _secrets(uri: str, token: str | None) -> list[str]:
+    """List what an error must not show: the token, its password part, and a password in the URI."""
+    found = [token, token.partition(":")[2]] if token else []
+    userinfo = re.search(r"(?:^|://)([^/@\s]+)@", uri)
+    if userinfo:
+        found += [userinfo.group(1), userinfo.group(1).partition(":")[2]]
+    return [secret for secret in found if secret]
+
+
+def _scrub(text: str, secrets: Sequence[str]) -> str:
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return _USERINFO.sub(r"\1***@", text)
+
+
+def _safe_cause(exc: BaseException, secrets: Sequence[str]) -> BaseException:
+    """Return ``exc`` to chain from, or a scrubbed stand-in if its traceback would show a secret."""
+    shown = "".join(traceback.format_exception(exc))
+    if not any(secret in shown for secret in secrets) and _USERINFO.search(shown) is None:
+        return exc
+    return RuntimeError(f"{type(exc).__name__}: {_scrub(str(exc), secrets)}")

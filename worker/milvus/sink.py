@@ -1,0 +1,380 @@
+"""MilvusSink: one Milvus (or Milvus Lite) collection holding one model's vectors.
+
+The collection records the model id and dimension it was created for (a collection property), and
+every sink checks them before use, so vectors of two models never mix. Writes are upserts keyed by
+document id, so a retried task writes the same rows again instead of duplicating them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Literal, TypeVar
+
+import grpc
+import numpy as np
+from pymilvus import MilvusClient
+from pymilvus.exceptions import MilvusException
+
+from producer.errors import (
+    ConfigError,
+    EmbedqError,
+    InvalidInputError,
+    ModelMismatchError,
+    PermanentError,
+    SinkUnavailableError,
+)
+from worker.milvus.column_upsert import ColumnUpsert
+from worker.milvus.connection import connect_milvus, describe_error, is_transient
+from worker.milvus.lite_server import LiteWriteLock, ensure_lite_server, is_lite_path
+from worker.milvus.rows import Rows, build_rows, checked_ids
+from worker.milvus.schema import (
+    HNSW_PARAMS,
+    ID_FIELD,
+    MAX_TOP_K,
+    METADATA_FIELD,
+    METRIC,
+    MODEL_PROPERTY,
+    SEARCHABLE_FIELDS,
+    TEXT_FIELD,
+    VECTOR_FIELD,
+    collection_schema,
+)
+from worker.milvus.search import SearchHit, search_hit
+
+log = logging.getLogger(__name__)
+ServerKind = Literal["lite", "server"]
+T = TypeVar("T")
+
+_COLLECTION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
+_NOT_LOADED_CODE = 101
+_CONCURRENT_CREATE_WAIT_S = 10.0  # how long to wait for a collection another client is creating
+_COLUMN_CHECK_ROWS = 8  # rows compared with pymilvus' own request before the column-wise path is used
+
+
+class MilvusSink:
+    """Upserts, searches, counts and deletes the documents of one model in one collection."""
+
+    def __init__(
+        self,
+        client: MilvusClient,
+        collection: str,
+        model_id: str,
+        dim: int,
+        *,
+        server_kind: ServerKind | None = None,
+        write_lock: AbstractContextManager[object] | None = None,
+        timeout_s: float = 30.0,
+        max_request_bytes: int = 16 * 1024 * 1024,
+    ) -> None:
+        if not _COLLECTION_NAME.match(collection):
+            raise ConfigError(
+                f"invalid Milvus collection name {collection!r}: use letters, digits and underscores, "
+                "starting with a letter or underscore (at most 255 characters)"
+            )
+        if not model_id:
+            raise ConfigError("the model id of a Milvus sink is empty: pass the id of the loaded model")
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0:
+            raise ConfigError(f"the vector dimension of a Milvus sink must be a positive int, got {dim!r}")
+        self.client = client
+        self.collection = collection
+        self.model_id = model_id
+        self.dim = dim
+        self.timeout_s = timeout_s
+        self.max_request_bytes = max_request_bytes
+        self._server_kind = server_kind
+        self._write_lock = write_lock
+        self._ready = False
+        self._fields: list[dict[str, Any]] = []
+        self._column_upsert: ColumnUpsert | None = None
+        self._column_checked = False
+
+    @property
+    def server_kind(self) -> ServerKind:
+        """Return "lite" for Milvus Lite (in-process or its server), "server" for a Milvus server."""
+        if self._server_kind is None:
+            with self._errors("ask the version of", ConfigError):
+                version = str(self.client.get_server_version(timeout=self.timeout_s))
+            self._server_kind = "lite" if version.startswith("milvus_lite") else "server"
+        return self._server_kind
+
+    def exists(self) -> bool:
+        """Return whether the collection exists (without creating it)."""
+        with self._errors("look up", ConfigError):
+            return bool(self.client.has_collection(self.collection, timeout=self.timeout_s))
+
+    def ensure_collection(self) -> None:
+        """Create the collection on first use, or check that it holds this model; then load it."""
+        with self._errors("open", ConfigError):
+            if not self.client.has_collection(self.collection, timeout=self.timeout_s):
+                self._create_collection()
+            self._check_recorded_model()
+            self._ensure_vector_index()
+            self.client.load_collection(self.collection, timeout=self.timeout_s)
+        self._ready = True
+
+    def upsert(
+        self,
+        ids: Sequence[str],
+        texts: Sequence[str],
+        metadata: Sequence[dict[str, Any]],
+        vectors: np.ndarray,
+    ) -> int:
+        """Write rows (insert or replace by id); return how many distinct rows Milvus acknowledged."""
+        rows = build_rows(
+            ids, texts, metadata, vectors, collection=self.collection, model_id=self.model_id, dim=self.dim
+        )
+        if not rows.ids:
+            return 0
+        self._ensure_ready()
+        written = 0
+        for part in rows.batches(self.max_request_bytes):
+            with self._errors("upsert into", InvalidInputError):
+                # Built before taking the Lite write lock, so that the lock is held only for the write.
+                request = self._column_request(part)
+            with self._errors("upsert into", InvalidInputError), self._write_guard():
+                acknowledged = self._send(part, request)
+            if acknowledged != len(part.ids):
+                raise SinkUnavailableError(
+                    f"Milvus acknowledged {acknowledged} of {len(part.ids)} rows upserted into "
+                    f"{self.collection!r}: retry the request (upserts are idempotent)"
+                )
+            written += acknowledged
+        return written
+
+    def _send(self, part: Rows, request: Any | None) -> int:
+        """Send one request; return the number of rows Milvus acknowledged."""
+        if request is not None and self._column_upsert is not None:
+            try:
+                return self._column_upsert.send(request, self.timeout_s)
+            except TypeError:  # this pymilvus takes the call differently: nothing was sent
+                log.warning("column-wise upsert not accepted by this pymilvus; using MilvusClient.upsert")
+                self._column_upsert = None
+        result = self.client.upsert(self.collection, part.as_dicts(), timeout=self.timeout_s)
+        return int(result["upsert_count"])
+
+    def _column_request(self, part: Rows) -> Any | None:
+        """Build the column-wise request for ``part``; ``None`` means: use ``MilvusClient.upsert``.
+
+        On the first call, the column-wise builder is checked against pymilvus' own row request
+        on a few rows; if they differ in any byte, this sink keeps to ``MilvusClient.upsert``.
+        """
+        if not self._column_checked:
+            self._column_checked = True
+            builder = ColumnUpsert.create(
+                self.client,
+                self.collection,
+                self._fields,
+                id_field=ID_FIELD,
+                vector_field=VECTOR_FIELD,
+                text_field=TEXT_FIELD,
+                metadata_field=METADATA_FIELD,
+            )
+            sample = part.head(_COLUMN_CHECK_ROWS)
+            if builder is not None and builder.same_as_row_request(
+                sample.ids, sample.vectors, sample.texts, sample.metadata, sample.as_dicts()
+            ):
+                self._column_upsert = builder
+        if self._column_upsert is None:
+            return None
+        return self._column_upsert.build(part.ids, part.vectors, part.texts, part.metadata)
+
+    def search(
+        self,
+        vector: np.ndarray,
+        top_k: int = 10,
+        output_fields: Sequence[str] = SEARCHABLE_FIELDS,
+        *,
+        consistency_level: str = "Bounded",
+    ) -> list[SearchHit]:
+        """Return the ``top_k`` nearest documents to ``vector``, most similar first."""
+        query = np.asarray(vector, dtype=np.float32)
+        if query.shape != (self.dim,):
+            raise ModelMismatchError(
+                f"the query vector has shape {query.shape}, but collection {self.collection!r} holds "
+                f"{self.dim}-dimensional vectors of model {self.model_id!r}: encode the query with that model"
+            )
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= MAX_TOP_K:
+            raise InvalidInputError(f"top_k must be an int from 1 to {MAX_TOP_K}, got {top_k!r}")
+        unknown = sorted(set(output_fields) - set(SEARCHABLE_FIELDS))
+        if unknown:
+            raise InvalidInputError(f"unknown output fields {unknown}: choose from {list(SEARCHABLE_FIELDS)}")
+        fields = list(output_fields)
+        results = self._read(
+            "search",
+            lambda: self.client.search(
+                self.collection,
+                data=[query.tolist()],
+                limit=top_k,
+                output_fields=fields,
+                search_params={"metric_type": METRIC, "params": {"ef": max(64, top_k)}},
+                consistency_level=consistency_level,
+                timeout=self.timeout_s,
+            ),
+        )
+        return [search_hit(raw, fields) for raw in results[0]]
+
+    def count(self) -> int:
+        """Return the exact number of rows (strong consistency: every acknowledged write is counted)."""
+        rows = self._read(
+            "count the rows of",
+            lambda: self.client.query(
+                self.collection,
+                filter="",
+                output_fields=["count(*)"],
+                consistency_level="Strong",
+                timeout=self.timeout_s,
+            ),
+        )
+        return int(rows[0]["count(*)"])
+
+    def delete(self, ids: Sequence[str]) -> int:
+        """Delete rows by id; return the number of ids Milvus reports deleted (Lite and server alike)."""
+        unique_ids = list(dict.fromkeys(checked_ids(ids)))
+        if not unique_ids:
+            return 0
+        self._ensure_ready()
+        # pymilvus quotes string ids without escaping them; JSON string literals parse in Milvus filters.
+        id_filter = f"{ID_FIELD} in [{', '.join(json.dumps(i, ensure_ascii=False) for i in unique_ids)}]"
+        with self._errors("delete from", InvalidInputError), self._write_guard():
+            result = self.client.delete(self.collection, filter=id_filter, timeout=self.timeout_s)
+        # Milvus Lite returns the list of deleted ids, a Milvus server {"delete_count": n}.
+        if isinstance(result, dict):
+            return int(result["delete_count"])
+        return len(result)
+
+    def close(self) -> None:
+        """Close the Milvus client this sink writes through."""
+        self.client.close()
+
+    def _ensure_ready(self) -> None:
+        if not self._ready:
+            self.ensure_collection()
+
+    def _read(self, action: str, call: Callable[[], T]) -> T:
+        """Run a search or query; a collection released by a server restart is loaded and asked again."""
+        self._ensure_ready()
+        with self._errors(action, InvalidInputError):
+            try:
+                return call()
+            except MilvusException as exc:
+                if exc.code != _NOT_LOADED_CODE:
+                    raise
+            self.client.load_collection(self.collection, timeout=self.timeout_s)
+            return call()
+
+    def _create_collection(self) -> None:
+        schema = collection_schema(self.model_id, self.dim)
+        record = json.dumps({"model_id": self.model_id, "dim": self.dim})
+        try:
+            with self._write_guard():
+                self.client.create_collection(
+                    self.collection,
+                    schema=schema,
+                    properties={MODEL_PROPERTY: record},
+                    timeout=self.timeout_s,
+                )
+        except MilvusException:
+            # Another process may be creating it between our check and our call: wait for that
+            # creation to finish, then the collection is verified like any existing one. (Milvus Lite
+            # refuses a second create while the first is still in progress, with "File exists".)
+            deadline = time.monotonic() + min(self.timeout_s, _CONCURRENT_CREATE_WAIT_S)
+            while not self.client.has_collection(self.collection, timeout=self.timeout_s):
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.05)
+
+    def _check_recorded_model(self) -> None:
+        description = self.client.describe_collection(self.collection, timeout=self.timeout_s)
+        self._fields = list(description.get("fields", []))
+        fields = {field["name"]: field for field in self._fields}
+        try:
+            record = json.loads(description.get("properties", {})[MODEL_PROPERTY])
+            recorded_model, recorded_dim = str(record["model_id"]), int(record["dim"])
+        except (KeyError, TypeError, ValueError):
+            raise ConfigError(
+                f"collection {self.collection!r} exists but was not created by embedq (it records no model): "
+                "choose another collection name"
+            ) from None
+        schema_dim = int(fields.get(VECTOR_FIELD, {}).get("params", {}).get("dim", recorded_dim))
+        if (recorded_model, recorded_dim) != (self.model_id, self.dim) or schema_dim != self.dim:
+            raise ModelMismatchError(
+                f"collection {self.collection!r} holds vectors of model {recorded_model!r} "
+                f"(dim {schema_dim}), but this worker encodes with model {self.model_id!r} (dim {self.dim}): "
+                f"use another collection name for {self.model_id!r}, or drop {self.collection!r} to "
+                "re-embed everything with it"
+            )
+        missing = sorted({ID_FIELD, VECTOR_FIELD, TEXT_FIELD, METADATA_FIELD} - fields.keys())
+        if missing:
+            raise ConfigError(
+                f"collection {self.collection!r} lacks the fields {missing}: choose another collection name"
+            )
+
+    def _ensure_vector_index(self) -> None:
+        if self._has_vector_index():
+            return
+        # Milvus Lite builds HNSW only when faiss is installed; AUTOINDEX is its fallback.
+        candidates = [("HNSW", HNSW_PARAMS)]
+        if self.server_kind == "lite":
+            candidates.append(("AUTOINDEX", {}))
+        for attempt, (index_type, params) in enumerate(candidates, start=1):
+            index_params = self.client.prepare_index_params()
+            index_params.add_index(VECTOR_FIELD, index_type=index_type, metric_type=METRIC, params=params)
+            try:
+                with self._write_guard():
+                    self.client.create_index(self.collection, index_params, timeout=self.timeout_s)
+                return
+            except MilvusException as exc:
+                if self._has_vector_index():
+                    return  # another process created it first
+                if is_transient(exc) or attempt == len(candidates):
+                    raise
+
+    def _has_vector_index(self) -> bool:
+        return bool(
+            self.client.list_indexes(self.collection, field_name=VECTOR_FIELD, timeout=self.timeout_s)
+        )
+
+    def _write_guard(self) -> AbstractContextManager[object]:
+        return self._write_lock if self._write_lock is not None else contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def _errors(self, action: str, permanent: type[PermanentError]) -> Iterator[None]:
+        """Turn pymilvus failures into SinkUnavailableError (retry later) or ``permanent`` (do not retry)."""
+        try:
+            yield
+        except EmbedqError:
+            raise
+        except (MilvusException, grpc.RpcError, OSError) as exc:
+            detail = describe_error(exc)
+            if is_transient(exc):
+                raise SinkUnavailableError(
+                    f"Milvus was unavailable to {action} collection {self.collection!r} ({detail}): "
+                    "check that the server is running; the request can be retried"
+                ) from exc
+            raise permanent(f"Milvus refused to {action} collection {self.collection!r}: {detail}") from exc
+
+
+def open_sink(
+    uri: str, token: str | None, collection: str, model_id: str, dim: int, *, timeout_s: float = 30.0
+) -> MilvusSink:
+    """Connect and return a sink; a Lite path is served by one shared Lite server with serialised writes."""
+    if is_lite_path(uri):
+        client = connect_milvus(ensure_lite_server(uri), None, timeout_s=timeout_s)
+        return MilvusSink(
+            client,
+            collection,
+            model_id,
+            dim,
+            server_kind="lite",
+            write_lock=LiteWriteLock(uri),
+            timeout_s=timeout_s,
+        )
+    return MilvusSink(
+        connect_milvus(uri, token, timeout_s=timeout_s), collection, model_id, dim, timeout_s=timeout_s
+    )

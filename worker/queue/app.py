@@ -1,0 +1,153 @@
+"""The Celery app of a worker process: one model, loaded once in the parent before the pool forks."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from functools import partial
+from typing import Any, ClassVar
+
+from celery import Celery, bootsteps
+from kombu.entity import Exchange, Queue
+
+from producer.celery_config import broker_client, build_celery_app
+from producer.errors import BrokerUnavailableError
+from producer.protocol.messages import WorkerPresence
+from producer.protocol.names import PRESENCE_TTL_S, bulk_queue_for_model, presence_key, queue_for_model
+from producer.settings import Settings
+from worker.queue.guard import install_message_guard
+from worker.queue.tasks import CollectionSinks, Encoder, Sink, TextLimits, register_tasks
+
+logger = logging.getLogger(__name__)
+
+
+class PresenceStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery ships no type hints
+    """Keeps ``presence_key(queue)`` alive while this worker consumes its model's queue.
+
+    Producers read it to tell "no worker" from "busy", and the vector dimension from its value.
+    Runs on the consumer's event loop, so it stops while the broker connection is down.
+    """
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+    presence: ClassVar[WorkerPresence]
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self._timer_entry: Any = None
+        self._keys: list[str] = []
+
+    def start(self, consumer: Any) -> None:
+        """Advertise the model's queues it consumes now and every third of the presence TTL."""
+        own_queues = model_queues(self.presence.model)
+        consumed = {queue.name for queue in consumer.task_consumer.queues}
+        self._keys = [presence_key(queue) for queue in own_queues if queue in consumed]
+        if not self._keys:
+            logger.warning(
+                "this worker consumes neither %s: producers will not see it", " nor ".join(own_queues)
+            )
+            return
+        self._refresh(consumer.app)
+        self._timer_entry = consumer.timer.call_repeatedly(PRESENCE_TTL_S / 3, self._refresh, (consumer.app,))
+
+    def stop(self, consumer: Any) -> None:
+        """Stop refreshing; the key expires within the TTL unless another worker keeps it."""
+        if self._timer_entry is not None:
+            self._timer_entry.cancel()
+            self._timer_entry = None
+
+    def _refresh(self, app: Celery) -> None:
+        value = self.presence.encode()
+        try:
+            with broker_client(app) as client:
+                for key in self._keys:
+                    client.set(key, value, ex=PRESENCE_TTL_S)
+        except BrokerUnavailableError as exc:
+            logger.warning("could not refresh the worker presence key: %s", exc)
+
+
+def model_queues(model_id: str) -> tuple[str, str]:
+    """Return the model's queue of small requests and its bulk queue, in the order a worker reads them."""
+    return queue_for_model(model_id), bulk_queue_for_model(model_id)
+
+
+def _open_sink(uri: str, token: str | None, collection: str, model_id: str, dim: int) -> Sink:
+    from worker.milvus.sink import open_sink  # pymilvus loads in the pool process that first upserts
+
+    return open_sink(uri, token, collection, model_id, dim)
+
+
+def build_worker_app(settings: Settings, encoder: Encoder, queues: Sequence[str] | None = None) -> Celery:
+    """Return the worker's Celery app: embed tasks bound to ``encoder``, consuming its model's queues.
+
+    ``queues`` overrides the queues consumed (default: the model's queue, then its bulk queue; the
+    words ``interactive`` and ``bulk`` stand for those two).
+    """
+    app = build_celery_app(settings, "embedq-worker")
+    install_message_guard(app)  # one malformed queue item must not stop the worker
+    own_queue, bulk_queue = model_queues(encoder.model_id)
+    aliases = {"interactive": own_queue, "bulk": bulk_queue}
+    names = (
+        list(dict.fromkeys(aliases.get(name, name) for name in queues)) if queues else [own_queue, bulk_queue]
+    )
+    app.conf.task_default_queue = own_queue
+    app.conf.task_queues = [
+        Queue(name, Exchange(name), routing_key=name)  # type: ignore[no-untyped-call]
+        for name in names
+    ]
+    register_tasks(
+        app,
+        encoder,
+        TextLimits(settings.max_texts_per_request, settings.max_text_chars),
+        CollectionSinks(partial(_open_sink, settings.milvus_uri, settings.milvus_token)),
+    )
+    step = type("PresenceStep", (PresenceStep,), {"presence": WorkerPresence(encoder.model_id, encoder.dim)})
+    app.steps["consumer"].add(step)
+    return app
+
+
+def run_worker(
+    settings: Settings,
+    concurrency: int | None = None,
+    queues: Sequence[str] | None = None,
+    loglevel: str = "INFO",
+    *,
+    hostname: str | None = None,
+) -> None:
+    """Load the model once, then run ``celery worker`` (prefork) until it is told to stop.
+
+    ``concurrency`` defaults to EMBEDQ_CONCURRENCY, then to the number of CPUs; ``hostname`` to
+    Celery's ``celery@<host>`` (give each worker on one machine its own, e.g. ``w1@%h``).
+    """
+    from worker.encoding.encoder import StaticEncoder  # the model stack stays out of light imports
+    from worker.metrics import WorkerObservability
+
+    observability = WorkerObservability(settings)  # binds the metrics port first: a taken port fails fast
+    # Loaded in the parent: the forked pool processes share the table pages copy-on-write. The
+    # tokenizer is not used here, so its thread pool stays enabled in the children.
+    encoder = StaticEncoder.from_pretrained(settings.model)
+    app = build_worker_app(settings, encoder, queues)
+    observability.attach(app, encoder.model_id)
+    argv = [
+        *observability.celery_options(),
+        "worker",
+        "--pool=prefork",
+        f"--loglevel={loglevel}",
+        # Mingle and gossip sync revokes and clocks between workers; embedq uses neither, and
+        # mingle alone adds about a second to every start.
+        "--without-mingle",
+        "--without-gossip",
+    ]
+    if hostname is not None:
+        argv.append(f"--hostname={hostname}")
+    processes = concurrency or settings.concurrency
+    if processes is not None:
+        argv.append(f"--concurrency={processes}")
+    if (processes or os.cpu_count() or 1) >= (os.cpu_count() or 1):
+        # A pool process per core already keeps every core busy; the tokenizer's own threads on
+        # top only oversubscribe them (measured in bench/bench_queue.py). An explicit setting wins.
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        app.worker_main(argv)
+    finally:
+        observability.close()

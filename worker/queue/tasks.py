@@ -1,0 +1,194 @@
+"""Thin embed tasks (decode the request, call the encoder, encode the result) and their retry policy."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+from celery import Celery, Task
+
+from producer.errors import (
+    MessageDecodeError,
+    ModelMismatchError,
+    PermanentError,
+    SinkUnavailableError,
+    TransientError,
+)
+from producer.protocol.messages import EmbedRequest, EmbedResult, UpsertRequest, UpsertResult
+from producer.protocol.names import TASK_FOR_KIND, TASK_UPSERT_DOCUMENTS, Kind, queue_for_model
+from producer.protocol.texts import validate_texts
+from worker.metrics.recording import encode_observed, record_milvus_upsert, record_request, token_total
+
+
+class Encoder(Protocol):
+    """What the tasks need of a loaded model (worker.encoding.encoder.StaticEncoder)."""
+
+    model_id: str
+
+    @property
+    def dim(self) -> int:
+        """Length of every output vector."""
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """Return float32 vectors of shape (len(texts), dim)."""
+
+
+@dataclass(frozen=True)
+class TextLimits:
+    """The per-request limits a worker enforces again, whatever the producer checked."""
+
+    max_texts: int
+    max_text_chars: int
+
+
+class EmbedTask(Task):  # type: ignore[misc]  # Celery ships no type hints
+    """Base of every embedq task: the one place for retry policy and timing.
+
+    Permanent errors (bad input, malformed message, wrong model) fail at once and are stored by
+    task id; transient errors retry with capped exponential backoff, at most ``max_retries`` times.
+    A pool process lost mid-task (killed, out of memory) counts as one retry too.
+    """
+
+    acks_late = True
+    reject_on_worker_lost = True
+    typing = False  # arguments are checked by EmbedRequest.decode, as a MessageDecodeError
+    throws = (PermanentError, TransientError)  # expected failures: logged without a traceback
+    max_retries = 5
+    default_retry_delay = 1  # s before re-running a task whose pool process died
+    resultrepr_maxsize = 100  # the log line shows model, dim and count, not the vector bytes
+    retry_backoff_base_s: ClassVar[float] = 1.0
+    retry_backoff_max_s: ClassVar[float] = 60.0
+
+    def retry_countdown_s(self, retries: int) -> float:
+        """Seconds before attempt ``retries + 1``: doubling from the base, capped, with jitter."""
+        ceiling_s = min(self.retry_backoff_max_s, self.retry_backoff_base_s * 2.0**retries)
+        return ceiling_s * random.uniform(0.5, 1.0)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the task; turn a transient error into a delayed retry, let any other error fail it."""
+        try:
+            return super().__call__(*args, **kwargs)
+        except PermanentError:
+            raise
+        except TransientError as exc:
+            raise self.retry(exc=exc, countdown=self.retry_countdown_s(self.request.retries)) from exc
+
+
+class Sink(Protocol):
+    """What the upsert task needs of a Milvus collection (worker.milvus.sink.MilvusSink)."""
+
+    def upsert(
+        self,
+        ids: Sequence[str],
+        texts: Sequence[str],
+        metadata: Sequence[dict[str, Any]],
+        vectors: np.ndarray,
+    ) -> int:
+        """Write the rows; return how many distinct ids Milvus acknowledged."""
+
+    def close(self) -> None:
+        """Release the connection."""
+
+
+SinkOpener = Callable[[str, str, int], Sink]
+"""Opens the sink of (collection, model id, dim); called in the pool process, after the fork."""
+
+
+class CollectionSinks:
+    """The open sinks of one pool process, by collection; a sink that failed is reopened next time."""
+
+    def __init__(self, opener: SinkOpener) -> None:
+        self._opener = opener
+        self._open: dict[str, Sink] = {}
+
+    def get(self, collection: str, model_id: str, dim: int) -> Sink:
+        """Return the open sink of ``collection``, opening it (and creating the collection) on first use."""
+        sink = self._open.get(collection)
+        if sink is None:
+            sink = self._open[collection] = self._opener(collection, model_id, dim)
+        return sink
+
+    def discard(self, collection: str) -> None:
+        """Drop a sink whose connection failed, so the retry reconnects."""
+        sink = self._open.pop(collection, None)
+        if sink is not None:
+            # Closing a broken connection may raise anything from the client library; the failure
+            # being handled is the one that matters.
+            with contextlib.suppress(Exception):
+                sink.close()
+
+
+def _check_model(encoder: Encoder, requested: str) -> None:
+    if requested != encoder.model_id:
+        raise ModelMismatchError(
+            f"request for model {requested!r} reached a worker serving {encoder.model_id!r} "
+            f"(queue {queue_for_model(encoder.model_id)}): send it to queue "
+            f"{queue_for_model(requested)} and start a worker for that model"
+        )
+
+
+def embed_request(encoder: Encoder, request: EmbedRequest, limits: TextLimits) -> EmbedResult:
+    """Encode one request with the worker's model, refusing requests meant for another model."""
+    _check_model(encoder, request.model)
+    texts = validate_texts(request.texts, max_texts=limits.max_texts, max_text_chars=limits.max_text_chars)
+    vectors, tokens = encode_observed(encoder, encoder.model_id, texts)
+    record_request(encoder.model_id, request.kind, "ok", len(texts), token_total(tokens))
+    return EmbedResult.from_array(encoder.model_id, vectors)
+
+
+def upsert_request(
+    encoder: Encoder, sinks: CollectionSinks, request: UpsertRequest, limits: TextLimits
+) -> UpsertResult:
+    """Encode the documents and upsert them; the result counts only rows Milvus acknowledged."""
+    _check_model(encoder, request.model)
+    texts = validate_texts(request.texts, max_texts=limits.max_texts, max_text_chars=limits.max_text_chars)
+    vectors, tokens = encode_observed(encoder, encoder.model_id, texts)
+    sink = sinks.get(request.collection, encoder.model_id, encoder.dim)
+    started = time.perf_counter()
+    try:
+        written = sink.upsert(request.ids, texts, request.metadata, vectors)
+    except SinkUnavailableError:
+        sinks.discard(request.collection)
+        raise
+    record_milvus_upsert(request.collection, written, time.perf_counter() - started)
+    record_request(encoder.model_id, "upsert", "ok", len(texts), token_total(tokens))
+    return UpsertResult(model=encoder.model_id, collection=request.collection, written=written)
+
+
+def _task_body(kind: Kind, encoder: Encoder, limits: TextLimits) -> Callable[..., dict[str, Any]]:
+    def run(self: EmbedTask, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        request = EmbedRequest.from_task_args(args, kwargs)
+        if request.kind != kind:
+            raise MessageDecodeError(f"a {request.kind} request was sent to the {kind} task {self.name}")
+        return embed_request(encoder, request, limits).encode()
+
+    run.__name__ = f"embed_{kind}s"
+    run.__doc__ = f"Embed a batch of {kind}s with the worker's model."
+    return run
+
+
+def _upsert_body(
+    encoder: Encoder, sinks: CollectionSinks, limits: TextLimits
+) -> Callable[..., dict[str, Any]]:
+    def upsert_documents(self: EmbedTask, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Embed documents with the worker's model and upsert them into a Milvus collection."""
+        request = UpsertRequest.from_task_args(args, kwargs)
+        return upsert_request(encoder, sinks, request, limits).encode()
+
+    return upsert_documents
+
+
+def register_tasks(
+    app: Celery, encoder: Encoder, limits: TextLimits, sinks: CollectionSinks | None = None
+) -> None:
+    """Register the embed tasks (and, given ``sinks``, the upsert task) bound to ``encoder``."""
+    for kind, name in TASK_FOR_KIND.items():
+        app.task(base=EmbedTask, bind=True, name=name, shared=False)(_task_body(kind, encoder, limits))
+    if sinks is not None:
+        body = _upsert_body(encoder, sinks, limits)
+        app.task(base=EmbedTask, bind=True, name=TASK_UPSERT_DOCUMENTS, shared=False)(body)
