@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 from functools import partial
 from pathlib import Path
@@ -38,7 +39,7 @@ class WorkerObservability:
             install_worker_json_logs()
         if settings.metrics_port is None:
             return
-        from worker.metrics.multiprocess import prepare_multiprocess_dir
+        from worker.metrics.multiprocess import prepare_multiprocess_dir, remove_multiprocess_dir
         from worker.metrics.server import MetricsServer
 
         self._server = MetricsServer(settings.metrics_port, self._render, self._ready)
@@ -47,6 +48,9 @@ class WorkerObservability:
         except Exception:
             self._server.close()
             raise
+        # Also when the model fails to load before close() is reached (pool processes leave with
+        # os._exit and never run this).
+        atexit.register(remove_multiprocess_dir, self._dir)
 
     def celery_options(self) -> list[str]:
         """Options of the ``celery`` command before ``worker`` (JSON logs: no banner on stdout)."""
@@ -73,7 +77,8 @@ class WorkerObservability:
 
         from worker.metrics.multiprocess import mark_dead_gauge_processes, multiprocess_registry
 
-        assert self._dir is not None
+        if self._dir is None:  # served only once the directory exists
+            return b"", CONTENT_TYPE_LATEST
         mark_dead_gauge_processes(self._dir)
         registry = multiprocess_registry(self._dir)
         if self._sampler is not None:
