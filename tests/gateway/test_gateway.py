@@ -30,6 +30,7 @@ from producer.protocol.messages import WorkerPresence
 from producer.protocol.names import bulk_queue_for_model, presence_key, queue_for_model
 from tests.support.workers import REPO_ROOT, WorkerProcess
 from worker.encoding.encoder import StaticEncoder
+from worker.milvus.lite_server import stop_lite_server
 from worker.ports import free_port
 
 pytestmark = pytest.mark.integration
@@ -123,6 +124,8 @@ def gateway(worker: WorkerProcess, tmp_path_factory: pytest.TempPathFactory) -> 
         yield running
     finally:
         stop_gateway(running)
+        # The upsert job started the Lite server of the worker's database; it outlives a worker by design.
+        stop_lite_server(worker.settings.milvus_uri)
 
 
 @pytest.fixture(scope="module")
