@@ -23,7 +23,7 @@ from celery import Celery
 from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
-from producer.errors import BrokerUnavailableError, EmbedqError, MessageDecodeError
+from producer.errors import BrokerUnavailableError, EmbedqError, MessageDecodeError, ResultTimeoutError
 from producer.job import ResultReader, TaskOutcome, outcome_of
 from producer.protocol.batches import decode_notice, reply_channel
 
@@ -35,8 +35,6 @@ MAX_WAIT_S = 24 * 3600.0
 """A request nobody answered for this long is forgotten (its Future fails with ResultTimeoutError)."""
 _RECONNECT_PAUSE_S = 0.5
 _SUBSCRIBE_TIMEOUT_S = 5.0
-
-OutcomeFuture = Future  # of TaskOutcome
 
 
 class ResultListener:
@@ -185,5 +183,7 @@ class ResultListener:
                 future.set_result(outcome)
             else:
                 future.set_exception(
-                    BrokerUnavailableError(f"request {request_id} had no answer in {MAX_WAIT_S:g} s")
+                    ResultTimeoutError(
+                        f"request {request_id} had no answer in {MAX_WAIT_S:g} s: check client.status(id)"
+                    )
                 )
