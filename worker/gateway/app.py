@@ -10,11 +10,11 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
 from producer.errors import EmbedqError
-from producer.settings import Settings
+from producer.settings import Settings, load_settings
 from worker.gateway import health, jobs, openai, search, tei
 from worker.gateway.auth import ApiKeyMiddleware
 from worker.gateway.backend import Backend
-from worker.gateway.config import GatewaySettings
+from worker.gateway.config import GatewaySettings, load_gateway_settings
 from worker.gateway.errors import ApiError, handle_api_error, handle_embedq_error
 from worker.gateway.metrics import HttpMetrics, RequestMetricsMiddleware
 from worker.gateway.openapi import ROUTES as DOCS_ROUTES
@@ -50,3 +50,8 @@ def create_app(settings: Settings, config: GatewaySettings) -> Starlette:
     app.state.config = config
     app.state.metrics = http_metrics
     return app
+
+
+def create_app_from_environment() -> Starlette:
+    """Build the app from ``EMBEDQ_*`` variables (what each of several uvicorn processes calls)."""
+    return create_app(load_settings(), load_gateway_settings())
