@@ -30,6 +30,7 @@ from producer.protocol.documents import Document
 from producer.protocol.messages import EmbedRequest, UpsertRequest, WorkerPresence
 from producer.protocol.names import (
     BUNDLED_MODEL_ID,
+    SENT_AT_HEADER,
     TASK_FOR_KIND,
     TASK_UPSERT_DOCUMENTS,
     Kind,
@@ -387,6 +388,7 @@ class EmbeddingClient:
                         argsrepr=f"[<{count} {what}>]",
                         kwargsrepr="{}",
                         expires=expires,
+                        headers={SENT_AT_HEADER: time.time()},  # the worker's queue-wait metric
                     )
         except (OperationalError, RedisError, OSError) as exc:
             url = redact_url(str(self.app.conf.broker_url))

@@ -11,6 +11,7 @@ from producer.errors import ConfigError
 from producer.protocol.names import BUNDLED_MODEL_ID
 
 DEFAULT_BROKER_URL = "redis://localhost:6379/0"
+LOG_FORMATS = ("text", "json")
 DEFAULT_MILVUS_URI = "./embedq.db"
 
 REDIS_SCHEMES = frozenset({"redis", "rediss", "redis+socket"})
@@ -38,6 +39,8 @@ class Settings:
     batch_max_texts: int = 128
     batch_max_chars: int = 200_000
     batch_max_in_flight: int = 2
+    metrics_port: int | None = None  # the worker's /metrics, /health and /ready; None: off
+    log_format: str = "text"  # or "json": one JSON object per log line
 
     def __post_init__(self) -> None:
         if not self.result_backend:
@@ -63,6 +66,12 @@ class Settings:
         wait_ms = self.batch_wait_ms
         if wait_ms is not None and (isinstance(wait_ms, bool) or not 0 <= wait_ms <= 1000):
             raise ConfigError(f"EMBEDQ_BATCH_WAIT_MS must be between 0 and 1000 or 'off', got {wait_ms!r}")
+        if self.metrics_port is not None and not 0 < self.metrics_port < 65536:
+            raise ConfigError(f"EMBEDQ_METRICS_PORT must be a TCP port 1-65535, got {self.metrics_port!r}")
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError(
+                f"EMBEDQ_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, got {self.log_format!r}"
+            )
         if self.visibility_timeout_s <= self.task_time_limit_s:
             raise ConfigError(
                 f"EMBEDQ_VISIBILITY_TIMEOUT_S ({self.visibility_timeout_s}) must exceed "
@@ -84,7 +93,8 @@ class Settings:
             f"max_text_chars={self.max_text_chars}, task_time_limit_s={self.task_time_limit_s}, "
             f"visibility_timeout_s={self.visibility_timeout_s}, milvus_uri={redact_url(self.milvus_uri)!r}, "
             f"milvus_token={token!r}, concurrency={self.concurrency}, "
-            f"max_queue_depth={self.max_queue_depth}, batch_wait_ms={self.batch_wait_ms}, "
+            f"max_queue_depth={self.max_queue_depth}, metrics_port={self.metrics_port}, "
+            f"log_format={self.log_format!r}, batch_wait_ms={self.batch_wait_ms}, "
             f"batch_max_texts={self.batch_max_texts}, batch_max_chars={self.batch_max_chars}, "
             f"batch_max_in_flight={self.batch_max_in_flight})"
         )
@@ -174,6 +184,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if environ is None else environ
     broker_url = _text(env, "EMBEDQ_BROKER_URL") or DEFAULT_BROKER_URL
     concurrency = _text(env, "EMBEDQ_CONCURRENCY")
+    metrics_port = _text(env, "EMBEDQ_METRICS_PORT")
     return Settings(
         broker_url=broker_url,
         result_backend=_text(env, "EMBEDQ_RESULT_BACKEND") or broker_url,
@@ -191,4 +202,6 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         batch_max_texts=_int(env, "EMBEDQ_BATCH_MAX_TEXTS", 128),
         batch_max_chars=_int(env, "EMBEDQ_BATCH_MAX_CHARS", 200_000),
         batch_max_in_flight=_int(env, "EMBEDQ_BATCH_MAX_IN_FLIGHT", 2),
+        metrics_port=None if metrics_port is None else _int(env, "EMBEDQ_METRICS_PORT", 0),
+        log_format=(_text(env, "EMBEDQ_LOG_FORMAT") or "text").lower(),
     )
