@@ -93,10 +93,10 @@ class Settings:
             f"max_text_chars={self.max_text_chars}, task_time_limit_s={self.task_time_limit_s}, "
             f"visibility_timeout_s={self.visibility_timeout_s}, milvus_uri={redact_url(self.milvus_uri)!r}, "
             f"milvus_token={token!r}, concurrency={self.concurrency}, "
-            f"max_queue_depth={self.max_queue_depth}, batch_wait_ms={self.batch_wait_ms}, "
+            f"max_queue_depth={self.max_queue_depth}, metrics_port={self.metrics_port}, "
+            f"log_format={self.log_format!r}, batch_wait_ms={self.batch_wait_ms}, "
             f"batch_max_texts={self.batch_max_texts}, batch_max_chars={self.batch_max_chars}, "
-            f"batch_max_in_flight={self.batch_max_in_flight}, metrics_port={self.metrics_port}, "
-            f"log_format={self.log_format!r})"
+            f"batch_max_in_flight={self.batch_max_in_flight})"
         )
 
 

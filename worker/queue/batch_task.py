@@ -32,7 +32,8 @@ from producer.errors import (
 from producer.protocol.batches import TASK_EMBED_BATCH, BatchItem, BatchRequest, encode_notice
 from producer.protocol.messages import EmbedResult
 from producer.protocol.texts import validate_texts
-from worker.queue.tasks import EmbedTask, Encoder, TextLimits, check_model, encode_counting_tokens
+from worker.metrics.recording import encode_observed, record_request, token_total
+from worker.queue.tasks import EmbedTask, Encoder, TextLimits, check_model
 
 QueueDepth = Callable[[], int | None]
 
@@ -63,10 +64,11 @@ def run_batch(
     """Check each item, encode the valid ones in one call, and return every item's outcome in order."""
     now_s = time.time()
     outcomes: dict[str, ItemOutcome] = {}
-    accepted: list[tuple[str, Sequence[str]]] = []
+    accepted: list[tuple[BatchItem, Sequence[str]]] = []
     for item in batch.items:
         if item.deadline_s is not None and now_s > item.deadline_s:
             outcomes[item.id] = ItemOutcome(item.id, error=_expired(item, now_s, queue, depth))
+            record_request(encoder.model_id, item.kind, DeadlineExceededError.__name__)
             continue
         try:
             check_model(encoder, batch.model)
@@ -75,16 +77,23 @@ def run_batch(
             )
         except PermanentError as exc:
             outcomes[item.id] = ItemOutcome(item.id, error=exc)
+            record_request(encoder.model_id, item.kind, type(exc).__name__)
             continue
-        accepted.append((item.id, texts))
+        accepted.append((item, texts))
     all_texts = [text for _, texts in accepted for text in texts]
-    no_texts: tuple[np.ndarray, list[int] | None] = (np.zeros((0, encoder.dim), np.float32), [])
-    vectors, tokens = encode_counting_tokens(encoder, all_texts) if all_texts else no_texts
+    vectors, tokens = (
+        encode_observed(encoder, encoder.model_id, all_texts)
+        if all_texts
+        else (np.zeros((0, encoder.dim), np.float32), None)
+    )
     start = 0
-    for item_id, texts in accepted:
-        part = vectors[start : start + len(texts)]
-        part_tokens = None if tokens is None else tokens[start : start + len(texts)]
-        start += len(texts)
+    for item, texts in accepted:
+        item_id, end = item.id, start + len(texts)
+        part = vectors[start:end]
+        item_tokens = token_total(None if tokens is None else tokens[start:end])
+        record_request(encoder.model_id, item.kind, "ok", len(texts), item_tokens)
+        part_tokens = None if tokens is None else tokens[start:end].tolist()
+        start = end
         outcomes[item_id] = ItemOutcome(
             item_id, result=EmbedResult.from_array(encoder.model_id, part, part_tokens).encode()
         )

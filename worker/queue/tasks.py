@@ -135,15 +135,6 @@ def _check_model(encoder: Encoder, requested: str) -> None:
 check_model = _check_model
 
 
-def encode_counting_tokens(encoder: Encoder, texts: Sequence[str]) -> tuple[np.ndarray, list[int] | None]:
-    """Encode ``texts``; also return the tokens pooled per text if the encoder reports them."""
-    counting = getattr(encoder, "encode_with_token_counts", None)
-    if counting is None:
-        return encoder.encode(texts), None
-    vectors, tokens = counting(texts)
-    return vectors, [int(count) for count in tokens]
-
-
 def embed_request(encoder: Encoder, request: EmbedRequest, limits: TextLimits) -> EmbedResult:
     """Encode one request with the worker's model, refusing requests meant for another model."""
     _check_model(encoder, request.model)
