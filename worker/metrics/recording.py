@@ -18,12 +18,14 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from celery import signals
 
+from producer.protocol.batches import TASK_EMBED_BATCH
 from producer.protocol.names import SENT_AT_HEADER, TASK_FOR_KIND, TASK_UPSERT_DOCUMENTS
 from worker.metrics.definitions import WorkerMetrics
 
 logger = logging.getLogger("embedq.tasks")
 _KIND_OF_TASK: dict[str, str] = {name: kind for kind, name in TASK_FOR_KIND.items()}
 _KIND_OF_TASK[TASK_UPSERT_DOCUMENTS] = "upsert"
+_KIND_OF_TASK[TASK_EMBED_BATCH] = "batch"  # small requests of both kinds, each counted by its own kind
 
 
 @dataclass
