@@ -17,7 +17,6 @@ probes; at run time every text whose fast result is exactly that one token is to
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
@@ -94,9 +93,9 @@ class ProbeResult:
     reason: str = ""  # why the fast tokenizer is not used, for the log line
 
 
-def _added_tokens(config_json: str) -> list[str]:
-    config = json.loads(config_json)
-    return [str(token["content"]) for token in config.get("added_tokens", []) if token.get("content")]
+def _added_tokens(reference: Tokenizer) -> list[str]:
+    # The tokenizer's own list: parsing its JSON would cost a second for a 276k-token vocabulary.
+    return [token.content for token in reference.get_added_tokens_decoder().values() if token.content]
 
 
 def _expand_class(chars: str) -> list[str]:
@@ -115,10 +114,10 @@ def _expand_class(chars: str) -> list[str]:
 
 def _vocabulary_texts(reference: Tokenizer, count: int) -> list[str]:
     """Texts made of the model's own vocabulary pieces, so the probe walks its merges and pieces."""
-    vocab = sorted(reference.get_vocab().items(), key=lambda item: item[1])
-    pieces = [token.removeprefix("##").replace("\u2581", " ").replace("Ġ", " ") for token, _ in vocab]
-    step = max(1, len(pieces) // (count * 8))
-    sample = pieces[::step]
+    size = reference.get_vocab_size()
+    step = max(1, size // (count * 8))
+    tokens = [reference.id_to_token(token_id) for token_id in range(0, size, step)]
+    sample = [token.removeprefix("##").replace("\u2581", " ").replace("Ġ", " ") for token in tokens if token]
     return [" ".join(sample[start : start + 8]) for start in range(0, len(sample), 8)][:count]
 
 
@@ -134,9 +133,9 @@ def _random_texts(count: int, seed: int = 13) -> list[str]:
     return out
 
 
-def probe_texts(reference: Tokenizer, cut_chars: int | None, config_json: str | None = None) -> list[str]:
+def probe_texts(reference: Tokenizer, cut_chars: int | None) -> list[str]:
     """Return the texts both tokenizers must agree on, cut to ``cut_chars`` as the encoder cuts them."""
-    added = _added_tokens(reference.to_str() if config_json is None else config_json)
+    added = _added_tokens(reference)
     texts = list(_PROBE_FIXED) + list(_WHITESPACE_ONLY)
     for char in _expand_class(ALLOWED_NON_PRINTABLE):
         texts += [char, f"a{char}b", f"word {char} word{char}", f"中{char}文 🙂{char}", char * 3]
@@ -271,7 +270,7 @@ def _reference_ids(reference: Tokenizer, texts: list[str]) -> list[list[int]]:
 def probe_fast_tokenizer(reference: Tokenizer, cut_chars: int | None) -> ProbeResult:
     """Load ``tokie`` for ``reference`` and compare ids on the probe set; a tokenizer only if all agree."""
     config_json = reference.to_str()
-    texts = probe_texts(reference, cut_chars, config_json)
+    texts = probe_texts(reference, cut_chars)
     try:
         fast = _load_tokie(config_json)
         fast_ids, fast_lengths = fast.encode_batch_flat(texts, add_special_tokens=False)  # type: ignore[attr-defined]
@@ -282,7 +281,7 @@ def probe_fast_tokenizer(reference: Tokenizer, cut_chars: int | None) -> ProbeRe
     bounds = flat_starts(fast_lengths.astype(np.int64))
     got = [fast_ids[bounds[i] : bounds[i + 1]].tolist() for i in range(len(texts))]
     expected = _reference_ids(reference, texts)
-    routing = Routing(_added_tokens(config_json))
+    routing = Routing(_added_tokens(reference))
     # The known difference: whitespace-only texts give one token in tokie and none in tokenizers.
     lone = {tuple(got[i]) for i, text in enumerate(texts) if text in _WHITESPACE_ONLY and not expected[i]}
     lone_whitespace_id = None
