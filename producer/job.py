@@ -152,6 +152,8 @@ class Job:
         self._final: dict[str, TaskOutcome] = {}
         self._notice = notice
         self._queue_depth = queue_depth
+        self.token_counts: tuple[int, ...] | None = None
+        """Tokens the encoder pooled per text, once the result is in (None if a worker did not say)."""
 
     def __repr__(self) -> str:
         return f"Job(id={self.id!r}, tasks={len(self.task_ids)}, model={self.model!r})"
@@ -201,6 +203,8 @@ class Job:
             if result.dim != results[0].dim:
                 dims = f"{results[0].dim} and {result.dim}"
                 raise ModelMismatchError(f"job {self.id} mixes vectors of {dims} dimensions")
+        if all(result.tokens is not None for result in results):
+            self.token_counts = tuple(count for result in results for count in result.tokens or ())
         if len(results) == 1:
             return results[0].to_array()
         # One copy, from the message bytes straight into the joined array.

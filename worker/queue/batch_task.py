@@ -92,9 +92,10 @@ def run_batch(
         part = vectors[start:end]
         item_tokens = token_total(None if tokens is None else tokens[start:end])
         record_request(encoder.model_id, item.kind, "ok", len(texts), item_tokens, request_id=item_id)
+        part_tokens = None if tokens is None else tokens[start:end].tolist()
         start = end
         outcomes[item_id] = ItemOutcome(
-            item_id, result=EmbedResult.from_array(encoder.model_id, part).encode()
+            item_id, result=EmbedResult.from_array(encoder.model_id, part, part_tokens).encode()
         )
     return [outcomes[item.id] for item in batch.items]
 
