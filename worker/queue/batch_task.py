@@ -68,7 +68,7 @@ def run_batch(
     for item in batch.items:
         if item.deadline_s is not None and now_s > item.deadline_s:
             outcomes[item.id] = ItemOutcome(item.id, error=_expired(item, now_s, queue, depth))
-            record_request(encoder.model_id, item.kind, DeadlineExceededError.__name__)
+            record_request(encoder.model_id, item.kind, DeadlineExceededError.__name__, request_id=item.id)
             continue
         try:
             check_model(encoder, batch.model)
@@ -77,7 +77,7 @@ def run_batch(
             )
         except PermanentError as exc:
             outcomes[item.id] = ItemOutcome(item.id, error=exc)
-            record_request(encoder.model_id, item.kind, type(exc).__name__)
+            record_request(encoder.model_id, item.kind, type(exc).__name__, request_id=item.id)
             continue
         accepted.append((item, texts))
     all_texts = [text for _, texts in accepted for text in texts]
@@ -91,7 +91,7 @@ def run_batch(
         item_id, end = item.id, start + len(texts)
         part = vectors[start:end]
         item_tokens = token_total(None if tokens is None else tokens[start:end])
-        record_request(encoder.model_id, item.kind, "ok", len(texts), item_tokens)
+        record_request(encoder.model_id, item.kind, "ok", len(texts), item_tokens, request_id=item_id)
         part_tokens = None if tokens is None else tokens[start:end].tolist()
         start = end
         outcomes[item_id] = ItemOutcome(
