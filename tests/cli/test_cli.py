@@ -22,7 +22,7 @@ from worker.ports import free_port
 
 pytestmark = pytest.mark.integration
 
-COMMANDS = ("worker", "embed", "backfill", "status", "search")
+COMMANDS = ("worker", "embed", "backfill", "status", "search", "collections", "delete", "reindex")
 ANNOUNCE = re.compile(
     r"embedq: EMBEDQ_BROKER_URL not set: started an embedded broker on 127\.0\.0\.1:\d+ and \d+ local "
     r"workers \(model embedq/minilm-l6-v2-256\)(, sharing Milvus Lite \S+)?; they stop when this command ends"
@@ -255,7 +255,7 @@ def test_backfill_then_search_without_a_broker_url(tmp_path: Path) -> None:
 
     assert backfill.returncode == 0, backfill.stderr
     assert re.fullmatch(
-        r"backfill backfill-\w+: 40 documents written to notes, 0 failed, "
+        r"backfill backfill-\w+: 40 documents written to notes, 0 unchanged, 0 failed, "
         r"0 skipped \(done by an earlier run\) in [\d.]+ s \(\d+ docs/s\)\n",
         backfill.stdout,
     )
