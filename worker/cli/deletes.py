@@ -44,15 +44,17 @@ def delete_missing(
     missing = seen.missing_set()
     try:
         physical, model_id, dim = collection_model(access.client, collection)
-        with errors(f"read the ids of {collection!r}"):
-            for batch in ids_missing_from(
-                access.client, physical, seen.ids.known, timeout_s=access.timeout_s
-            ):
-                missing.add(batch)
+        sink = open_sink(settings.milvus_uri, settings.milvus_token, physical, model_id, dim)
+        # Every id of the file is stored now: as many rows as ids means none is missing (no scan).
+        if sink.count() > len(seen.ids):
+            with errors(f"read the ids of {collection!r}"):
+                for batch in ids_missing_from(
+                    access.client, physical, seen.ids.known, timeout_s=access.timeout_s
+                ):
+                    missing.add(batch)
     finally:
         access.close()
     deleted = 0
-    sink = open_sink(settings.milvus_uri, settings.milvus_token, physical, model_id, dim)
     try:
         for batch in missing.batches(DELETE_BATCH):
             deleted += sink.delete(batch)
