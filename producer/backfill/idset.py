@@ -83,10 +83,6 @@ class SeenIds:
             yield from batch
         self.read_to_end = True
 
-    def missing_set(self) -> IdSet:
-        """Return an empty on-disk set beside this one, for the ids found missing from the file."""
-        return IdSet(self._dir / "missing.sqlite")
-
     def close(self) -> None:
         """Close and remove the files."""
         self.ids.close()

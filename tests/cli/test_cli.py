@@ -287,3 +287,42 @@ def test_a_running_state_read_from_the_local_file_says_how_to_resume() -> None:
         "the backfill stopped: run the same command again to resume it)"
     )
     assert done == "(read from .embedq/backfill in this directory, written 0 s ago)"
+
+
+def test_reindex_moves_the_alias_and_search_follows_the_recorded_model(tmp_path: Path) -> None:
+    from tests.support.models import build_model
+
+    model = build_model(tmp_path / "next-model", dim=16, max_length=64)
+    with (tmp_path / "docs.jsonl").open("w") as corpus:
+        for number in range(30):
+            lang = "en" if number % 2 else "fr"
+            corpus.write(
+                json.dumps({"id": f"doc-{number}", "text": f"note {number} on queues", "lang": lang}) + "\n"
+            )
+    env = cli_env(tmp_path)
+
+    backfill = run_cli(["backfill", "docs.jsonl", "--collection", "notes"], env, tmp_path)
+    bad_filter = run_cli(["search", "x", "--collection", "notes", "--filter", 'lang == "en"'], env, tmp_path)
+    reindex = run_cli(
+        ["reindex", "--collection", "notes", "--model", str(model), "--drop-old"], env, tmp_path
+    )
+    search = run_cli(
+        ["search", "note 7 on queues", "--collection", "notes", "--filter", 'metadata["lang"] == "en"',
+         "--output-fields", "text,metadata", "--top-k", "20", "--json"],
+        env,
+        tmp_path,
+    )  # fmt: skip
+    listing = run_cli(["collections", "--json"], env, tmp_path)
+
+    assert backfill.returncode == 0, backfill.stderr
+    assert bad_filter.returncode == 2 and "unknown field 'lang'" in bad_filter.stderr
+    assert "started an embedded broker" not in bad_filter.stderr  # refused before anything started
+    assert reindex.returncode == 0, reindex.stderr
+    assert re.search(rf"reindexed notes: 30 rows of model {re.escape(str(model))} in notes__", reindex.stdout)
+    assert search.returncode == 0, search.stderr
+    hits = json.loads(search.stdout)
+    assert len(hits) == 15 and {hit["metadata"]["lang"] for hit in hits} == {"en"}
+    assert {hit["id"] for hit in hits} == {f"doc-{n}" for n in range(1, 30, 2)}
+    collections = json.loads(listing.stdout)
+    assert [(c["aliases"], c["model_id"], c["dim"]) for c in collections] == [(["notes"], str(model), 16)]
+    assert backfill.left == reindex.left == search.left == []

@@ -17,7 +17,7 @@ from tests.support.milvus import DIM
 from worker.milvus.aliases import MilvusAccess, adopt, drop, physical_name, point_alias
 from worker.milvus.catalog import collection_model, list_collections
 from worker.milvus.sink import MilvusSink
-from worker.milvus.sync import ids_missing_from
+from worker.milvus.sync import delete_missing_ids
 from worker.queue.tasks import CollectionSinks, TextLimits, upsert_request
 
 pytestmark = pytest.mark.integration
@@ -80,16 +80,17 @@ def test_a_rerun_encodes_and_writes_only_new_and_changed_documents(
         )
     }
     assert stored == {"doc-3": "text 3 edited", "doc-0": "text 0"}
-    # The ids the new file lacks, found by streaming the collection's ids (deleted afterwards).
-    missing = [
-        doc_id
-        for batch in ids_missing_from(
-            milvus_client, collection_name, lambda ids: set(ids) & set(edited), timeout_s=30
-        )
-        for doc_id in batch
-    ]
-    assert sorted(missing) == ["doc-0", "doc-1"]
-    assert sink.delete(missing) == 2
+    # The ids the new file lacks are found range by range (sorted batches of the file's ids) and deleted.
+    file_ids = sorted(edited)
+    batches = [file_ids[start : start + 7] for start in range(0, len(file_ids), 7)]
+    deleted: list[str] = []
+
+    def delete(ids: list[str]) -> int:
+        deleted.extend(ids)
+        return sink.delete(ids)
+
+    assert delete_missing_ids(milvus_client, collection_name, batches, delete, timeout_s=30) == 2
+    assert sorted(deleted) == ["doc-0", "doc-1"]
     assert sink.count() == 53
     # Search hits never show the recorded hash.
     hit = sink.search(encoder.encode(["text 10"])[0], top_k=1, consistency_level="Strong")[0]

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import functools
 import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from producer.settings import Settings
@@ -12,7 +17,32 @@ if TYPE_CHECKING:
     from producer.backfill.idset import SeenIds
     from worker.milvus.aliases import MilvusAccess
 
-DELETE_BATCH = 1000
+Command = Callable[[argparse.Namespace, Settings], int]
+ID_RANGE_BATCH = 10_000  # file ids per range query (the expression lists them)
+
+
+@contextlib.contextmanager
+def milvus_session(settings: Settings) -> Iterator[None]:
+    """Share the Lite server of a Lite URI for this command; the last command using it stops it."""
+    from worker.local.cluster import shared_lite_server
+    from worker.milvus.lite_server import is_lite_path
+
+    if not is_lite_path(settings.milvus_uri):
+        yield
+        return
+    with shared_lite_server(Path(settings.milvus_uri).expanduser().resolve()):
+        yield
+
+
+def in_milvus_session(command: Command) -> Command:
+    """Run a subcommand inside ``milvus_session`` (so a Lite server it starts also stops)."""
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace, settings: Settings) -> int:
+        with milvus_session(settings):
+            return command(args, settings)
+
+    return run
 
 
 def open_milvus(settings: Settings) -> MilvusAccess:
@@ -31,34 +61,37 @@ def delete_missing(
     """Delete the rows of ``collection`` whose ids the backfill's file did not hold; None if unsafe.
 
     Only after a complete read: every record read, none rejected, every chunk confirmed.
-    The ids found missing are kept on disk too, then deleted 1000 at a time.
+    The file's ids are read back from disk in sorted batches, one range query each.
     """
+    if not (summary.complete and seen.complete and summary.failed == 0):
+        return None
+    with milvus_session(settings):
+        return _delete_missing(settings, collection, seen)
+
+
+def _delete_missing(settings: Settings, collection: str, seen: SeenIds) -> int:
     from worker.milvus.aliases import errors
     from worker.milvus.catalog import collection_model
     from worker.milvus.sink import open_sink
-    from worker.milvus.sync import ids_missing_from
+    from worker.milvus.sync import delete_missing_ids
 
-    if not (summary.complete and seen.complete and summary.failed == 0):
-        return None
     access = open_milvus(settings)
-    missing = seen.missing_set()
     try:
         physical, model_id, dim = collection_model(access.client, collection)
         sink = open_sink(settings.milvus_uri, settings.milvus_token, physical, model_id, dim)
-        # Every id of the file is stored now: as many rows as ids means none is missing (no scan).
-        if sink.count() > len(seen.ids):
-            with errors(f"read the ids of {collection!r}"):
-                for batch in ids_missing_from(
-                    access.client, physical, seen.ids.known, timeout_s=access.timeout_s
-                ):
-                    missing.add(batch)
+        try:
+            # Every id of the file is stored now: as many rows as ids means none is missing.
+            if sink.count() <= len(seen.ids):
+                return 0
+            with errors(f"find the ids missing from {collection!r}"):
+                return delete_missing_ids(
+                    access.client,
+                    physical,
+                    seen.ids.batches(ID_RANGE_BATCH),
+                    sink.delete,
+                    timeout_s=access.timeout_s,
+                )
+        finally:
+            sink.close()
     finally:
         access.close()
-    deleted = 0
-    try:
-        for batch in missing.batches(DELETE_BATCH):
-            deleted += sink.delete(batch)
-    finally:
-        sink.close()
-        missing.close()
-    return deleted

@@ -16,7 +16,7 @@ from producer.errors import EXIT_FAILED, ConfigError, InvalidInputError
 from producer.protocol.names import BUNDLED_MODEL_ID
 from producer.settings import Settings, check_model_id
 from worker.cli.commands import note, serving
-from worker.cli.deletes import open_milvus
+from worker.cli.deletes import in_milvus_session, open_milvus
 
 if TYPE_CHECKING:
     import numpy as np
@@ -36,6 +36,7 @@ def _serving_model(settings: Settings, model_id: str) -> Settings:
     return replace(settings, model=None if model_id == BUNDLED_MODEL_ID else model_id)
 
 
+@in_milvus_session
 def search_command(args: argparse.Namespace, settings: Settings) -> int:
     """Embed the query with the model the collection records and print its nearest documents."""
     from producer.client import EmbeddingClient
@@ -90,6 +91,7 @@ def _embedder(client: EmbeddingClient, timeout_s: float) -> Callable[[str, Seque
     return embed
 
 
+@in_milvus_session
 def collections_command(args: argparse.Namespace, settings: Settings) -> int:
     """List the collections with their aliases, model, dimension and row count."""
     from worker.milvus.aliases import errors
@@ -124,6 +126,7 @@ def collections_command(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+@in_milvus_session
 def delete_command(args: argparse.Namespace, settings: Settings) -> int:
     """Delete rows of a collection by id or by filter expression."""
     from worker.milvus.catalog import collection_model
@@ -145,6 +148,7 @@ def delete_command(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+@in_milvus_session
 def reindex_command(args: argparse.Namespace, settings: Settings) -> int:
     """Fill a new physical collection with another model, then move the alias to it in one step."""
     from producer.backfill import BackfillOptions, run_backfill

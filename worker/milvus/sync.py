@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 LOOKUP_BATCH = 1000  # ids per query: one filter expression stays well under Milvus' limits
 ITERATOR_BATCH = 16384  # the largest page Milvus allows; Lite scans the collection once per page
+MISSING_PAGE = 16384
 
 
 def id_filter(ids: Iterable[str]) -> str:
@@ -72,17 +73,47 @@ def iterate_rows(
         iterator.close()
 
 
-def ids_missing_from(
+def delete_missing_ids(
     client: MilvusClient,
     collection: str,
-    known: Callable[[Sequence[str]], set[str]],
+    sorted_ids: Iterable[list[str]],
+    delete: Callable[[list[str]], int],
     *,
     timeout_s: float,
-) -> Iterator[list[str]]:
-    """Yield, batch by batch, the ids stored in ``collection`` that ``known`` does not report."""
-    for batch in iterate_rows(client, collection, [ID_FIELD], timeout_s=timeout_s):
-        ids = [str(row[ID_FIELD]) for row in batch]
-        present = known(ids)
-        missing = [doc_id for doc_id in ids if doc_id not in present]
-        if missing:
-            yield missing
+) -> int:
+    """Delete the rows whose ids are not among ``sorted_ids`` (batches in ascending order); return the count.
+
+    The id space is cut into ranges at the batches' first ids; each range is asked once for its
+    stored ids that are not in its batch (``id >= a and id < b and id not in [...]``), so the
+    answer holds only the missing ids and memory stays at one batch (Milvus, like SQLite and
+    Python, orders strings by their UTF-8 bytes). No ids at all deletes nothing: an empty source
+    is more likely a mistake than a wish to empty the collection.
+    """
+    deleted = 0
+    batches = iter(sorted_ids)
+    current = next(batches, None)
+    lower: str | None = None
+    while current:
+        following = next(batches, None)
+        upper = following[0] if following else None
+        bounds = [] if lower is None else [f"{ID_FIELD} >= {json.dumps(lower, ensure_ascii=False)}"]
+        if upper is not None:
+            bounds.append(f"{ID_FIELD} < {json.dumps(upper, ensure_ascii=False)}")
+        listed = ", ".join(json.dumps(doc_id, ensure_ascii=False) for doc_id in current)
+        expression = " and ".join([*bounds, f"{ID_FIELD} not in [{listed}]"])
+        while True:
+            rows = client.query(
+                collection,
+                filter=expression,
+                output_fields=[ID_FIELD],
+                limit=MISSING_PAGE,
+                consistency_level="Strong",
+                timeout=timeout_s,
+            )
+            missing = [str(row[ID_FIELD]) for row in rows]
+            if missing:
+                deleted += delete(missing)
+            if len(missing) < MISSING_PAGE:
+                break
+        lower, current = upper, following
+    return deleted
