@@ -200,3 +200,27 @@ def test_an_old_collection_is_adopted_and_an_alias_switch_never_mixes_models(
     assert not milvus_client.has_collection(old)
     milvus_client.drop_alias(name)
     milvus_client.drop_collection(new)
+
+
+def test_ranges_with_many_missing_ids_are_paged(
+    milvus_client: MilvusClient, collection_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import worker.milvus.sync as sync
+
+    monkeypatch.setattr(sync, "MISSING_PAGE", 4)  # ranges of more than 3 stored ids take the paged path
+    _fill(milvus_client, collection_name, "model-a", 40, seed=5)
+    sink = MilvusSink(milvus_client, collection_name, "model-a", DIM)
+    kept = sorted(f"doc-{i}" for i in range(0, 40, 5))
+    deleted = sync.delete_missing_ids(
+        milvus_client, collection_name, [kept[:3], kept[3:6], kept[6:]], sink.delete, timeout_s=30
+    )
+    assert deleted == 32
+    assert (
+        sorted(
+            row["id"]
+            for row in milvus_client.query(
+                collection_name, filter='id != ""', output_fields=["id"], consistency_level="Strong"
+            )
+        )
+        == kept
+    )

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from worker.milvus.aliases import MilvusAccess
 
 Command = Callable[[argparse.Namespace, Settings], int]
-ID_RANGE_BATCH = 10_000  # file ids per range query (the expression lists them)
+ID_RANGE_BATCH = 8_000  # file ids per id range: its stored ids fit one page of 16,384 unless many are gone
 
 
 @contextlib.contextmanager
@@ -72,26 +72,22 @@ def delete_missing(
 def _delete_missing(settings: Settings, collection: str, seen: SeenIds) -> int:
     from worker.milvus.aliases import errors
     from worker.milvus.catalog import collection_model
-    from worker.milvus.sink import open_sink
-    from worker.milvus.sync import delete_missing_ids
+    from worker.milvus.sync import count_rows, delete_ids, delete_missing_ids
 
     access = open_milvus(settings)
     try:
-        physical, model_id, dim = collection_model(access.client, collection)
-        sink = open_sink(settings.milvus_uri, settings.milvus_token, physical, model_id, dim)
-        try:
+        physical, _, _ = collection_model(access.client, collection)
+        timeout_s = access.timeout_s
+        with errors(f"find the ids missing from {collection!r}"):
             # Every id of the file is stored now: as many rows as ids means none is missing.
-            if sink.count() <= len(seen.ids):
+            if count_rows(access.client, physical, timeout_s=timeout_s) <= len(seen.ids):
                 return 0
-            with errors(f"find the ids missing from {collection!r}"):
-                return delete_missing_ids(
-                    access.client,
-                    physical,
-                    seen.ids.batches(ID_RANGE_BATCH),
-                    sink.delete,
-                    timeout_s=access.timeout_s,
-                )
-        finally:
-            sink.close()
+            return delete_missing_ids(
+                access.client,
+                physical,
+                seen.ids.batches(ID_RANGE_BATCH),
+                lambda ids: delete_ids(access.client, physical, ids, access.write_guard, timeout_s=timeout_s),
+                timeout_s=timeout_s,
+            )
     finally:
         access.close()

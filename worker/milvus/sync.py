@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from worker.milvus.content import HASH_KEY
@@ -83,11 +84,12 @@ def delete_missing_ids(
 ) -> int:
     """Delete the rows whose ids are not among ``sorted_ids`` (batches in ascending order); return the count.
 
-    The id space is cut into ranges at the batches' first ids; each range is asked once for its
-    stored ids that are not in its batch (``id >= a and id < b and id not in [...]``), so the
-    answer holds only the missing ids and memory stays at one batch (Milvus, like SQLite and
-    Python, orders strings by their UTF-8 bytes). No ids at all deletes nothing: an empty source
-    is more likely a mistake than a wish to empty the collection.
+    The id space is cut into ranges at the batches' first ids (Milvus, like SQLite and Python,
+    orders strings by their UTF-8 bytes). Each range's stored ids are read in one query and
+    compared with its batch; a range holding a page or more of ids is asked instead for the ids
+    not in its batch (``id not in [...]``), page by page. Memory stays at one batch and one page.
+    No ids at all deletes nothing: an empty source is more likely a mistake than a wish to empty
+    the collection.
     """
     deleted = 0
     batches = iter(sorted_ids)
@@ -99,21 +101,55 @@ def delete_missing_ids(
         bounds = [] if lower is None else [f"{ID_FIELD} >= {json.dumps(lower, ensure_ascii=False)}"]
         if upper is not None:
             bounds.append(f"{ID_FIELD} < {json.dumps(upper, ensure_ascii=False)}")
-        listed = ", ".join(json.dumps(doc_id, ensure_ascii=False) for doc_id in current)
-        expression = " and ".join([*bounds, f"{ID_FIELD} not in [{listed}]"])
-        while True:
-            rows = client.query(
-                collection,
-                filter=expression,
-                output_fields=[ID_FIELD],
-                limit=MISSING_PAGE,
-                consistency_level="Strong",
-                timeout=timeout_s,
-            )
-            missing = [str(row[ID_FIELD]) for row in rows]
-            if missing:
+        in_range = " and ".join(bounds) or f'{ID_FIELD} != ""'
+        stored = _ids(client, collection, in_range, timeout_s)
+        if len(stored) < MISSING_PAGE:
+            present = set(current)
+            missing = [doc_id for doc_id in stored if doc_id not in present]
+            deleted += delete(missing) if missing else 0
+        else:
+            listed = ", ".join(json.dumps(doc_id, ensure_ascii=False) for doc_id in current)
+            not_listed = f"{in_range} and {ID_FIELD} not in [{listed}]"
+            while missing := _ids(client, collection, not_listed, timeout_s):
                 deleted += delete(missing)
-            if len(missing) < MISSING_PAGE:
-                break
+                if len(missing) < MISSING_PAGE:
+                    break
         lower, current = upper, following
     return deleted
+
+
+def _ids(client: MilvusClient, collection: str, expression: str, timeout_s: float) -> list[str]:
+    rows = client.query(
+        collection,
+        filter=expression,
+        output_fields=[ID_FIELD],
+        limit=MISSING_PAGE,
+        consistency_level="Strong",
+        timeout=timeout_s,
+    )
+    return [str(row[ID_FIELD]) for row in rows]
+
+
+def count_rows(client: MilvusClient, collection: str, *, timeout_s: float) -> int:
+    """Return the exact row count (strong consistency), without loading or checking the collection."""
+    rows = client.query(
+        collection, filter="", output_fields=["count(*)"], consistency_level="Strong", timeout=timeout_s
+    )
+    return int(rows[0]["count(*)"])
+
+
+def delete_ids(
+    client: MilvusClient,
+    collection: str,
+    ids: Sequence[str],
+    write_guard: AbstractContextManager[object],
+    *,
+    timeout_s: float,
+) -> int:
+    """Delete rows by id under ``write_guard``; return how many Milvus reports deleted (Lite and server)."""
+    if not ids:
+        return 0
+    with write_guard:
+        result = client.delete(collection, filter=id_filter(ids), timeout=timeout_s)
+    # Milvus Lite returns the list of deleted ids, a Milvus server {"delete_count": n}.
+    return int(result["delete_count"]) if isinstance(result, dict) else len(result)
