@@ -1,13 +1,14 @@
 """Incremental sync: a rerun with 1% of the texts changed, 1% removed and 1% added, against the first run.
 
-Usage: python -m bench.bench_sync [--docs 100000] [--rounds 3] [--kinds lite,server] [--chunk-size 1000]
+Usage: python -m bench.bench_sync [--docs 100000] [--rounds 3] [--kinds lite,server] [--chunk-size 1000] [--scan]
 
 Per Milvus kind (Milvus Lite through the shared Lite server as workers use it; the Milvus 2.3.5
 server of the ``milvus`` wheel), one real worker (prefork, 2 processes) on a real Redis. Each round,
 into a fresh collection, both runs being what `embedq backfill FILE --delete-missing` does:
   first   run_backfill of day-1's file (stdlib docstring paragraphs, unique ids) + delete_missing
   rerun   run_backfill of day-2's file (1% of the texts edited, 1% of the ids gone, 1% new) + delete_missing
-After each rerun the collection is checked exactly: row count, no removed id left, the stored text of
+Removed ids come from the sync manifest the first run leaves (``--scan``: from reading the
+collection's ids, as a first sync of an existing collection does). After each rerun the collection is checked exactly: row count, no removed id left, the stored text of
 every edited and every added document. Printed: the seconds of each run, the per-round ratio
 rerun/first (median and spread), the counts of the rerun's summary line.
 """
@@ -24,7 +25,7 @@ from pathlib import Path
 
 from bench.bench_backfill import MilvusTarget, lite_target, redis_database, server_target
 from producer.backfill import BackfillOptions, BackfillSummary, run_backfill
-from producer.backfill.idset import SeenIds
+from producer.backfill.idset import SeenIds, SyncManifest
 from producer.client import EmbeddingClient
 from producer.settings import load_settings
 from tests.support.corpora import paragraphs
@@ -59,15 +60,22 @@ def _days(count: int, tmp: Path) -> tuple[Path, Path, dict[str, str], set[str], 
 
 
 def _sync(
-    client: EmbeddingClient, uri: str, path: Path, collection: str, state: Path, chunk_size: int = 1000
+    client: EmbeddingClient,
+    uri: str,
+    path: Path,
+    collection: str,
+    state: Path,
+    chunk_size: int = 1000,
+    use_manifest: bool = True,
 ) -> tuple[float, BackfillSummary, int | None]:
     settings = load_settings({**os.environ, "EMBEDQ_MILVUS_URI": uri})
     options = BackfillOptions(path, collection, chunk_size=chunk_size, max_in_flight=4, state_dir=state)
     started = time.perf_counter()
+    manifest = SyncManifest(state.parent / f"manifest-{collection}.sqlite")
     with SeenIds(state.parent) as seen:
         summary = run_backfill(client, options, seen=seen)
         backfill_s = time.perf_counter() - started
-        deleted = delete_missing(settings, collection, summary, seen)
+        deleted = delete_missing(settings, collection, summary, seen, manifest if use_manifest else None)
     total_s = time.perf_counter() - started
     print(
         f"    {collection}: backfill {backfill_s:.1f} s, delete-missing {total_s - backfill_s:.1f} s",
@@ -129,10 +137,16 @@ def bench_kind(target: MilvusTarget, redis_url: str, args: argparse.Namespace, t
             for round_no in range(args.rounds):
                 name = f"sync_{target.kind}_r{round_no}"
                 first_s, first, _ = _sync(
-                    client, target.uri, day1, name, tmp / f"s1-{round_no}", args.chunk_size
+                    client, target.uri, day1, name, tmp / f"s1-{round_no}", args.chunk_size, not args.scan
                 )
                 rerun_s, rerun, deleted = _sync(
-                    client, target.uri, day2_path, name, tmp / f"s2-{round_no}", args.chunk_size
+                    client,
+                    target.uri,
+                    day2_path,
+                    name,
+                    tmp / f"s2-{round_no}",
+                    args.chunk_size,
+                    not args.scan,
                 )
                 _check(target.uri, name, day2, removed, touched, worker.settings.model_id)
                 ratios.append(rerun_s / first_s)
@@ -153,6 +167,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--kinds", default="lite")
     parser.add_argument("--chunk-size", type=int, default=1000)
+    parser.add_argument(
+        "--scan",
+        action="store_true",
+        help="no sync manifest: find removed ids by reading the collection's ids",
+    )
     args = parser.parse_args()
     print(
         f"incremental sync: {args.docs} documents, 1% edited / removed / added, {args.rounds} rounds, chunk {args.chunk_size}"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from producer.backfill import BackfillOptions, run_backfill
-from producer.backfill.idset import SeenIds
+from producer.backfill.idset import SeenIds, SyncManifest
 from producer.client import EmbeddingClient
 from tests.support.workers import WorkerProcess
 from worker.cli.deletes import delete_missing
@@ -44,9 +44,10 @@ def _sync(
     client: EmbeddingClient, worker: WorkerProcess, path: Path, state: Path
 ) -> tuple[object, int | None]:
     options = BackfillOptions(path, "daily", chunk_size=100, state_dir=state)
+    manifest = SyncManifest(state.parent / "daily.sqlite")
     with SeenIds(state.parent) as seen:
         summary = run_backfill(client, options, seen=seen)
-        return summary, delete_missing(worker.settings, "daily", summary, seen)
+        return summary, delete_missing(worker.settings, "daily", summary, seen, manifest)
 
 
 def test_a_daily_sync_writes_changes_deletes_removals_and_never_deletes_after_a_bad_read(
@@ -59,16 +60,17 @@ def test_a_daily_sync_writes_changes_deletes_removals_and_never_deletes_after_a_
     second = {k: v for k, v in first.items() if k not in {"doc-7", "doc-8", "doc-9"}}
     second.update({"doc-10": "an edited paragraph", "doc-11": "another edited one"})
     second.update({f"new-{i}": f"an added paragraph {i}" for i in range(4)})
-    # The same file with one unreadable line in the middle: written, but nothing deleted.
-    summary, deleted = _sync(
-        client, worker, _write(tmp_path / "bad.jsonl", second, bad_line_at=250), tmp_path / "s2"
-    )
+    # The same file with one unreadable line in the middle (and one more document): written, but
+    # nothing deleted.
+    bad = _write(tmp_path / "bad.jsonl", {**second, "temp-1": "only in the bad file"}, bad_line_at=250)
+    summary, deleted = _sync(client, worker, bad, tmp_path / "s2")
     assert deleted is None and summary.failed == 1  # type: ignore[attr-defined]
     sink = open_sink(worker.settings.milvus_uri, None, "daily", worker.settings.model_id, 256)
-    assert sink.count() == 500 + 4  # the removed documents are all still there
+    assert sink.count() == 500 + 4 + 1  # the removed documents are all still there
 
+    # The next complete sync deletes the removed ones and the one the failed run wrote.
     summary, deleted = _sync(client, worker, _write(tmp_path / "day2.jsonl", second), tmp_path / "s3")
-    assert (summary.written, summary.unchanged, deleted) == (0, 501, 3)  # type: ignore[attr-defined]
+    assert (summary.written, summary.unchanged, deleted) == (0, 501, 3 + 1)  # type: ignore[attr-defined]
     assert sink.count() == len(second) == 501
     rows = sink.client.query(
         "daily",

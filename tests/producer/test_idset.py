@@ -32,3 +32,23 @@ def test_a_rejected_record_makes_the_read_incomplete(tmp_path: Path) -> None:
         list(seen.recording([Document("a", "x"), Rejected("line 2", "not JSON"), Document("b", "y")]))
         assert seen.read_to_end and seen.rejected == 1 and not seen.complete
         assert seen.ids.known(["a", "b"]) == {"a", "b"}
+
+
+def test_a_manifest_gives_the_ids_a_new_file_lacks_and_learns_from_failed_runs(tmp_path: Path) -> None:
+    from producer.backfill.idset import SyncManifest
+
+    manifest = SyncManifest.for_collection(tmp_path / "sync", "/data/embedq.db", "docs")
+    assert manifest != SyncManifest.for_collection(tmp_path / "sync", "/data/other.db", "docs")
+    assert not manifest.exists()
+    with SeenIds(tmp_path) as day1:
+        list(day1.recording(Document(f"d{n}", "t") for n in range(5)))
+        manifest.replace(day1.ids)
+    assert manifest.exists()
+    with SeenIds(tmp_path) as failed:  # a failed run read (and may have written) d9
+        list(failed.recording([Document("d9", "t")]))
+        manifest.add(failed.ids)
+    with SeenIds(tmp_path) as day2:
+        list(day2.recording(Document(f"d{n}", "t") for n in (0, 2, 3, 7)))
+        assert [id_ for batch in manifest.missing(day2.ids, 2) for id_ in batch] == ["d1", "d4", "d9"]
+        manifest.replace(day2.ids)
+        assert list(manifest.missing(day2.ids, 10)) == []

@@ -80,7 +80,7 @@ def backfill_command(args: argparse.Namespace, settings: Settings) -> int:
     from producer.backfill import BackfillOptions, run_backfill
     from producer.backfill.idset import SeenIds
     from producer.client import EmbeddingClient
-    from worker.cli.deletes import delete_missing
+    from worker.cli.deletes import delete_missing, manifest_for
     from worker.cli.output import SHOWN_ERRORS, BackfillProgressBar, backfill_summary_line
 
     if not args.file.is_file():
@@ -98,16 +98,22 @@ def backfill_command(args: argparse.Namespace, settings: Settings) -> int:
         max_in_flight=args.max_in_flight,
         skip_unchanged=not args.rewrite_all,
     )
+    manifest = manifest_for(settings, args.collection)
+    recording = args.delete_missing or manifest.exists()  # a manifest learns every backfill's ids
     with (
-        SeenIds() if args.delete_missing else contextlib.nullcontext() as seen,
+        SeenIds() if recording else contextlib.nullcontext() as seen,
         serving(settings, needs_milvus=True) as served,
         EmbeddingClient.from_settings(served) as client,
         BackfillProgressBar(f"{args.file.name} -> {args.collection}") as bar,
     ):
         summary = run_backfill(client, options, on_progress=bar.update, seen=seen)
-        deleted = None if seen is None else delete_missing(served, args.collection, summary, seen)
+        deleted = None
+        if seen is not None and args.delete_missing:
+            deleted = delete_missing(served, args.collection, summary, seen, manifest)
+        elif seen is not None:
+            manifest.add(seen.ids)
     print(backfill_summary_line(summary, args.collection, deleted))
-    if seen is not None and deleted is None:
+    if args.delete_missing and deleted is None:
         note("--delete-missing: nothing deleted, as the file was not read and written completely")
     for error in summary.errors[:SHOWN_ERRORS]:
         note(f"failed: {error}")

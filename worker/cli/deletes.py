@@ -14,9 +14,11 @@ from producer.settings import Settings
 
 if TYPE_CHECKING:
     from producer.backfill import BackfillSummary
-    from producer.backfill.idset import SeenIds
+    from producer.backfill.idset import SeenIds, SyncManifest
     from worker.milvus.aliases import MilvusAccess
 
+SYNC_DIR = Path(".embedq/sync")
+DELETE_BATCH = 1000
 Command = Callable[[argparse.Namespace, Settings], int]
 ID_RANGE_BATCH = 8_000  # file ids per id range: its stored ids fit one page of 16,384 unless many are gone
 
@@ -55,21 +57,44 @@ def open_milvus(settings: Settings) -> MilvusAccess:
     return open_access(settings.milvus_uri, settings.milvus_token)
 
 
+def manifest_for(settings: Settings, collection: str) -> SyncManifest:
+    """Return the sync manifest of ``collection`` at EMBEDQ_MILVUS_URI (a Lite path made absolute)."""
+    from producer.backfill.idset import SyncManifest
+    from worker.milvus.lite_server import is_lite_path
+
+    uri = settings.milvus_uri
+    if is_lite_path(uri):
+        uri = str(Path(uri).expanduser().resolve())
+    return SyncManifest.for_collection(SYNC_DIR, uri, collection)
+
+
 def delete_missing(
-    settings: Settings, collection: str, summary: BackfillSummary, seen: SeenIds
+    settings: Settings,
+    collection: str,
+    summary: BackfillSummary,
+    seen: SeenIds,
+    manifest: SyncManifest | None,
 ) -> int | None:
     """Delete the rows of ``collection`` whose ids the backfill's file did not hold; None if unsafe.
 
-    Only after a complete read: every record read, none rejected, every chunk confirmed.
-    The file's ids are read back from disk in sorted batches, one range query each.
+    Only after a complete read: every record read, none rejected, every chunk confirmed. With a
+    manifest left by an earlier sync, the ids to delete are the manifest's ids the file lacks
+    (two sorted sets on disk, no scan of Milvus); without one (the first sync, or a collection
+    written by something else), the collection's ids are read range by range. The manifest then
+    holds the file's ids (after a failed run: also the ids it read, which may have been written).
     """
     if not (summary.complete and seen.complete and summary.failed == 0):
+        if manifest is not None and manifest.exists():
+            manifest.add(seen.ids)
         return None
     with milvus_session(settings):
-        return _delete_missing(settings, collection, seen)
+        deleted = _delete_missing(settings, collection, seen, manifest)
+    if manifest is not None:
+        manifest.replace(seen.ids)
+    return deleted
 
 
-def _delete_missing(settings: Settings, collection: str, seen: SeenIds) -> int:
+def _delete_missing(settings: Settings, collection: str, seen: SeenIds, manifest: SyncManifest | None) -> int:
     from worker.milvus.aliases import errors
     from worker.milvus.catalog import collection_model
     from worker.milvus.sync import count_rows, delete_ids, delete_missing_ids
@@ -78,16 +103,18 @@ def _delete_missing(settings: Settings, collection: str, seen: SeenIds) -> int:
     try:
         physical, _, _ = collection_model(access.client, collection)
         timeout_s = access.timeout_s
-        with errors(f"find the ids missing from {collection!r}"):
+
+        def delete(ids: list[str]) -> int:
+            return delete_ids(access.client, physical, ids, access.write_guard, timeout_s=timeout_s)
+
+        with errors(f"delete the ids missing from {collection!r}"):
+            if manifest is not None and manifest.exists():
+                return sum(delete(batch) for batch in manifest.missing(seen.ids, DELETE_BATCH))
             # Every id of the file is stored now: as many rows as ids means none is missing.
             if count_rows(access.client, physical, timeout_s=timeout_s) <= len(seen.ids):
                 return 0
             return delete_missing_ids(
-                access.client,
-                physical,
-                seen.ids.batches(ID_RANGE_BATCH),
-                lambda ids: delete_ids(access.client, physical, ids, access.write_guard, timeout_s=timeout_s),
-                timeout_s=timeout_s,
+                access.client, physical, seen.ids.batches(ID_RANGE_BATCH), delete, timeout_s=timeout_s
             )
     finally:
         access.close()

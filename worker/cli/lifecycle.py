@@ -188,7 +188,7 @@ def reindex_command(args: argparse.Namespace, settings: Settings) -> int:
         with BackfillProgressBar(f"{source.name} -> {target}") as bar:
             summary = run_backfill(client, options, on_progress=bar.update, seen=seen)
         # Rows left in the target by an earlier, different attempt are not in the source: remove them.
-        stale = delete_missing(served, target, summary, seen)
+        stale = delete_missing(served, target, summary, seen, None)
     if stale is None:
         note(
             f"reindex incomplete ({summary.failed} documents failed): {args.collection!r} still names "
