@@ -120,12 +120,16 @@ def run_worker(
     Celery's ``celery@<host>`` (give each worker on one machine its own, e.g. ``w1@%h``).
     """
     from worker.encoding.encoder import StaticEncoder  # the model stack stays out of light imports
+    from worker.metrics import WorkerObservability
 
+    observability = WorkerObservability(settings)  # binds the metrics port first: a taken port fails fast
     # Loaded in the parent: the forked pool processes share the table pages copy-on-write. The
     # tokenizer is not used here, so its thread pool stays enabled in the children.
     encoder = StaticEncoder.from_pretrained(settings.model)
     app = build_worker_app(settings, encoder, queues)
+    observability.attach(app, encoder.model_id)
     argv = [
+        *observability.celery_options(),
         "worker",
         "--pool=prefork",
         f"--loglevel={loglevel}",
@@ -143,4 +147,7 @@ def run_worker(
         # A pool process per core already keeps every core busy; the tokenizer's own threads on
         # top only oversubscribe them (measured in bench/bench_queue.py). An explicit setting wins.
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    app.worker_main(argv)
+    try:
+        app.worker_main(argv)
+    finally:
+        observability.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
@@ -21,6 +22,7 @@ from producer.errors import (
 from producer.protocol.messages import EmbedRequest, EmbedResult, UpsertRequest, UpsertResult
 from producer.protocol.names import TASK_FOR_KIND, TASK_UPSERT_DOCUMENTS, Kind, queue_for_model
 from producer.protocol.texts import validate_texts
+from worker.metrics.recording import encode_observed, record_milvus_upsert, record_request, token_total
 from worker.milvus.content import content_hash
 
 
@@ -139,7 +141,9 @@ def embed_request(encoder: Encoder, request: EmbedRequest, limits: TextLimits) -
     """Encode one request with the worker's model, refusing requests meant for another model."""
     _check_model(encoder, request.model)
     texts = validate_texts(request.texts, max_texts=limits.max_texts, max_text_chars=limits.max_text_chars)
-    return EmbedResult.from_array(encoder.model_id, encoder.encode(texts))
+    vectors, tokens = encode_observed(encoder, encoder.model_id, texts)
+    record_request(encoder.model_id, request.kind, "ok", len(texts), token_total(tokens))
+    return EmbedResult.from_array(encoder.model_id, vectors)
 
 
 def upsert_request(
@@ -153,6 +157,8 @@ def upsert_request(
     texts = validate_texts(request.texts, max_texts=limits.max_texts, max_text_chars=limits.max_text_chars)
     hashes = [content_hash(encoder.model_id, t, m) for t, m in zip(texts, request.metadata, strict=True)]
     sink = sinks.get(request.collection, encoder.model_id, encoder.dim)
+    tokens = None
+    started = time.perf_counter()
     try:
         rows = list(range(len(texts)))
         if request.skip_unchanged:
@@ -160,7 +166,8 @@ def upsert_request(
             rows = [row for row in rows if stored.get(request.ids[row]) != hashes[row]]
         written = 0
         if rows:
-            vectors = encoder.encode([texts[row] for row in rows])
+            vectors, tokens = encode_observed(encoder, encoder.model_id, [texts[row] for row in rows])
+            started = time.perf_counter()
             written = sink.upsert(
                 [request.ids[row] for row in rows],
                 [texts[row] for row in rows],
@@ -171,6 +178,8 @@ def upsert_request(
     except SinkUnavailableError:
         sinks.discard(request.collection)
         raise
+    record_milvus_upsert(request.collection, written, time.perf_counter() - started)
+    record_request(encoder.model_id, "upsert", "ok", len(texts), token_total(tokens))
     unchanged = len(set(request.ids)) - len({request.ids[row] for row in rows})
     return UpsertResult(
         model=encoder.model_id, collection=request.collection, written=written, unchanged=unchanged
