@@ -69,7 +69,9 @@ def _sync(
     use_manifest: bool = True,
 ) -> tuple[float, BackfillSummary, int | None]:
     settings = load_settings({**os.environ, "EMBEDQ_MILVUS_URI": uri})
-    options = BackfillOptions(path, collection, chunk_size=chunk_size, max_in_flight=4, state_dir=state)
+    options = BackfillOptions(
+        path, collection, chunk_size=chunk_size, max_in_flight=4, state_dir=state, skip_unchanged=True
+    )
     started = time.perf_counter()
     manifest = SyncManifest(state.parent / f"manifest-{collection}.sqlite")
     with SeenIds(state.parent) as seen:

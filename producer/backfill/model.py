@@ -26,8 +26,9 @@ class BackfillOptions:
     chunk_size: int = 1000
     max_in_flight: int = 4
     state_dir: Path = DEFAULT_STATE_DIR
-    skip_unchanged: bool = True
-    """Leave rows whose recorded content hash matches alone (neither encoded nor written)."""
+    skip_unchanged: bool = False
+    """Leave rows whose recorded content hash matches alone (neither encoded nor written); the
+    ``embedq backfill`` command turns it on (``--rewrite-all`` off)."""
 
     def __post_init__(self) -> None:
         if self.chunk_size < 1 or self.max_in_flight < 1:

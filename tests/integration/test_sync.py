@@ -43,7 +43,7 @@ def _write(path: Path, docs: dict[str, str], bad_line_at: int | None = None) -> 
 def _sync(
     client: EmbeddingClient, worker: WorkerProcess, path: Path, state: Path
 ) -> tuple[object, int | None]:
-    options = BackfillOptions(path, "daily", chunk_size=100, state_dir=state)
+    options = BackfillOptions(path, "daily", chunk_size=100, state_dir=state, skip_unchanged=True)
     manifest = SyncManifest(state.parent / "daily.sqlite")
     with SeenIds(state.parent) as seen:
         summary = run_backfill(client, options, seen=seen)

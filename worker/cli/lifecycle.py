@@ -184,7 +184,9 @@ def reindex_command(args: argparse.Namespace, settings: Settings) -> int:
         serving(served_settings, needs_milvus=True) as served,
         EmbeddingClient.from_settings(served) as client,
     ):
-        options = BackfillOptions(path=source, collection=target, chunk_size=args.chunk_size)
+        options = BackfillOptions(
+            path=source, collection=target, chunk_size=args.chunk_size, skip_unchanged=True
+        )
         with BackfillProgressBar(f"{source.name} -> {target}") as bar:
             summary = run_backfill(client, options, on_progress=bar.update, seen=seen)
         # Rows left in the target by an earlier, different attempt are not in the source: remove them.
