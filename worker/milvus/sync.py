@@ -40,7 +40,9 @@ def stored_hashes(
             collection,
             filter=id_filter(unique[start : start + LOOKUP_BATCH]),
             output_fields=[ID_FIELD, METADATA_FIELD],
-            consistency_level="Strong",
+            # Session: this client's own writes are seen; rows written earlier by others are long
+            # visible, and a row missed would only be written again (Strong waits on every query).
+            consistency_level="Session",
             timeout=timeout_s,
         )
         for row in rows:
