@@ -216,4 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--json", action="store_true", help="print the hits as a JSON list")
     search.set_defaults(run=search_command)
     add_lifecycle_commands(commands, _subcommand, _positive_int, _positive_float)
+
+    from worker.gateway.serve import SERVE_EPILOG, add_serve_arguments, run_serve
+
+    summary = "Serve the HTTP gateway: OpenAI and TEI embeddings, jobs."
+    serve = _subcommand(commands, "serve", summary, SERVE_EPILOG)
+    add_serve_arguments(serve)
+    serve.set_defaults(run=run_serve)
     return parser

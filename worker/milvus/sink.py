@@ -199,9 +199,12 @@ class MilvusSink:
         output_fields: Sequence[str] = SEARCHABLE_FIELDS,
         *,
         consistency_level: str = "Bounded",
-        filter_expr: str = "",
+        filter: str = "",
     ) -> list[SearchHit]:
-        """Return the ``top_k`` documents nearest to ``vector`` that match ``filter_expr``, best first."""
+        """Return the ``top_k`` nearest documents to ``vector``, most similar first.
+
+        ``filter`` is a Milvus boolean expression on the stored fields, e.g. ``metadata["lang"] == "en"``.
+        """
         query = np.asarray(vector, dtype=np.float32)
         if query.shape != (self.dim,):
             raise ModelMismatchError(
@@ -219,8 +222,8 @@ class MilvusSink:
             lambda: self.client.search(
                 self.collection,
                 data=[query.tolist()],
+                filter=filter,
                 limit=top_k,
-                filter=filter_expr,
                 output_fields=fields,
                 search_params={"metric_type": METRIC, "params": {"ef": max(64, top_k)}},
                 consistency_level=consistency_level,
