@@ -12,11 +12,13 @@ from producer.protocol.names import BUNDLED_MODEL_ID
 from producer.sentinel import check_master_name, check_sentinel_url, is_sentinel_url
 
 DEFAULT_BROKER_URL = "redis://localhost:6379/0"
+LOG_FORMATS = ("text", "json")
 DEFAULT_MILVUS_URI = "./embedq.db"
 
 REDIS_SCHEMES = frozenset({"redis", "rediss", "redis+socket"})
 _SECRET_QUERY_KEYS = frozenset({"password", "token", "secret"})
 _MAX_MODEL_ID_CHARS = 512
+TOKENIZER_CHOICES = ("auto", "fast", "tokenizers")  # EMBEDQ_TOKENIZER: see worker.encoding.fast_tokenizing
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,13 @@ class Settings:
     milvus_token: str | None = None
     concurrency: int | None = None
     max_queue_depth: int = 10_000
+    batch_wait_ms: float | None = 2.0  # None: one task per request, no coalescing
+    batch_max_texts: int = 128
+    batch_max_chars: int = 200_000
+    batch_max_in_flight: int = 2
+    metrics_port: int | None = None  # the worker's /metrics, /health and /ready; None: off
+    log_format: str = "text"  # or "json": one JSON object per log line
+    tokenizer: str = "auto"
     sentinel_master: str | None = None  # the master name, with sentinel:// URLs
 
     def __post_init__(self) -> None:
@@ -53,9 +62,25 @@ class Settings:
             ("EMBEDQ_VISIBILITY_TIMEOUT_S", self.visibility_timeout_s),
             ("EMBEDQ_CONCURRENCY", 1 if self.concurrency is None else self.concurrency),
             ("EMBEDQ_MAX_QUEUE_DEPTH", self.max_queue_depth),
+            ("EMBEDQ_BATCH_MAX_TEXTS", self.batch_max_texts),
+            ("EMBEDQ_BATCH_MAX_CHARS", self.batch_max_chars),
+            ("EMBEDQ_BATCH_MAX_IN_FLIGHT", self.batch_max_in_flight),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive whole number, got {value!r}")
+        wait_ms = self.batch_wait_ms
+        if wait_ms is not None and (isinstance(wait_ms, bool) or not 0 <= wait_ms <= 1000):
+            raise ConfigError(f"EMBEDQ_BATCH_WAIT_MS must be between 0 and 1000 or 'off', got {wait_ms!r}")
+        if self.metrics_port is not None and not 0 < self.metrics_port < 65536:
+            raise ConfigError(f"EMBEDQ_METRICS_PORT must be a TCP port 1-65535, got {self.metrics_port!r}")
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError(
+                f"EMBEDQ_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, got {self.log_format!r}"
+            )
+        if self.tokenizer not in TOKENIZER_CHOICES:
+            raise ConfigError(
+                f"EMBEDQ_TOKENIZER must be one of {', '.join(TOKENIZER_CHOICES)}, got {self.tokenizer!r}"
+            )
         if self.visibility_timeout_s <= self.task_time_limit_s:
             raise ConfigError(
                 f"EMBEDQ_VISIBILITY_TIMEOUT_S ({self.visibility_timeout_s}) must exceed "
@@ -77,7 +102,11 @@ class Settings:
             f"max_text_chars={self.max_text_chars}, task_time_limit_s={self.task_time_limit_s}, "
             f"visibility_timeout_s={self.visibility_timeout_s}, milvus_uri={redact_url(self.milvus_uri)!r}, "
             f"milvus_token={token!r}, concurrency={self.concurrency}, "
-            f"max_queue_depth={self.max_queue_depth})"
+            f"max_queue_depth={self.max_queue_depth}, metrics_port={self.metrics_port}, "
+            f"log_format={self.log_format!r}, batch_wait_ms={self.batch_wait_ms}, "
+            f"batch_max_texts={self.batch_max_texts}, batch_max_chars={self.batch_max_chars}, "
+            f"batch_max_in_flight={self.batch_max_in_flight}, "
+            f"tokenizer={self.tokenizer!r})"
         )
 
 
@@ -136,6 +165,18 @@ def _int(environ: Mapping[str, str], name: str, default: int) -> int:
         raise ConfigError(f"{name} must be a positive whole number, got {raw!r}") from None
 
 
+def _wait_ms(environ: Mapping[str, str], name: str, default: float) -> float | None:
+    raw = _text(environ, name)
+    if raw is None:
+        return default
+    if raw.lower() in ("off", "none"):
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of milliseconds or 'off', got {raw!r}") from None
+
+
 def check_model_id(model: str, variable: str) -> str:
     """Return ``model`` if it can name a model and its queue; else raise ConfigError naming ``variable``."""
     if (
@@ -156,6 +197,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if environ is None else environ
     broker_url = _text(env, "EMBEDQ_BROKER_URL") or DEFAULT_BROKER_URL
     concurrency = _text(env, "EMBEDQ_CONCURRENCY")
+    metrics_port = _text(env, "EMBEDQ_METRICS_PORT")
     return Settings(
         broker_url=broker_url,
         result_backend=_text(env, "EMBEDQ_RESULT_BACKEND") or broker_url,
@@ -169,5 +211,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         milvus_token=_text(env, "EMBEDQ_MILVUS_TOKEN"),
         concurrency=None if concurrency is None else _int(env, "EMBEDQ_CONCURRENCY", 0),
         max_queue_depth=_int(env, "EMBEDQ_MAX_QUEUE_DEPTH", 10_000),
+        batch_wait_ms=_wait_ms(env, "EMBEDQ_BATCH_WAIT_MS", 2.0),
+        batch_max_texts=_int(env, "EMBEDQ_BATCH_MAX_TEXTS", 128),
+        batch_max_chars=_int(env, "EMBEDQ_BATCH_MAX_CHARS", 200_000),
+        batch_max_in_flight=_int(env, "EMBEDQ_BATCH_MAX_IN_FLIGHT", 2),
+        metrics_port=None if metrics_port is None else _int(env, "EMBEDQ_METRICS_PORT", 0),
+        log_format=(_text(env, "EMBEDQ_LOG_FORMAT") or "text").lower(),
+        tokenizer=(_text(env, "EMBEDQ_TOKENIZER") or "auto").lower(),
         sentinel_master=_text(env, "EMBEDQ_SENTINEL_MASTER"),
     )

@@ -7,7 +7,7 @@ as raw little-endian float32 bytes, never as lists of floats.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -25,11 +25,13 @@ def _unpack(raw: bytes, what: str) -> object:
         raise MessageDecodeError(f"{what} is not valid msgpack: {exc}") from exc
 
 
-def _fields(payload: object, what: str, names: frozenset[str]) -> Mapping[str, Any]:
-    """Check that ``payload`` is a map with exactly the keys ``names`` and the current version."""
+def _fields(
+    payload: object, what: str, names: frozenset[str], optional: frozenset[str] = frozenset()
+) -> Mapping[str, Any]:
+    """Check that ``payload`` has exactly the keys ``names`` (plus any of ``optional``) and our version."""
     if not isinstance(payload, Mapping):
         raise MessageDecodeError(f"{what} must be a map, got {type(payload).__name__}")
-    keys = set(payload)
+    keys = set(payload) - optional
     if keys != names | {"v"}:
         missing = sorted(map(str, (names | {"v"}) - keys))
         unknown = sorted(map(str, keys - names - {"v"}))
@@ -101,8 +103,12 @@ class EmbedResult:
     count: int
     vectors: bytes
     dtype: str = VECTOR_DTYPE
+    tokens: tuple[int, ...] | None = None
+    """Tokens the encoder pooled per text (None from workers that do not report them)."""
 
     def __post_init__(self) -> None:
+        if self.tokens is not None and len(self.tokens) != self.count:
+            raise MessageDecodeError(f"EmbedResult has {len(self.tokens)} token counts for {self.count} rows")
         if self.dtype != VECTOR_DTYPE:
             raise MessageDecodeError(f"EmbedResult.dtype must be {VECTOR_DTYPE!r}, got {self.dtype!r}")
         if self.dim < 1 or self.count < 0:
@@ -115,12 +121,15 @@ class EmbedResult:
             )
 
     @classmethod
-    def from_array(cls, model: str, vectors: np.ndarray) -> EmbedResult:
-        """Pack an (n, dim) array as little-endian float32 bytes."""
+    def from_array(cls, model: str, vectors: np.ndarray, tokens: Sequence[int] | None = None) -> EmbedResult:
+        """Pack an (n, dim) array as little-endian float32 bytes, with optional per-text token counts."""
         if vectors.ndim != 2:
             raise ValueError(f"vectors must be 2-D (n, dim), got shape {vectors.shape}")
         raw = np.ascontiguousarray(vectors, dtype=VECTOR_DTYPE).tobytes()
-        return cls(model=model, dim=int(vectors.shape[1]), count=int(vectors.shape[0]), vectors=raw)
+        counts = None if tokens is None else tuple(int(count) for count in tokens)
+        return cls(
+            model=model, dim=int(vectors.shape[1]), count=int(vectors.shape[0]), vectors=raw, tokens=counts
+        )
 
     def view(self) -> np.ndarray:
         """Return the vectors as a read-only (count, dim) array over the message bytes (no copy)."""
@@ -139,19 +148,30 @@ class EmbedResult:
             "count": self.count,
             "dtype": self.dtype,
             "vectors": self.vectors,
+            # Optional, so results stay readable by producers of the previous release.
+            **({} if self.tokens is None else {"tokens": list(self.tokens)}),
         }
 
     @classmethod
     def decode(cls, payload: object) -> EmbedResult:
         """Rebuild a result from a task result; raise MessageDecodeError if malformed."""
         what = "EmbedResult"
-        fields = _fields(payload, what, frozenset({"model", "dim", "count", "dtype", "vectors"}))
+        names = frozenset({"model", "dim", "count", "dtype", "vectors"})
+        has_tokens = isinstance(payload, Mapping) and "tokens" in payload
+        fields = _fields(payload, what, names | {"tokens"} if has_tokens else names)
+        tokens = None
+        if has_tokens:
+            raw_tokens = _typed(fields, "tokens", list, what)
+            if not all(type(count) is int and count >= 0 for count in raw_tokens):
+                raise MessageDecodeError(f"{what}.tokens must be a list of non-negative ints")
+            tokens = tuple(raw_tokens)
         return cls(
             model=_typed(fields, "model", str, what),
             dim=_typed(fields, "dim", int, what),
             count=_typed(fields, "count", int, what),
             dtype=_typed(fields, "dtype", str, what),
             vectors=_typed(fields, "vectors", bytes, what),
+            tokens=tokens,
         )
 
 
@@ -213,6 +233,9 @@ class UpsertRequest:
     ids: tuple[str, ...]
     texts: tuple[str, ...]
     metadata: tuple[dict[str, Any], ...]
+    skip_unchanged: bool = False
+    """Rows whose stored content hash matches are neither encoded nor written (sent only when true,
+    so workers of earlier versions keep accepting requests that do not ask for it)."""
 
     def __post_init__(self) -> None:
         if not len(self.ids) == len(self.texts) == len(self.metadata):
@@ -223,7 +246,7 @@ class UpsertRequest:
 
     def encode(self) -> dict[str, Any]:
         """Return the msgpack-safe task argument."""
-        return {
+        encoded = {
             "v": WIRE_VERSION,
             "model": self.model,
             "collection": self.collection,
@@ -231,12 +254,20 @@ class UpsertRequest:
             "texts": list(self.texts),
             "metadata": list(self.metadata),
         }
+        if self.skip_unchanged:
+            encoded["skip_unchanged"] = True
+        return encoded
 
     @classmethod
     def decode(cls, payload: object) -> UpsertRequest:
         """Rebuild a request from a task argument; raise MessageDecodeError if malformed."""
         what = "UpsertRequest"
-        fields = _fields(payload, what, frozenset({"model", "collection", "ids", "texts", "metadata"}))
+        fields = _fields(
+            payload,
+            what,
+            frozenset({"model", "collection", "ids", "texts", "metadata"}),
+            optional=frozenset({"skip_unchanged"}),
+        )
         metadata = _typed(fields, "metadata", list, what)
         for index, value in enumerate(metadata):
             if not isinstance(value, dict):
@@ -249,6 +280,7 @@ class UpsertRequest:
             ids=tuple(_string_list(fields, "ids", what)),
             texts=tuple(_string_list(fields, "texts", what)),
             metadata=tuple(metadata),
+            skip_unchanged="skip_unchanged" in fields and _typed(fields, "skip_unchanged", bool, what),
         )
 
     @classmethod
@@ -264,26 +296,35 @@ class UpsertResult:
     model: str
     collection: str
     written: int
+    unchanged: int = 0
+    """Rows skipped because their stored content hash matched (sent only when not zero)."""
 
     def encode(self) -> dict[str, Any]:
         """Return the msgpack-safe task result."""
-        return {
+        encoded = {
             "v": WIRE_VERSION,
             "model": self.model,
             "collection": self.collection,
             "written": self.written,
         }
+        if self.unchanged:
+            encoded["unchanged"] = self.unchanged
+        return encoded
 
     @classmethod
     def decode(cls, payload: object) -> UpsertResult:
         """Rebuild a result from a task result; raise MessageDecodeError if malformed."""
         what = "UpsertResult"
-        fields = _fields(payload, what, frozenset({"model", "collection", "written"}))
+        fields = _fields(
+            payload, what, frozenset({"model", "collection", "written"}), optional=frozenset({"unchanged"})
+        )
         written = _typed(fields, "written", int, what)
-        if written < 0:
-            raise MessageDecodeError(f"{what}.written must not be negative, got {written}")
+        unchanged = _typed(fields, "unchanged", int, what) if "unchanged" in fields else 0
+        if written < 0 or unchanged < 0:
+            raise MessageDecodeError(f"{what} counts must not be negative, got {written} and {unchanged}")
         return cls(
             model=_typed(fields, "model", str, what),
             collection=_typed(fields, "collection", str, what),
             written=written,
+            unchanged=unchanged,
         )

@@ -8,10 +8,11 @@ from pathlib import Path
 from worker.cli.commands import (
     backfill_command,
     embed_command,
-    search_command,
     status_command,
     worker_command,
 )
+from worker.cli.lifecycle import search_command
+from worker.cli.lifecycle_parser import add_lifecycle_commands
 
 _ENVIRONMENT = """\
 environment:
@@ -21,6 +22,8 @@ environment:
   EMBEDQ_MILVUS_URI    Milvus server URL or Milvus Lite file (default ./embedq.db)
   EMBEDQ_MILVUS_TOKEN  Milvus credentials (user:password or API key)
   EMBEDQ_CONCURRENCY   pool processes per worker (default: number of CPUs)
+  EMBEDQ_METRICS_PORT  worker: serve /metrics, /health and /ready on this port (default: off)
+  EMBEDQ_LOG_FORMAT    text (default) or json: one JSON object per log line
 """
 
 _WORKER_EPILOG = """\
@@ -29,6 +32,7 @@ examples:
   embedq worker --concurrency 4 --model minishlab/potion-base-8M
   embedq worker --queues interactive     # queries only; run others with --queues bulk
   embedq worker --loglevel debug
+  embedq worker --metrics-port 9300 --log-format json   # Prometheus, probes, JSON logs
 """
 
 _EMBED_EPILOG = """\
@@ -44,8 +48,10 @@ examples:
   embedq backfill corpus.jsonl --collection docs
   embedq backfill data.csv --collection docs --id-field doc_id --text-field body --metadata-fields title,url
   embedq backfill notes.txt --collection notes --format text --id-field ''
+  embedq backfill corpus.jsonl --collection docs --delete-missing   # daily sync of an edited file
 
 Interrupted (Ctrl-C) or failed runs resume where they stopped: run the same command again.
+Documents already stored with the same text and metadata are neither re-embedded nor re-written.
 """
 
 _STATUS_EPILOG = """\
@@ -61,6 +67,10 @@ _SEARCH_EPILOG = """\
 examples:
   embedq search "how do I reset my password" --collection docs
   embedq search "static embeddings" --collection docs --top-k 3
+  embedq search "static embeddings" --collection docs --filter 'metadata["lang"] == "en"' --json
+  embedq search "static embeddings" --collection docs --output-fields text,metadata
+
+The query is embedded with the model the collection records (see embedq collections).
 """
 
 
@@ -107,13 +117,19 @@ def _shard(raw: str) -> object:
 def _subcommand(
     commands: argparse._SubParsersAction[argparse.ArgumentParser], name: str, summary: str, epilog: str
 ) -> argparse.ArgumentParser:
-    return commands.add_parser(
+    command = commands.add_parser(
         name,
         help=summary,
         description=summary,
         epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    command.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        help="log lines as text or one JSON object each (default: EMBEDQ_LOG_FORMAT, else text)",
+    )
+    return command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -146,6 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="log level (default: INFO)",
     )
     worker.add_argument("--model", metavar="SOURCE", help="model folder or Hub id (default: EMBEDQ_MODEL)")
+    worker.add_argument(
+        "--metrics-port",
+        type=_positive_int,
+        metavar="PORT",
+        help="serve /metrics, /health and /ready on PORT (default: EMBEDQ_METRICS_PORT, else off)",
+    )
     worker.set_defaults(run=worker_command)
 
     embed = _subcommand(commands, "embed", "Embed texts and print their vectors.", _EMBED_EPILOG)
@@ -189,6 +211,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="take only shard K of N of the file (every N-th chunk), so N producers share one corpus; "
         "each shard resumes on its own, `embedq status` on the job id without -shardKofN sums them",
     )
+    backfill.add_argument(
+        "--delete-missing",
+        action="store_true",
+        help="after the whole file was read and written without error, delete the rows whose ids it lacks",
+    )
+    backfill.add_argument(
+        "--rewrite-all",
+        action="store_true",
+        help="re-embed and re-write every document, even those stored with the same content",
+    )
     backfill.set_defaults(run=backfill_command)
 
     status = _subcommand(
@@ -204,5 +236,22 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--collection", required=True, help="Milvus collection filled by embedq backfill")
     search.add_argument("--top-k", type=_positive_int, default=10, help="hits to show (default: 10)")
     search.add_argument("--timeout", type=_positive_float, default=60.0, help="seconds to wait (default: 60)")
+    search.add_argument(
+        "--filter", metavar="EXPR", help='Milvus boolean expression, e.g. metadata["lang"] == "en"'
+    )
+    search.add_argument(
+        "--output-fields",
+        metavar="A,B",
+        help="fields to show besides id and score: text, metadata (default: text)",
+    )
+    search.add_argument("--json", action="store_true", help="print the hits as a JSON list")
     search.set_defaults(run=search_command)
+    add_lifecycle_commands(commands, _subcommand, _positive_int, _positive_float)
+
+    from worker.gateway.serve import SERVE_EPILOG, add_serve_arguments, run_serve
+
+    summary = "Serve the HTTP gateway: OpenAI and TEI embeddings, jobs."
+    serve = _subcommand(commands, "serve", summary, SERVE_EPILOG)
+    add_serve_arguments(serve)
+    serve.set_defaults(run=run_serve)
     return parser

@@ -18,6 +18,7 @@ from producer.protocol.fleet import PoolPresence
 from producer.protocol.messages import WorkerPresence
 from producer.protocol.names import PRESENCE_TTL_S, bulk_queue_for_model, presence_key, queue_for_model
 from producer.settings import Settings
+from worker.queue.batch_task import register_batch_task
 from worker.queue.fleet import advertise_pool, pool_identity, pool_processes, usable_cpus, withdraw_pool
 from worker.queue.guard import install_message_guard
 from worker.queue.sentinel import install_sentinel_guard
@@ -115,12 +116,14 @@ def build_worker_app(settings: Settings, encoder: Encoder, queues: Sequence[str]
         Queue(name, Exchange(name), routing_key=name)  # type: ignore[no-untyped-call]
         for name in names
     ]
+    limits = TextLimits(settings.max_texts_per_request, settings.max_text_chars)
     register_tasks(
         app,
         encoder,
-        TextLimits(settings.max_texts_per_request, settings.max_text_chars),
+        limits,
         CollectionSinks(partial(_open_sink, settings.milvus_uri, settings.milvus_token)),
     )
+    register_batch_task(app, encoder, limits)
     step = type("PresenceStep", (PresenceStep,), {"presence": WorkerPresence(encoder.model_id, encoder.dim)})
     app.steps["consumer"].add(step)
     return app
@@ -140,12 +143,16 @@ def run_worker(
     Celery's ``celery@<host>`` (give each worker on one machine its own, e.g. ``w1@%h``).
     """
     from worker.encoding.encoder import StaticEncoder  # the model stack stays out of light imports
+    from worker.metrics import WorkerObservability
 
+    observability = WorkerObservability(settings)  # binds the metrics port first: a taken port fails fast
     # Loaded in the parent: the forked pool processes share the table pages copy-on-write. The
     # tokenizer is not used here, so its thread pool stays enabled in the children.
-    encoder = StaticEncoder.from_pretrained(settings.model)
+    encoder = StaticEncoder.from_pretrained(settings.model, tokenizer=settings.tokenizer)
     app = build_worker_app(settings, encoder, queues)
+    observability.attach(app, encoder.model_id)
     argv = [
+        *observability.celery_options(),
         "worker",
         "--pool=prefork",
         f"--loglevel={loglevel}",
@@ -163,4 +170,7 @@ def run_worker(
         # A pool process per core already keeps every core busy; the tokenizer's own threads on
         # top only oversubscribe them (measured in bench/bench_queue.py). An explicit setting wins.
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    app.worker_main(argv)
+    try:
+        app.worker_main(argv)
+    finally:
+        observability.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
@@ -21,6 +22,8 @@ from producer.errors import (
 from producer.protocol.messages import EmbedRequest, EmbedResult, UpsertRequest, UpsertResult
 from producer.protocol.names import TASK_FOR_KIND, TASK_UPSERT_DOCUMENTS, Kind, queue_for_model
 from producer.protocol.texts import validate_texts
+from worker.metrics.recording import encode_observed, record_milvus_upsert, record_request, token_total
+from worker.milvus.content import content_hash
 
 
 class Encoder(Protocol):
@@ -86,8 +89,12 @@ class Sink(Protocol):
         texts: Sequence[str],
         metadata: Sequence[dict[str, Any]],
         vectors: np.ndarray,
+        hashes: Sequence[str] | None = None,
     ) -> int:
-        """Write the rows; return how many distinct ids Milvus acknowledged."""
+        """Write the rows (recording their content hashes); return how many distinct ids were acknowledged."""
+
+    def stored_hashes(self, ids: Sequence[str]) -> dict[str, str]:
+        """Return the content hash recorded for each of ``ids`` that exists."""
 
     def close(self) -> None:
         """Release the connection."""
@@ -130,27 +137,56 @@ def _check_model(encoder: Encoder, requested: str) -> None:
         )
 
 
+check_model = _check_model
+
+
 def embed_request(encoder: Encoder, request: EmbedRequest, limits: TextLimits) -> EmbedResult:
     """Encode one request with the worker's model, refusing requests meant for another model."""
     _check_model(encoder, request.model)
     texts = validate_texts(request.texts, max_texts=limits.max_texts, max_text_chars=limits.max_text_chars)
-    return EmbedResult.from_array(encoder.model_id, encoder.encode(texts))
+    vectors, tokens = encode_observed(encoder, encoder.model_id, texts)
+    record_request(encoder.model_id, request.kind, "ok", len(texts), token_total(tokens))
+    return EmbedResult.from_array(encoder.model_id, vectors, None if tokens is None else tokens.tolist())
 
 
 def upsert_request(
     encoder: Encoder, sinks: CollectionSinks, request: UpsertRequest, limits: TextLimits
 ) -> UpsertResult:
-    """Encode the documents and upsert them; the result counts only rows Milvus acknowledged."""
+    """Encode the documents and upsert them; the result counts only rows Milvus acknowledged.
+
+    With ``request.skip_unchanged``, rows whose recorded content hash matches are left alone.
+    """
     _check_model(encoder, request.model)
     texts = validate_texts(request.texts, max_texts=limits.max_texts, max_text_chars=limits.max_text_chars)
-    vectors = encoder.encode(texts)
+    hashes = [content_hash(encoder.model_id, t, m) for t, m in zip(texts, request.metadata, strict=True)]
     sink = sinks.get(request.collection, encoder.model_id, encoder.dim)
+    tokens = None
+    started = time.perf_counter()
     try:
-        written = sink.upsert(request.ids, texts, request.metadata, vectors)
+        rows = list(range(len(texts)))
+        if request.skip_unchanged:
+            stored = sink.stored_hashes(request.ids)
+            rows = [row for row in rows if stored.get(request.ids[row]) != hashes[row]]
+        written = 0
+        if rows:
+            vectors, tokens = encode_observed(encoder, encoder.model_id, [texts[row] for row in rows])
+            started = time.perf_counter()
+            written = sink.upsert(
+                [request.ids[row] for row in rows],
+                [texts[row] for row in rows],
+                [request.metadata[row] for row in rows],
+                vectors,
+                hashes=[hashes[row] for row in rows],
+            )
     except SinkUnavailableError:
         sinks.discard(request.collection)
         raise
-    return UpsertResult(model=encoder.model_id, collection=request.collection, written=written)
+    record_milvus_upsert(request.collection, written, time.perf_counter() - started)
+    record_request(encoder.model_id, "upsert", "ok", len(texts), token_total(tokens))
+    unchanged = len(set(request.ids)) - len({request.ids[row] for row in rows})
+    return UpsertResult(
+        model=encoder.model_id, collection=request.collection, written=written, unchanged=unchanged
+    )
 
 
 def _task_body(kind: Kind, encoder: Encoder, limits: TextLimits) -> Callable[..., dict[str, Any]]:
