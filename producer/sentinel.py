@@ -8,7 +8,7 @@ as a broker at all (celery issue 2852). Imports nothing heavy: settings validate
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 from producer.errors import ConfigError
@@ -57,3 +57,26 @@ def check_master_name(master: str | None, urls: tuple[str, ...]) -> str | None:
         if any(ch.isspace() for ch in master):
             raise ConfigError(f"EMBEDQ_SENTINEL_MASTER must be a name without spaces, got {master!r}")
     return master
+
+
+def sentinel_addresses(url: str) -> tuple[list[tuple[str, int]], int]:
+    """Return the (host, port) of each sentinel of a checked sentinel URL, and its database number."""
+    addresses = []
+    db = 0
+    for part in url.split(";"):
+        split = urlsplit(part.strip())
+        addresses.append((split.hostname or "", split.port or DEFAULT_SENTINEL_PORT))
+        if split.path.strip("/"):
+            db = int(split.path.strip("/"))
+    return addresses, db
+
+
+def async_redis_for(url: str, master: str | None, **options: Any) -> Any:
+    """Return a ``redis.asyncio`` client of ``url`` (of the sentinels' current primary for sentinel URLs)."""
+    import redis.asyncio as aioredis  # the producer's light imports stay light
+    from redis.asyncio.sentinel import Sentinel
+
+    if not is_sentinel_url(url):
+        return aioredis.Redis.from_url(url, **options)
+    addresses, db = sentinel_addresses(url)
+    return Sentinel(addresses, **options).master_for(master or "", db=db, **options)

@@ -44,3 +44,17 @@ def test_a_master_name_without_sentinels_changes_nothing_for_plain_redis() -> No
     conf = celery_conf(Settings(broker_url="redis://h:6379/0", sentinel_master="m"))
     assert conf["broker_transport_options"]["master_name"] == "m"  # ignored by the plain Redis transport
     assert ":PollingRedisBackend+" in conf["result_backend"]
+
+
+def test_sentinel_addresses_and_an_async_client_of_the_primary() -> None:
+    from redis.asyncio import Redis
+
+    from producer.sentinel import async_redis_for, sentinel_addresses
+
+    assert sentinel_addresses(URL) == ([("10.0.0.1", 26379), ("10.0.0.2", 26379), ("10.0.0.3", 26379)], 0)
+    assert sentinel_addresses("sentinel://h:1;sentinel://k:2/3") == ([("h", 1), ("k", 2)], 3)
+    client = async_redis_for(URL, "mymaster", socket_timeout=1.0)
+    assert isinstance(client, Redis)
+    assert type(client.connection_pool).__name__ == "SentinelConnectionPool"
+    plain = async_redis_for("redis://h:6379/2", None)
+    assert plain.connection_pool.connection_kwargs["db"] == 2

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import redis
 
+from producer.sentinel import sentinel_addresses
 from worker.ports import free_port
 
 MASTER_NAME = "embedq-test"
@@ -78,11 +79,7 @@ def primary_client(url: str, master: str) -> redis.Redis:
     """Return a client of the current primary behind the sentinels of ``url``, database from its end."""
     from redis.sentinel import Sentinel
 
-    parts = [part.removeprefix("sentinel://") for part in url.split(";")]
-    db = int(parts[-1].partition("/")[2] or 0)
-    addresses = [
-        (host, int(port)) for host, _, port in (part.partition("/")[0].partition(":") for part in parts)
-    ]
+    addresses, db = sentinel_addresses(url)
     return Sentinel(addresses, socket_timeout=2.0).master_for(master, db=db, socket_timeout=2.0)
 
 
