@@ -79,4 +79,5 @@ def async_redis_for(url: str, master: str | None, **options: Any) -> Any:
     if not is_sentinel_url(url):
         return aioredis.Redis.from_url(url, **options)
     addresses, db = sentinel_addresses(url)
-    return Sentinel(addresses, **options).master_for(master or "", db=db, **options)
+    sentinel = Sentinel(addresses, **options)  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+    return sentinel.master_for(master or "", db=db, **options)
