@@ -13,7 +13,7 @@ from celery.backends.redis import RedisBackend
 from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
-from producer.errors import BrokerUnavailableError
+from producer.broker_checks import broker_error
 from producer.protocol.names import queue_for_model
 from producer.settings import Settings, redact_url
 
@@ -109,6 +109,5 @@ def broker_client(app: Celery) -> Iterator[Any]:
         with app.pool.acquire(block=True, timeout=BROKER_ACQUIRE_TIMEOUT_S) as connection:
             yield connection.default_channel.client
     except (RedisError, OperationalError, OSError) as exc:
-        raise BrokerUnavailableError(
-            f"cannot reach the Redis broker at {url}: {exc}; check EMBEDQ_BROKER_URL and that Redis is up"
-        ) from exc
+        cause = exc.__cause__ if isinstance(exc, OperationalError) and exc.__cause__ else exc
+        raise broker_error(cause, url) from exc

@@ -34,6 +34,7 @@ class Settings:
     milvus_token: str | None = None
     concurrency: int | None = None
     max_queue_depth: int = 10_000
+    allow_evicting_broker: bool = False  # EMBEDQ_ALLOW_EVICTING_BROKER: accept an allkeys-* broker
 
     def __post_init__(self) -> None:
         if not self.result_backend:
@@ -163,4 +164,16 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         milvus_token=_text(env, "EMBEDQ_MILVUS_TOKEN"),
         concurrency=None if concurrency is None else _int(env, "EMBEDQ_CONCURRENCY", 0),
         max_queue_depth=_int(env, "EMBEDQ_MAX_QUEUE_DEPTH", 10_000),
+        allow_evicting_broker=allow_evicting_broker(env),
     )
+
+
+def allow_evicting_broker(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether EMBEDQ_ALLOW_EVICTING_BROKER opts in to a broker that may evict queued work."""
+    env = os.environ if environ is None else environ
+    raw = (_text(env, "EMBEDQ_ALLOW_EVICTING_BROKER") or "0").lower()
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"EMBEDQ_ALLOW_EVICTING_BROKER must be 1 or 0, got {raw!r}")

@@ -49,8 +49,7 @@ def worker_command(args: argparse.Namespace, settings: Settings) -> int:
     if args.model is not None:
         settings = replace(settings, model=check_model_id(args.model, "--model"))
     queues = _names(args.queues) if args.queues else None
-    run_worker(settings, concurrency=args.concurrency, queues=queues, loglevel=args.loglevel)
-    return 0
+    return run_worker(settings, concurrency=args.concurrency, queues=queues, loglevel=args.loglevel)
 
 
 def _names(comma_separated: str) -> tuple[str, ...]:
