@@ -129,7 +129,7 @@ def _csv(path: Path, fields: FieldNames) -> Iterator[Document | Rejected]:
             except StopIteration:
                 return
             except csv.Error as exc:  # e.g. a field over csv.field_size_limit: that row alone
-                where = f"{path.name} line {reader.line_num}"
+                where = f"{path.name} line {number}"
                 yield Rejected(where, f"{where}: not a readable CSV row ({exc})")
                 continue
             yield _document(row, fields, f"{path.name} line {number}")
