@@ -47,8 +47,13 @@ def broker_error(exc: BaseException, shown_url: str, action: str = "reach") -> E
     detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
     if is_config_error(exc):
         return ConfigError(f"the Redis broker at {shown_url} refused embedq: {detail}; {_CONFIG_HINT}")
+    tls_hint = (
+        " (a rediss:// URL needs a Redis that speaks TLS: use redis:// for a plain one)"
+        if shown_url.startswith("rediss://") and "timeout" in detail.lower()
+        else ""
+    )
     return BrokerUnavailableError(
-        f"cannot {action} the Redis broker at {shown_url}: {detail}; "
+        f"cannot {action} the Redis broker at {shown_url}: {detail}{tls_hint}; "
         "check EMBEDQ_BROKER_URL and that Redis is up"
     )
 
@@ -93,12 +98,13 @@ def check_broker_policy(
     shown_url: str,
     *,
     allow_evicting: bool,
+    unreachable_ok: bool = False,
     say: Callable[[int, str], None] = logger.log,
 ) -> None:
     """Check the broker's eviction policy once and log what is worth saying; ConfigError if it loses work.
 
     ``open_client`` is a context manager factory lending a Redis client. An unreachable broker
-    is not an error here: the caller's own connection handling reports it.
+    raises BrokerUnavailableError, unless ``unreachable_ok`` (a worker: Celery waits for it).
     """
     try:
         with open_client() as client:
@@ -109,6 +115,8 @@ def check_broker_policy(
         say(logging.INFO, f"could not check the broker's maxmemory-policy: {exc}")
         return
     except BrokerUnavailableError as exc:
+        if not unreachable_ok:
+            raise
         say(logging.INFO, f"could not check the broker's maxmemory-policy yet: {exc}")
         return
     if said is not None:

@@ -19,6 +19,7 @@ from producer.settings import Settings, redact_url
 
 BROKER_ACQUIRE_TIMEOUT_S = 5.0
 REDIS_SOCKET_TIMEOUT_S = 10.0
+BROKER_CONNECT_TIMEOUT_S = 5.0
 
 
 class PollingRedisBackend(RedisBackend):  # type: ignore[misc]  # Celery ships no type hints
@@ -80,7 +81,13 @@ def celery_conf(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         "result_expires": settings.result_ttl_s,
         "result_extended": False,  # extended results would store every request's texts again
-        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout_s},
+        "broker_transport_options": {
+            "visibility_timeout": settings.visibility_timeout_s,
+            # Without them kombu waits forever: on a connect that is never answered, and on a TLS
+            # handshake with a server that does not speak TLS (rediss:// to a plain Redis).
+            "socket_timeout": REDIS_SOCKET_TIMEOUT_S,
+            "socket_connect_timeout": BROKER_CONNECT_TIMEOUT_S,
+        },
         "broker_connection_retry_on_startup": True,
         "redis_socket_timeout": REDIS_SOCKET_TIMEOUT_S,
         "redis_socket_connect_timeout": REDIS_SOCKET_TIMEOUT_S,

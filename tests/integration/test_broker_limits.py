@@ -280,3 +280,16 @@ def test_a_full_broker_makes_the_worker_wait_not_exit(server: redis.Redis, tmp_p
             assert server.zcard("unacked_index") == 0
         finally:
             stop_worker(worker)
+
+
+# --- TLS to a server that does not speak it -------------------------------------------------------
+
+
+def test_rediss_to_a_plain_redis_fails_in_bounded_time(server: redis.Redis) -> None:
+    # The TLS handshake had no timeout: `embedq embed --timeout 5` still hung at 45 s.
+    url = _url(server).replace("redis://", "rediss://", 1)
+    started = time.monotonic()
+    refused = pytest.raises(BrokerUnavailableError, match="TLS")
+    with EmbeddingClient(url, worker_wait_s=None) as client, refused:
+        client.embed_queries(["hello"])
+    assert time.monotonic() - started < 30

@@ -25,5 +25,9 @@ def check_broker_at_start(app: Celery, settings: Settings) -> None:
     """
     shown = redact_url(str(app.conf.broker_url))
     check_broker_policy(
-        lambda: broker_client(app), shown, allow_evicting=settings.allow_evicting_broker, say=_say
+        lambda: broker_client(app),
+        shown,
+        allow_evicting=settings.allow_evicting_broker,
+        unreachable_ok=True,
+        say=_say,
     )
