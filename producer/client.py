@@ -27,6 +27,7 @@ from producer.protocol.documents import Document
 from producer.protocol.messages import EmbedRequest, UpsertRequest, WorkerPresence
 from producer.protocol.names import (
     BUNDLED_MODEL_ID,
+    SENT_AT_HEADER,
     TASK_FOR_KIND,
     TASK_UPSERT_DOCUMENTS,
     Kind,
@@ -307,6 +308,7 @@ class EmbeddingClient:
                         # Keeps the texts out of worker logs, events and inspect replies.
                         argsrepr=f"[<{count} {what}>]",
                         kwargsrepr="{}",
+                        headers={SENT_AT_HEADER: time.time()},  # the worker's queue-wait metric
                     )
         except (OperationalError, RedisError, OSError) as exc:
             url = redact_url(str(self.app.conf.broker_url))

@@ -13,6 +13,7 @@ from producer.redaction import redact_url as redact_url  # re-exported: redact_u
 from producer.redaction import url_secrets
 
 DEFAULT_BROKER_URL = "redis://localhost:6379/0"
+LOG_FORMATS = ("text", "json")
 DEFAULT_MILVUS_URI = "./embedq.db"
 
 REDIS_SCHEMES = frozenset({"redis", "rediss", "redis+socket"})
@@ -35,6 +36,8 @@ class Settings:
     milvus_token: str | None = None
     concurrency: int | None = None
     max_queue_depth: int = 10_000
+    metrics_port: int | None = None  # the worker's /metrics, /health and /ready; None: off
+    log_format: str = "text"  # or "json": one JSON object per log line
     allow_evicting_broker: bool = False  # EMBEDQ_ALLOW_EVICTING_BROKER: accept an allkeys-* broker
 
     def __post_init__(self) -> None:
@@ -55,6 +58,12 @@ class Settings:
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive whole number, got {value!r}")
+        if self.metrics_port is not None and not 0 < self.metrics_port < 65536:
+            raise ConfigError(f"EMBEDQ_METRICS_PORT must be a TCP port 1-65535, got {self.metrics_port!r}")
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError(
+                f"EMBEDQ_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, got {self.log_format!r}"
+            )
         if self.visibility_timeout_s <= self.task_time_limit_s:
             raise ConfigError(
                 f"EMBEDQ_VISIBILITY_TIMEOUT_S ({self.visibility_timeout_s}) must exceed "
@@ -76,7 +85,8 @@ class Settings:
             f"max_text_chars={self.max_text_chars}, task_time_limit_s={self.task_time_limit_s}, "
             f"visibility_timeout_s={self.visibility_timeout_s}, milvus_uri={redact_url(self.milvus_uri)!r}, "
             f"milvus_token={token!r}, concurrency={self.concurrency}, "
-            f"max_queue_depth={self.max_queue_depth})"
+            f"max_queue_depth={self.max_queue_depth}, metrics_port={self.metrics_port}, "
+            f"log_format={self.log_format!r})"
         )
 
 
@@ -139,6 +149,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if environ is None else environ
     broker_url = _text(env, "EMBEDQ_BROKER_URL") or DEFAULT_BROKER_URL
     concurrency = _text(env, "EMBEDQ_CONCURRENCY")
+    metrics_port = _text(env, "EMBEDQ_METRICS_PORT")
     return Settings(
         broker_url=broker_url,
         result_backend=_text(env, "EMBEDQ_RESULT_BACKEND") or broker_url,
@@ -152,6 +163,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         milvus_token=_text(env, "EMBEDQ_MILVUS_TOKEN"),
         concurrency=None if concurrency is None else _int(env, "EMBEDQ_CONCURRENCY", 0),
         max_queue_depth=_int(env, "EMBEDQ_MAX_QUEUE_DEPTH", 10_000),
+        metrics_port=None if metrics_port is None else _int(env, "EMBEDQ_METRICS_PORT", 0),
+        log_format=(_text(env, "EMBEDQ_LOG_FORMAT") or "text").lower(),
         allow_evicting_broker=allow_evicting_broker(env),
     )
 

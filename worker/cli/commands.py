@@ -21,8 +21,10 @@ if TYPE_CHECKING:
 
 
 def note(message: str) -> None:
-    """Print one line for the user on stderr, prefixed with embedq."""
-    print(f"embedq: {message}", file=sys.stderr, flush=True)
+    """Print one line for the user on stderr, prefixed with embedq (a JSON object with --log-format json)."""
+    from worker.metrics.logs import note as write_note
+
+    write_note(message)
 
 
 def _uses_embedded_cluster(environ: Mapping[str, str]) -> bool:
@@ -48,6 +50,8 @@ def worker_command(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.model is not None:
         settings = replace(settings, model=check_model_id(args.model, "--model"))
+    if args.metrics_port is not None:
+        settings = replace(settings, metrics_port=args.metrics_port)
     queues = _names(args.queues) if args.queues else None
     return run_worker(settings, concurrency=args.concurrency, queues=queues, loglevel=args.loglevel)
 

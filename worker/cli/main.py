@@ -11,6 +11,7 @@ import argparse
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from types import FrameType
 
 from producer.errors import EmbedqError, exit_code
@@ -43,7 +44,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command != "worker":  # a worker's SIGTERM is Celery's warm shutdown
         _interrupt_on_sigterm()
     try:
-        return run(args, load_settings())
+        settings = load_settings()
+        if args.log_format is not None:
+            settings = replace(settings, log_format=args.log_format)
+        if args.command != "worker":  # Celery sets up a worker's logging itself
+            from worker.metrics.logs import configure_cli_logs
+
+            configure_cli_logs(settings.log_format)
+        return run(args, settings)
     except EmbedqError as exc:
         note(f"error: {_one_line(str(exc))}")
         return exit_code(exc)

@@ -21,6 +21,8 @@ environment:
   EMBEDQ_MILVUS_URI    Milvus server URL or Milvus Lite file (default ./embedq.db)
   EMBEDQ_MILVUS_TOKEN  Milvus credentials (user:password or API key)
   EMBEDQ_CONCURRENCY   pool processes per worker (default: number of CPUs)
+  EMBEDQ_METRICS_PORT  worker: serve /metrics, /health and /ready on this port (default: off)
+  EMBEDQ_LOG_FORMAT    text (default) or json: one JSON object per log line
 """
 
 _WORKER_EPILOG = """\
@@ -29,6 +31,7 @@ examples:
   embedq worker --concurrency 4 --model minishlab/potion-base-8M
   embedq worker --queues interactive     # queries only; run others with --queues bulk
   embedq worker --loglevel debug
+  embedq worker --metrics-port 9300 --log-format json   # Prometheus, probes, JSON logs
 """
 
 _EMBED_EPILOG = """\
@@ -87,13 +90,19 @@ def _positive_float(raw: str) -> float:
 def _subcommand(
     commands: argparse._SubParsersAction[argparse.ArgumentParser], name: str, summary: str, epilog: str
 ) -> argparse.ArgumentParser:
-    return commands.add_parser(
+    command = commands.add_parser(
         name,
         help=summary,
         description=summary,
         epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    command.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        help="log lines as text or one JSON object each (default: EMBEDQ_LOG_FORMAT, else text)",
+    )
+    return command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,6 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="log level (default: INFO)",
     )
     worker.add_argument("--model", metavar="SOURCE", help="model folder or Hub id (default: EMBEDQ_MODEL)")
+    worker.add_argument(
+        "--metrics-port",
+        type=_positive_int,
+        metavar="PORT",
+        help="serve /metrics, /health and /ready on PORT (default: EMBEDQ_METRICS_PORT, else off)",
+    )
     worker.set_defaults(run=worker_command)
 
     embed = _subcommand(commands, "embed", "Embed texts and print their vectors.", _EMBED_EPILOG)

@@ -244,6 +244,21 @@ class StaticEncoder:
             raise _find_unencodable(texts) from None  # name the item by its place in ``texts``
         return distinct[np.array(order, dtype=np.intp)]
 
+    def encode_with_token_counts(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Encode like ``encode(texts)`` with the model's defaults; also return the tokens pooled per text.
+
+        The counts are after truncation and unknown-token removal: what a usage report should bill.
+        """
+        texts = _check_texts(texts)
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        counts = np.zeros(len(texts), dtype=np.int64)
+        for start in range(0, len(texts), DEFAULT_BATCH_SIZE):
+            batch = texts[start : start + DEFAULT_BATCH_SIZE]
+            ids, lengths = self._token_ids(self._run_tokenizer(batch, self.max_length), self.max_length)
+            out[start : start + len(batch)] = self._pool(ids, lengths, self.normalize)
+            counts[start : start + len(batch)] = lengths
+        return out, counts
+
     def _encode_distinct(
         self, texts: Sequence[str], limit: int | None, do_normalize: bool, batch_size: int
     ) -> np.ndarray:

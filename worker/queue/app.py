@@ -124,13 +124,21 @@ def run_worker(
     Celery's ``celery@<host>`` (give each worker on one machine its own, e.g. ``w1@%h``).
     """
     from worker.encoding.encoder import StaticEncoder  # the model stack stays out of light imports
+    from worker.metrics import WorkerObservability
 
+    observability = WorkerObservability(settings)  # binds the metrics port first: a taken port fails fast
     # Loaded in the parent: the forked pool processes share the table pages copy-on-write. The
     # tokenizer is not used here, so its thread pool stays enabled in the children.
     encoder = StaticEncoder.from_pretrained(settings.model)
     app = build_worker_app(settings, encoder, queues)
-    check_broker_at_start(app, settings)
+    try:
+        check_broker_at_start(app, settings)
+    except BaseException:
+        observability.close()  # frees the metrics port of a worker that will not start
+        raise
+    observability.attach(app, encoder.model_id)
     argv = [
+        *observability.celery_options(),
         "worker",
         "--pool=prefork",
         f"--loglevel={loglevel}",
@@ -160,5 +168,6 @@ def run_worker(
         app.worker_main(argv)
     finally:
         signals.worker_shutdown.disconnect(remember_exit_code)
+        observability.close()
     code = exit_codes[-1] if exit_codes else None
     return code if isinstance(code, int) else 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
@@ -21,6 +22,7 @@ from producer.errors import (
 from producer.protocol.messages import EmbedRequest, EmbedResult, UpsertRequest, UpsertResult
 from producer.protocol.names import TASK_FOR_KIND, TASK_UPSERT_DOCUMENTS, Kind, queue_for_model
 from producer.protocol.texts import validate_texts
+from worker.metrics.recording import encode_observed, record_milvus_upsert, record_request, token_total
 
 
 class Encoder(Protocol):
@@ -134,7 +136,9 @@ def embed_request(encoder: Encoder, request: EmbedRequest, limits: TextLimits) -
     """Encode one request with the worker's model, refusing requests meant for another model."""
     _check_model(encoder, request.model)
     texts = validate_texts(request.texts, max_texts=limits.max_texts, max_text_chars=limits.max_text_chars)
-    return EmbedResult.from_array(encoder.model_id, encoder.encode(texts))
+    vectors, tokens = encode_observed(encoder, encoder.model_id, texts)
+    record_request(encoder.model_id, request.kind, "ok", len(texts), token_total(tokens))
+    return EmbedResult.from_array(encoder.model_id, vectors)
 
 
 def upsert_request(
@@ -143,13 +147,16 @@ def upsert_request(
     """Encode the documents and upsert them; the result counts only rows Milvus acknowledged."""
     _check_model(encoder, request.model)
     texts = validate_texts(request.texts, max_texts=limits.max_texts, max_text_chars=limits.max_text_chars)
-    vectors = encoder.encode(texts)
+    vectors, tokens = encode_observed(encoder, encoder.model_id, texts)
     sink = sinks.get(request.collection, encoder.model_id, encoder.dim)
+    started = time.perf_counter()
     try:
         written = sink.upsert(request.ids, texts, request.metadata, vectors)
     except SinkUnavailableError:
         sinks.discard(request.collection)
         raise
+    record_milvus_upsert(request.collection, written, time.perf_counter() - started)
+    record_request(encoder.model_id, "upsert", "ok", len(texts), token_total(tokens))
     return UpsertResult(model=encoder.model_id, collection=request.collection, written=written)
 
 
