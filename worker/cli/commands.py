@@ -88,7 +88,7 @@ def backfill_command(args: argparse.Namespace, settings: Settings) -> int:
     """Stream a corpus file through the workers into a Milvus collection."""
     from producer.backfill import BackfillOptions, run_backfill
     from producer.client import EmbeddingClient
-    from worker.cli.output import SHOWN_ERRORS, BackfillProgressBar, backfill_summary_line
+    from worker.cli.output import SHOWN_ERRORS, BackfillProgressBar, backfill_summary_line, failure_hint
 
     if not args.file.is_file():
         raise ConfigError(
@@ -114,7 +114,7 @@ def backfill_command(args: argparse.Namespace, settings: Settings) -> int:
     for error in summary.errors[:SHOWN_ERRORS]:
         note(f"failed: {error}")
     if summary.failed:
-        note(f"{summary.failed} documents failed; run the same command again to retry them")
+        note(f"{summary.failed} documents failed; {failure_hint(summary.errors)}")
         return EXIT_FAILED
     return 0
 
