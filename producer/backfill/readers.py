@@ -8,13 +8,20 @@ text), so running a backfill again never duplicates rows.
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from producer.backfill.ids import document_id
-from producer.backfill.records import bounded_lines, json_record, plain_values
+from producer.backfill.records import (
+    COMPRESSED_SUFFIXES,
+    bounded_lines,
+    json_record,
+    open_corpus,
+    plain_values,
+)
 from producer.errors import InvalidInputError
 from producer.limits import document_problem, text_problem
 from producer.protocol.documents import Document
@@ -57,7 +64,10 @@ def detect_format(path: Path, format_name: str | None) -> str:
         if format_name not in FORMATS:
             raise InvalidInputError(f"unknown format {format_name!r}; use one of {', '.join(FORMATS)}")
         return format_name
-    detected = _SUFFIXES.get(path.suffix.lower())
+    suffixes = [suffix.lower() for suffix in path.suffixes]
+    while suffixes and suffixes[-1] in COMPRESSED_SUFFIXES:
+        suffixes.pop()  # corpus.jsonl.gz reads as JSONL
+    detected = _SUFFIXES.get(suffixes[-1]) if suffixes else None
     if detected is None:
         raise InvalidInputError(
             f"cannot tell the format of {path.name} from its suffix; pass --format ({', '.join(FORMATS)})"
@@ -99,7 +109,7 @@ def _checked_document(record: Mapping[str, Any], fields: FieldNames, where: str)
 
 
 def _jsonl(path: Path, fields: FieldNames) -> Iterator[Document | Rejected]:
-    with path.open("rb") as handle:
+    with open_corpus(path) as handle:
         for number, line in bounded_lines(handle):
             where = f"{path.name} line {number}"
             if line is None:
@@ -115,7 +125,7 @@ def _jsonl(path: Path, fields: FieldNames) -> Iterator[Document | Rejected]:
 
 
 def _csv(path: Path, fields: FieldNames) -> Iterator[Document | Rejected]:
-    with path.open(encoding="utf-8", errors="replace", newline="") as handle:
+    with io.TextIOWrapper(open_corpus(path), encoding="utf-8", errors="replace", newline="") as handle:
         reader = csv.DictReader(handle)
         if reader.fieldnames is None or fields.text not in reader.fieldnames:
             raise InvalidInputError(
@@ -149,7 +159,7 @@ def _parquet(path: Path, fields: FieldNames) -> Iterator[Document | Rejected]:
 
 
 def _text(path: Path, fields: FieldNames) -> Iterator[Document | Rejected]:
-    with path.open("rb") as handle:
+    with open_corpus(path) as handle:
         for number, line in bounded_lines(handle):
             where = f"{path.name} line {number}"
             text = None if line is None else line.decode("utf-8", errors="replace").rstrip("\r\n")
@@ -169,10 +179,10 @@ def count_records(path: Path, format_name: str | None = None) -> int:
 
         return int(pq.ParquetFile(path).metadata.num_rows)
     if fmt == "csv":
-        with path.open(encoding="utf-8", errors="replace", newline="") as handle:
+        with io.TextIOWrapper(open_corpus(path), encoding="utf-8", errors="replace", newline="") as handle:
             return max(sum(1 for _ in csv.reader(handle)) - 1, 0)
     count = 0
-    with path.open("rb") as handle:
+    with open_corpus(path) as handle:
         for line in handle:
             count += bool(line.strip())
     return count

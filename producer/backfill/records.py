@@ -7,14 +7,48 @@ JSON (timestamps, decimals) become strings.
 
 from __future__ import annotations
 
+import bz2
 import datetime as dt
 import decimal
+import gzip
 import json
+import lzma
 import uuid
 from collections.abc import Iterator
-from typing import IO, Any
+from pathlib import Path
+from typing import IO, Any, cast
 
+from producer.errors import InvalidInputError
 from producer.limits import RECORD_MAX_BYTES
+
+COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst")
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def open_corpus(path: Path) -> IO[bytes]:
+    """Open a corpus file for reading bytes, decompressing gzip, bzip2 and xz (and zstd if installed).
+
+    The compression is told from the file's first bytes, not its name: a gzip file named ``.jsonl``
+    is read like any other.
+    """
+    with path.open("rb") as probe:
+        magic = probe.read(6)
+    if magic.startswith(b"\x1f\x8b"):
+        return cast(IO[bytes], gzip.open(path, "rb"))
+    if magic.startswith(b"BZh"):
+        return bz2.open(path, "rb")
+    if magic.startswith(b"\xfd7zXZ\x00"):
+        return lzma.open(path, "rb")
+    if magic.startswith(_ZSTD_MAGIC):
+        try:
+            import zstandard  # type: ignore[import-not-found, unused-ignore]
+        except ImportError:
+            raise InvalidInputError(
+                f"{path.name} is zstd-compressed: decompress it first (zstd -d {path.name}), "
+                "or pip install zstandard to read it directly"
+            ) from None
+        return zstandard.ZstdDecompressor().stream_reader(path.open("rb"), closefd=True)  # type: ignore[no-any-return]
+    return path.open("rb")
 
 
 def bounded_lines(handle: IO[bytes], max_bytes: int = RECORD_MAX_BYTES) -> Iterator[tuple[int, bytes | None]]:

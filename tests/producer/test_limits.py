@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import bz2
 import csv
 import datetime as dt
+import gzip
 import json
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from producer.backfill.readers import Rejected, read_documents
+from producer.backfill.readers import Rejected, count_records, read_documents
 from producer.client import EmbeddingClient
 from producer.errors import InvalidInputError
 from producer.limits import (
@@ -124,3 +126,29 @@ def test_a_client_refuses_a_document_before_sending(fake_app: Any) -> None:
     with pytest.raises(InvalidInputError, match=r"documents\[1\].*deeper than"):
         client.submit_upsert("c", [Document("a", "fine"), Document("b", "deep", _nested(600))])
     assert Settings().max_text_chars > TEXT_MAX_BYTES  # why the byte limit has to be checked too
+
+
+@pytest.mark.parametrize(("opener", "name"), [(gzip.open, "corpus.jsonl"), (bz2.open, "corpus.jsonl.bz2")])
+def test_a_compressed_corpus_is_read_directly(tmp_path: Path, opener: Any, name: str) -> None:
+    # A gzip file named .jsonl failed line by line with no hint; .gz / .bz2 / .xz are read as they are.
+    path = tmp_path / name
+    with opener(path, "wt", encoding="utf-8") as handle:
+        handle.write("".join(json.dumps({"text": f"doc {n}"}) + "\n" for n in range(3)))
+    assert [doc.text for doc in read_documents(path)] == ["doc 0", "doc 1", "doc 2"]  # type: ignore[union-attr]
+    assert count_records(path) == 3
+    gz = tmp_path / "corpus.csv.gz"
+    with gzip.open(gz, "wt", encoding="utf-8", newline="") as handle:
+        handle.write("id,text\na,first\nb,second\n")
+    assert [doc.id for doc in read_documents(gz)] == ["a", "b"]  # type: ignore[union-attr]
+
+
+def test_a_zstd_corpus_without_zstandard_says_how_to_read_it(tmp_path: Path) -> None:
+    path = tmp_path / "corpus.jsonl.zst"
+    path.write_bytes(b"\x28\xb5\x2f\xfd" + b"\x00" * 16)
+    try:
+        import zstandard  # noqa: F401
+    except ImportError:
+        with pytest.raises(InvalidInputError, match="zstd -d"):
+            list(read_documents(path))
+    else:
+        pytest.skip("zstandard is installed here: zstd corpora are read directly")
