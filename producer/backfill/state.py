@@ -19,7 +19,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import IO, Any
 
+from producer.backfill import run_lock
 from producer.backfill.model import BackfillOptions, BackfillProgress, ChunkRecord
+from producer.backfill.run_lock import LOCK_TTL_S
 from producer.celery_config import broker_client
 from producer.client import EmbeddingClient
 from producer.errors import BrokerUnavailableError, ConfigError, EmbedqError, TransientError
@@ -86,6 +88,7 @@ class BackfillState:
         self._last_publish = 0.0
         self._last_broker_check = 0.0
         self._log: IO[str] | None = None
+        self._holder = run_lock.holder_name()
 
     @classmethod
     def open(
@@ -104,6 +107,7 @@ class BackfillState:
                     record = ChunkRecord(**json.loads(line))
                     state._done[record.index] = record
         with broker_client(client.app) as redis:
+            run_lock.acquire(redis, job_id, state._holder)  # before reading what earlier runs confirmed
             state._run_id = str(redis.info("server").get("run_id"))
             saved = redis.hget(_key(job_id), "chunks")
         for raw in json.loads(saved) if saved else []:
@@ -142,6 +146,8 @@ class BackfillState:
         self._last_broker_check = now
         with broker_client(self._client.app) as redis:
             run_id = str(redis.info("server").get("run_id"))
+            if not run_lock.refresh(redis, self.job_id, self._holder) and run_id == self._run_id:
+                log.warning("backfill %s lost its run lock (paused for over %s s?)", self.job_id, LOCK_TTL_S)
         if run_id != self._run_id:
             raise BrokerRestartedError(
                 f"the Redis broker restarted during backfill {self.job_id} and lost the chunks queued on it; "
@@ -195,10 +201,15 @@ class BackfillState:
             log.warning("could not write backfill progress to %s: %s", self._progress_path, exc)
 
     def finish(self) -> None:
-        """Close the checkpoint file; the final progress is published by the last ``progress`` call."""
+        """Close the checkpoint file and free the run lock (``progress`` publishes the final state)."""
         if self._log is not None:
             self._log.close()
             self._log = None
+        try:
+            with broker_client(self._client.app) as redis:
+                run_lock.release(redis, self.job_id, self._holder)
+        except BrokerUnavailableError as exc:  # the lock expires on its own
+            log.warning("could not free the run lock of backfill %s: %s", self.job_id, exc)
 
 
 def load_progress(client: EmbeddingClient, job_id: str) -> dict[str, Any] | None:
