@@ -80,6 +80,17 @@ def is_transient(exc: BaseException) -> bool:
     return exc.code in _TRANSIENT_MILVUS_CODES or any(hint in message for hint in _TRANSIENT_HINTS)
 
 
+_OUT_OF_SPACE_HINTS = ("no space left on device", "disk quota exceeded", "[errno 28]", "[errno 122]")
+
+
+def is_out_of_space(exc: BaseException) -> bool:
+    """Tell whether Milvus failed because its disk is full (Lite reports it as a plain error, code 1)."""
+    if isinstance(exc, OSError) and exc.errno in (28, 122):  # ENOSPC, EDQUOT
+        return True
+    message = str(exc.message if isinstance(exc, MilvusException) else exc).lower()
+    return any(hint in message for hint in _OUT_OF_SPACE_HINTS)
+
+
 def describe_error(exc: BaseException) -> str:
     """Summarise a pymilvus, gRPC or OS error in one line, with any ``user:password@`` redacted."""
     if isinstance(exc, MilvusException):
