@@ -39,7 +39,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     finally:
         stop_lite_server(mount_point / "full.db")
         with contextlib.suppress(subprocess.CalledProcessError):
-            subprocess.run(["umount", str(mount_point)], check=True, capture_output=True)
+            subprocess.run(["umount", "--lazy", str(mount_point)], check=True, capture_output=True)
 
 
 @pytest.mark.integration
