@@ -1,4 +1,4 @@
-# The embedq worker image: `docker compose up --scale worker=N` runs N of these.
+# The embedq image: `docker compose up --scale worker=N` runs N workers; the gateway runs from it too.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -8,7 +8,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 COPY . /app
-RUN pip install ".[worker,monitor]" \
+RUN pip install ".[worker,gateway,monitor]" \
     && useradd --create-home --uid 1000 embedq
 
 USER embedq

@@ -46,10 +46,10 @@ import redis
 from producer.celery_config import broker_client
 from producer.client import EmbeddingClient
 from producer.job import Job
+from producer.protocol.batches import TASK_EMBED_BATCH
 from producer.protocol.messages import EmbedRequest
 from producer.protocol.names import (
     BUNDLED_MODEL_ID,
-    TASK_EMBED_QUERIES,
     job_key,
     presence_key,
     queue_for_model,
@@ -191,7 +191,7 @@ def start_worker(
 
 def start_noop_worker(db_url: str, log_dir: Path, dim: int, concurrency: int) -> WorkerProcess:
     """Start this script as the no-op worker app (prefork, ``concurrency``) on NOOP_QUEUE."""
-    argv = [sys.executable, str(Path(__file__).resolve()), "--serve-noop", db_url, "--noop-dim", str(dim)]
+    argv = [sys.executable, "-m", "bench.bench_queue", "--serve-noop", db_url, "--noop-dim", str(dim)]
     env = {**os.environ, "EMBEDQ_CONCURRENCY": str(concurrency), "PYTHONUNBUFFERED": "1"}
     process, log_path = _spawn("noop", argv, env, log_dir)
     return WorkerProcess("noop", process, log_path, None, concurrency)
@@ -592,8 +592,8 @@ def run_benchmarks(args: argparse.Namespace) -> None:
         samples, round_ratios = bench_latency(client, tok1_client, texts, args.rounds, args.requests)
         runtimes_ms = {
             "no-op": noop.task_runtimes_ms(NOOP_TASK),
-            "embed": workers["c2"].task_runtimes_ms(TASK_EMBED_QUERIES),
-            "embed tokenizer 1 thread": workers["c2-tok1"].task_runtimes_ms(TASK_EMBED_QUERIES),
+            "embed": workers["c2"].task_runtimes_ms(TASK_EMBED_BATCH),
+            "embed tokenizer 1 thread": workers["c2-tok1"].task_runtimes_ms(TASK_EMBED_BATCH),
         }
         _print_latency(samples, round_ratios, args.requests, runtimes_ms)
 

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from producer.errors import (
         BrokerUnavailableError,
         ConfigError,
+        DeadlineExceededError,
         EmbedqError,
         InvalidInputError,
         MessageDecodeError,
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 _ERRORS = (
     "BrokerUnavailableError",
     "ConfigError",
+    "DeadlineExceededError",
     "EmbedqError",
     "InvalidInputError",
     "MessageDecodeError",
@@ -60,6 +62,7 @@ _HOME: dict[str, str] = {
 __all__ = [
     "BrokerUnavailableError",
     "ConfigError",
+    "DeadlineExceededError",
     "EmbeddingClient",
     "EmbedqError",
     "InvalidInputError",

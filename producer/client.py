@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from functools import partial
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -12,6 +14,7 @@ from celery.utils import uuid
 from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
+from producer.batching import BatchLimits, BatchPath, request_id
 from producer.broker_checks import broker_error, check_broker_policy
 from producer.celery_config import broker_client, build_celery_app
 from producer.errors import (
@@ -23,6 +26,7 @@ from producer.errors import (
 )
 from producer.job import Job, JobStatus, ResultReader
 from producer.limits import document_problem
+from producer.protocol.batches import TASK_EMBED_BATCH, BatchItem, BatchRequest
 from producer.protocol.documents import Document
 from producer.protocol.messages import EmbedRequest, UpsertRequest, WorkerPresence
 from producer.protocol.names import (
@@ -39,6 +43,8 @@ from producer.protocol.texts import validate_texts
 from producer.settings import Settings, allow_evicting_broker, check_model_id, redact_url
 
 _WORKER_POLL_S = 0.1
+_QUEUE_CHECK_TTL_S = 0.25
+"""Batched requests share one worker/queue-depth check per queue for this long."""
 _T = TypeVar("_T")
 
 
@@ -77,6 +83,11 @@ class EmbeddingClient:
         max_queue_depth: int | None = 10_000,
         worker_wait_s: float | None = 3.0,
         bulk_min_texts: int | None = 256,
+        batch_wait_ms: float | None = 2.0,
+        batch_max_texts: int = 128,
+        batch_max_chars: int = 200_000,
+        batch_max_in_flight: int = 2,
+        request_timeout_s: float | None = None,
         allow_evicting_broker: bool | None = None,
     ) -> None:
         """Connect by URLs (a Celery app of its own) or through ``app``; ``model`` None is the bundled one.
@@ -87,6 +98,13 @@ class EmbeddingClient:
         (None: only upserts), so that they never queue in front of small requests.
         ``allow_evicting_broker`` accepts a broker whose maxmemory-policy may evict queued work
         (None: EMBEDQ_ALLOW_EVICTING_BROKER); the policy is read once, at the first send.
+
+        Small requests (at most ``batch_max_texts`` texts and ``batch_max_chars`` characters) sent
+        from many threads or asyncio tasks are merged into one task (None: one task per request):
+        a batch leaves when full, or when fewer than ``batch_max_in_flight`` batches of this client
+        are unanswered and ``batch_wait_ms`` passed since the last one; results come back through
+        one pub/sub listener. ``request_timeout_s`` is the default deadline of a request: a worker
+        drops it unencoded if it is still queued then (None: no deadline).
         """
         if (app is None) == (broker_url is None):
             raise ConfigError("pass either broker_url (and optionally result_backend) or a Celery app")
@@ -118,6 +136,18 @@ class EmbeddingClient:
         self._worker_wait_s = worker_wait_s
         self._allow_evicting = allow_evicting_broker
         self._broker_checked = False
+        self._batches = (
+            None
+            if batch_wait_ms is None
+            else BatchPath(
+                app,
+                self.reader,
+                BatchLimits(batch_wait_ms, batch_max_texts, batch_max_chars, batch_max_in_flight),
+                self._send_batch,
+            )
+        )
+        self._request_timeout_s = request_timeout_s
+        self._checked_at: dict[str, float] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings, **options: Any) -> EmbeddingClient:
@@ -129,7 +159,14 @@ class EmbeddingClient:
             max_texts_per_task=settings.max_texts_per_request,
             max_text_chars=settings.max_text_chars,
             max_queue_depth=settings.max_queue_depth,
-            **{"allow_evicting_broker": settings.allow_evicting_broker, **options},
+            **{
+                "batch_wait_ms": settings.batch_wait_ms,
+                "batch_max_texts": settings.batch_max_texts,
+                "batch_max_chars": settings.batch_max_chars,
+                "batch_max_in_flight": settings.batch_max_in_flight,
+                "allow_evicting_broker": settings.allow_evicting_broker,
+                **options,
+            },
         )
         client._owns_app = True
         return client
@@ -138,7 +175,9 @@ class EmbeddingClient:
         return f"EmbeddingClient(broker={redact_url(str(self.app.conf.broker_url))!r}, model={self.model!r})"
 
     def close(self) -> None:
-        """Release the broker and backend connections of an app this client created."""
+        """Send the requests still being batched, stop listening, release an app this client created."""
+        if self._batches is not None:
+            self._batches.close()
         if self._owns_app:
             self.app.close()
 
@@ -150,13 +189,17 @@ class EmbeddingClient:
     ) -> None:
         self.close()
 
-    def embed_documents(self, texts: Sequence[str]) -> Job:
-        """Enqueue ``texts`` as documents; the Job's result is a float32 array (len(texts), dim)."""
-        return self._submit("document", texts)
+    def embed_documents(self, texts: Sequence[str], *, timeout_s: float | None = None) -> Job:
+        """Enqueue ``texts`` as documents; the Job's result is a float32 array (len(texts), dim).
 
-    def embed_queries(self, texts: Sequence[str]) -> Job:
+        ``timeout_s`` (default: the client's ``request_timeout_s``) is the caller's deadline: a
+        worker that takes the request later drops it unencoded (DeadlineExceededError).
+        """
+        return self._submit("document", texts, timeout_s)
+
+    def embed_queries(self, texts: Sequence[str], *, timeout_s: float | None = None) -> Job:
         """Enqueue ``texts`` as search queries; the Job's result is a float32 array (len(texts), dim)."""
-        return self._submit("query", texts)
+        return self._submit("query", texts, timeout_s)
 
     def job(self, job_id: str) -> Job:
         """Reattach to a job by id, from any process (unknown or expired ids read as pending)."""
@@ -234,12 +277,27 @@ class EmbeddingClient:
                 "(EMBEDQ_MAX_QUEUE_DEPTH): retry later or start more workers"
             )
 
-    def _submit(self, kind: Kind, texts: Sequence[str]) -> Job:
+    def queue_depth(self, queue: str | None = None) -> int:
+        """Return how many tasks wait in ``queue`` (default: the model's queue of small requests)."""
+        with broker_client(self.app) as client:
+            return int(client.llen(queue or self.queue))
+
+    def _submit(self, kind: Kind, texts: Sequence[str], timeout_s: float | None) -> Job:
         checked = validate_texts(
             texts, max_texts=self._max_texts_per_job, max_text_chars=self._max_text_chars
         )
         if not checked:
             raise InvalidInputError("texts is empty: pass at least one text")
+        timeout_s = self._request_timeout_s if timeout_s is None else timeout_s
+        deadline_s = None if timeout_s is None else time.time() + timeout_s
+        limits = None if self._batches is None else self._batches.limits
+        if (
+            limits is not None
+            and len(checked) <= self._max_texts_per_task  # a request split into tasks is not batched
+            and limits.admits(checked)
+            and self.queue_for(len(checked)) == self.queue
+        ):
+            return self._submit_batched(BatchItem(request_id(), kind, tuple(checked), deadline_s))
         batches = split_batches(checked, self._max_texts_per_task, self._max_chars_per_task)
         queue = self.queue_for(len(checked))
         self._check_queue(queue)
@@ -256,8 +314,36 @@ class EmbeddingClient:
             ],
             f"{kind} texts",
             queue,
+            deadline_s,
         )
-        return Job(self.reader, job_id, task_ids, self.model)
+        return Job(self.reader, job_id, task_ids, self.model, queue_depth=partial(self.queue_depth, queue))
+
+    def _submit_batched(self, item: BatchItem) -> Job:
+        """Hand a small request to the coalescer; its Job completes when the worker's notice arrives."""
+        now = time.monotonic()
+        if now - self._checked_at.get(self.queue, -_QUEUE_CHECK_TTL_S) >= _QUEUE_CHECK_TTL_S:
+            self._check_queue(self.queue)
+            self._checked_at[self.queue] = now
+        assert self._batches is not None  # only called when batching is on
+        waiting = self._batches.pending
+        if self._max_queue_depth is not None and waiting >= self._max_queue_depth:
+            raise OverloadedError(
+                f"{waiting} requests of this client wait to be sent to queue {self.queue}, at the limit "
+                f"of {self._max_queue_depth} (EMBEDQ_MAX_QUEUE_DEPTH): the workers are not keeping up; "
+                "retry later or start more workers"
+            )
+        notice = self._batches.submit(item)
+        return Job(self.reader, item.id, [item.id], self.model, notice=notice, queue_depth=self.queue_depth)
+
+    def _send_batch(self, reply_to: str, items: list[BatchItem]) -> None:
+        request = BatchRequest(model=self.model, items=tuple(items), reply_to=reply_to)
+        texts = sum(len(item.texts) for item in items)
+        self._send(
+            TASK_EMBED_BATCH,
+            [(request_id(), request.encode(), texts)],
+            f"texts in {len(items)} requests",
+            self.queue,
+        )
 
     def submit_upsert(self, collection: str, documents: Sequence[Document]) -> str:
         """Enqueue documents to embed and upsert into the Milvus ``collection``; return the task id.
@@ -293,9 +379,18 @@ class EmbeddingClient:
         return task_id
 
     def _send(
-        self, task_name: str, tasks: Sequence[tuple[str, dict[str, Any], int]], what: str, queue: str
+        self,
+        task_name: str,
+        tasks: Sequence[tuple[str, dict[str, Any], int]],
+        what: str,
+        queue: str,
+        deadline_s: float | None = None,
     ) -> None:
-        """Publish ``(task id, request, item count)`` tasks on ``queue`` in one connection."""
+        """Publish ``(task id, request, item count)`` tasks on ``queue`` in one connection.
+
+        With ``deadline_s`` (epoch s), a worker that takes a task later drops it unencoded.
+        """
+        expires = None if deadline_s is None else datetime.fromtimestamp(deadline_s, UTC)
         try:
             with self.app.producer_or_acquire() as producer:
                 for task_id, payload, count in tasks:
@@ -308,6 +403,7 @@ class EmbeddingClient:
                         # Keeps the texts out of worker logs, events and inspect replies.
                         argsrepr=f"[<{count} {what}>]",
                         kwargsrepr="{}",
+                        expires=expires,
                         headers={SENT_AT_HEADER: time.time()},  # the worker's queue-wait metric
                     )
         except (OperationalError, RedisError, OSError) as exc:

@@ -65,6 +65,10 @@ class ResultTimeoutError(TransientError, TimeoutError):
     """A result did not arrive within the caller's timeout (the task may still complete)."""
 
 
+class DeadlineExceededError(ResultTimeoutError):
+    """A worker dropped a request unencoded: its caller's deadline passed while it sat in the queue."""
+
+
 _BY_NAME: dict[str, type[EmbedqError]] = {
     cls.__name__: cls
     for cls in (
@@ -82,6 +86,7 @@ _BY_NAME: dict[str, type[EmbedqError]] = {
         OverloadedError,
         NoWorkerError,
         ResultTimeoutError,
+        DeadlineExceededError,
     )
 }
 

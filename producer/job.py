@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -16,6 +18,7 @@ from redis.exceptions import RedisError
 from producer.celery_config import backend_url
 from producer.errors import (
     BrokerUnavailableError,
+    DeadlineExceededError,
     EmbedqError,
     ModelMismatchError,
     ResultTimeoutError,
@@ -64,10 +67,16 @@ def _as_embedq_error(exc: object) -> EmbedqError:
     """Map a failure read back from the backend onto the embedq hierarchy, by type name."""
     if isinstance(exc, EmbedqError):
         return exc
+    if type(exc).__name__ == "TaskRevokedError" and "expired" in str(exc):
+        return DeadlineExceededError(
+            "the task was dropped unencoded: its deadline passed while it sat in the queue; start more "
+            "workers, send less, or give the request a longer timeout"
+        )
     return error_from_name(type(exc).__name__, str(exc))
 
 
-def _outcome(meta: dict[str, Any] | None) -> TaskOutcome:
+def outcome_of(meta: dict[str, Any] | None) -> TaskOutcome:
+    """Return the outcome a decoded result-backend record (or None: no record yet) stands for."""
     status = "PENDING" if meta is None else str(meta.get("status"))
     state = _STATE_OF.get(status)
     if state is not None:
@@ -95,7 +104,7 @@ class ResultReader:
             raws = backend.mget([backend.get_key_for_task(task_id) for task_id in task_ids])
         except (RedisError, OperationalError, OSError) as exc:
             raise self._wrap(exc) from exc
-        return [_outcome(None if raw is None else backend.decode_result(raw)) for raw in raws]
+        return [outcome_of(None if raw is None else backend.decode_result(raw)) for raw in raws]
 
     def save_manifest(self, job_id: str, task_ids: Sequence[str]) -> None:
         """Record the tasks of a split job under its id, expiring with the results."""
@@ -115,15 +124,36 @@ class ResultReader:
         return None if raw is None else JobManifest.decode(raw)
 
 
-class Job:
-    """An embedding request in flight: poll its status or wait for its (n, dim) float32 vectors."""
+QueueDepth = Callable[[], "int | None"]
 
-    def __init__(self, reader: ResultReader, job_id: str, task_ids: Sequence[str], model: str) -> None:
+
+class Job:
+    """An embedding request in flight: poll its status or wait for its (n, dim) float32 vectors.
+
+    A job sent through a client's batching has a ``notice`` Future, completed by the client's
+    result listener: waiting on it costs no polling. Other jobs (large ones, jobs reattached by id)
+    are read by id with growing pauses.
+    """
+
+    def __init__(
+        self,
+        reader: ResultReader,
+        job_id: str,
+        task_ids: Sequence[str],
+        model: str,
+        *,
+        notice: concurrent.futures.Future[TaskOutcome] | None = None,
+        queue_depth: QueueDepth | None = None,
+    ) -> None:
         self.id = job_id
         self.task_ids = tuple(task_ids)
         self.model = model
         self._reader = reader
         self._final: dict[str, TaskOutcome] = {}
+        self._notice = notice
+        self._queue_depth = queue_depth
+        self.token_counts: tuple[int, ...] | None = None
+        """Tokens the encoder pooled per text, once the result is in (None if a worker did not say)."""
 
     def __repr__(self) -> str:
         return f"Job(id={self.id!r}, tasks={len(self.task_ids)}, model={self.model!r})"
@@ -173,6 +203,8 @@ class Job:
             if result.dim != results[0].dim:
                 dims = f"{results[0].dim} and {result.dim}"
                 raise ModelMismatchError(f"job {self.id} mixes vectors of {dims} dimensions")
+        if all(result.tokens is not None for result in results):
+            self.token_counts = tuple(count for result in results for count in result.tokens or ())
         if len(results) == 1:
             return results[0].to_array()
         # One copy, from the message bytes straight into the joined array.
@@ -180,10 +212,26 @@ class Job:
 
     def _timeout(self, timeout_s: float) -> ResultTimeoutError:
         done = sum(1 for outcome in self._final.values() if outcome.state == "done")
+        depth = self._depth_text()
         return ResultTimeoutError(
-            f"job {self.id} is not done after {timeout_s:g} s ({done} of {len(self.task_ids)} tasks done); "
-            "it may still complete: wait again with job.result() or check client.status(job_id)"
+            f"job {self.id} is not done after {timeout_s:g} s ({done} of {len(self.task_ids)} tasks done"
+            f"{depth}); it may still complete: wait again with job.result() or check client.status(job_id)"
         )
+
+    def _depth_text(self) -> str:
+        if self._queue_depth is None:
+            return ""
+        try:
+            depth = self._queue_depth()
+        except EmbedqError:
+            depth = None
+        return "; queue depth unknown" if depth is None else f"; its queue holds {depth} tasks"
+
+    def _from_notice(self, outcome: TaskOutcome) -> np.ndarray:
+        self._final[self.task_ids[0]] = outcome
+        if outcome.error is not None:
+            raise outcome.error
+        return self._assemble([EmbedResult.decode(outcome.value)])
 
     def _poll_delays(self, timeout_s: float | None) -> Iterator[float]:
         """Yield the pauses between polls (growing, capped); raise ResultTimeoutError at the deadline."""
@@ -200,14 +248,61 @@ class Job:
 
     def result(self, timeout_s: float | None = 60.0) -> np.ndarray:
         """Wait for the (n, dim) float32 vectors in input order; raise the worker's typed error on failure."""
+        if self._notice is not None:
+            try:
+                outcome = self._notice.result(timeout_s)
+            except concurrent.futures.TimeoutError as exc:
+                if isinstance(exc, EmbedqError):  # the error a failed send completed the notice with
+                    raise
+                raise self._timeout(timeout_s or 0.0) from None
+            return self._from_notice(outcome)
         delays = self._poll_delays(timeout_s)
         while (vectors := self._try_collect()) is None:
             time.sleep(next(delays))
         return vectors
 
     async def result_async(self, timeout_s: float | None = 60.0) -> np.ndarray:
-        """Await the vectors without blocking the event loop (each poll runs in a worker thread)."""
+        """Await the vectors without blocking the event loop.
+
+        A batched job is completed by the client's listener thread (no polling); any other job is
+        read by id in a thread of the default executor, with growing pauses.
+        """
+        if self._notice is not None:
+            try:
+                outcome = await await_future(self._notice, timeout_s)
+            except TimeoutError as exc:
+                if isinstance(exc, EmbedqError):
+                    raise
+                raise self._timeout(timeout_s or 0.0) from None
+            return self._from_notice(outcome)
         delays = self._poll_delays(timeout_s)
         while (vectors := await asyncio.to_thread(self._try_collect)) is None:
             await asyncio.sleep(next(delays))
         return vectors
+
+
+async def await_future(
+    future: concurrent.futures.Future[TaskOutcome], timeout_s: float | None
+) -> TaskOutcome:
+    """Await a listener Future from an event loop (one ``call_soon_threadsafe`` when it completes).
+
+    Unlike ``asyncio.wrap_future``, a timeout or cancellation here leaves ``future`` untouched,
+    so the request can be awaited again.
+    """
+    if future.done():
+        return future.result()
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[None] = loop.create_future()
+
+    def wake(_: concurrent.futures.Future[TaskOutcome]) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop was closed after its caller gave up
+            loop.call_soon_threadsafe(_set_done, waiter)
+
+    future.add_done_callback(wake)
+    await asyncio.wait_for(waiter, timeout_s)
+    return future.result()
+
+
+def _set_done(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

@@ -36,6 +36,10 @@ class Settings:
     milvus_token: str | None = None
     concurrency: int | None = None
     max_queue_depth: int = 10_000
+    batch_wait_ms: float | None = 2.0  # None: one task per request, no coalescing
+    batch_max_texts: int = 128
+    batch_max_chars: int = 200_000
+    batch_max_in_flight: int = 2
     metrics_port: int | None = None  # the worker's /metrics, /health and /ready; None: off
     log_format: str = "text"  # or "json": one JSON object per log line
     allow_evicting_broker: bool = False  # EMBEDQ_ALLOW_EVICTING_BROKER: accept an allkeys-* broker
@@ -55,9 +59,15 @@ class Settings:
             ("EMBEDQ_VISIBILITY_TIMEOUT_S", self.visibility_timeout_s),
             ("EMBEDQ_CONCURRENCY", 1 if self.concurrency is None else self.concurrency),
             ("EMBEDQ_MAX_QUEUE_DEPTH", self.max_queue_depth),
+            ("EMBEDQ_BATCH_MAX_TEXTS", self.batch_max_texts),
+            ("EMBEDQ_BATCH_MAX_CHARS", self.batch_max_chars),
+            ("EMBEDQ_BATCH_MAX_IN_FLIGHT", self.batch_max_in_flight),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive whole number, got {value!r}")
+        wait_ms = self.batch_wait_ms
+        if wait_ms is not None and (isinstance(wait_ms, bool) or not 0 <= wait_ms <= 1000):
+            raise ConfigError(f"EMBEDQ_BATCH_WAIT_MS must be between 0 and 1000 or 'off', got {wait_ms!r}")
         if self.metrics_port is not None and not 0 < self.metrics_port < 65536:
             raise ConfigError(f"EMBEDQ_METRICS_PORT must be a TCP port 1-65535, got {self.metrics_port!r}")
         if self.log_format not in LOG_FORMATS:
@@ -86,7 +96,9 @@ class Settings:
             f"visibility_timeout_s={self.visibility_timeout_s}, milvus_uri={redact_url(self.milvus_uri)!r}, "
             f"milvus_token={token!r}, concurrency={self.concurrency}, "
             f"max_queue_depth={self.max_queue_depth}, metrics_port={self.metrics_port}, "
-            f"log_format={self.log_format!r})"
+            f"log_format={self.log_format!r}, batch_wait_ms={self.batch_wait_ms}, "
+            f"batch_max_texts={self.batch_max_texts}, batch_max_chars={self.batch_max_chars}, "
+            f"batch_max_in_flight={self.batch_max_in_flight})"
         )
 
 
@@ -129,6 +141,18 @@ def _int(environ: Mapping[str, str], name: str, default: int) -> int:
         raise ConfigError(f"{name} must be a positive whole number, got {raw!r}") from None
 
 
+def _wait_ms(environ: Mapping[str, str], name: str, default: float) -> float | None:
+    raw = _text(environ, name)
+    if raw is None:
+        return default
+    if raw.lower() in ("off", "none"):
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of milliseconds or 'off', got {raw!r}") from None
+
+
 def check_model_id(model: str, variable: str) -> str:
     """Return ``model`` if it can name a model and its queue; else raise ConfigError naming ``variable``."""
     if (
@@ -163,6 +187,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         milvus_token=_text(env, "EMBEDQ_MILVUS_TOKEN"),
         concurrency=None if concurrency is None else _int(env, "EMBEDQ_CONCURRENCY", 0),
         max_queue_depth=_int(env, "EMBEDQ_MAX_QUEUE_DEPTH", 10_000),
+        batch_wait_ms=_wait_ms(env, "EMBEDQ_BATCH_WAIT_MS", 2.0),
+        batch_max_texts=_int(env, "EMBEDQ_BATCH_MAX_TEXTS", 128),
+        batch_max_chars=_int(env, "EMBEDQ_BATCH_MAX_CHARS", 200_000),
+        batch_max_in_flight=_int(env, "EMBEDQ_BATCH_MAX_IN_FLIGHT", 2),
         metrics_port=None if metrics_port is None else _int(env, "EMBEDQ_METRICS_PORT", 0),
         log_format=(_text(env, "EMBEDQ_LOG_FORMAT") or "text").lower(),
         allow_evicting_broker=allow_evicting_broker(env),

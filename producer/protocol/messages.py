@@ -7,7 +7,7 @@ as raw little-endian float32 bytes, never as lists of floats.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -101,8 +101,12 @@ class EmbedResult:
     count: int
     vectors: bytes
     dtype: str = VECTOR_DTYPE
+    tokens: tuple[int, ...] | None = None
+    """Tokens the encoder pooled per text (None from workers that do not report them)."""
 
     def __post_init__(self) -> None:
+        if self.tokens is not None and len(self.tokens) != self.count:
+            raise MessageDecodeError(f"EmbedResult has {len(self.tokens)} token counts for {self.count} rows")
         if self.dtype != VECTOR_DTYPE:
             raise MessageDecodeError(f"EmbedResult.dtype must be {VECTOR_DTYPE!r}, got {self.dtype!r}")
         if self.dim < 1 or self.count < 0:
@@ -115,12 +119,15 @@ class EmbedResult:
             )
 
     @classmethod
-    def from_array(cls, model: str, vectors: np.ndarray) -> EmbedResult:
-        """Pack an (n, dim) array as little-endian float32 bytes."""
+    def from_array(cls, model: str, vectors: np.ndarray, tokens: Sequence[int] | None = None) -> EmbedResult:
+        """Pack an (n, dim) array as little-endian float32 bytes, with optional per-text token counts."""
         if vectors.ndim != 2:
             raise ValueError(f"vectors must be 2-D (n, dim), got shape {vectors.shape}")
         raw = np.ascontiguousarray(vectors, dtype=VECTOR_DTYPE).tobytes()
-        return cls(model=model, dim=int(vectors.shape[1]), count=int(vectors.shape[0]), vectors=raw)
+        counts = None if tokens is None else tuple(int(count) for count in tokens)
+        return cls(
+            model=model, dim=int(vectors.shape[1]), count=int(vectors.shape[0]), vectors=raw, tokens=counts
+        )
 
     def view(self) -> np.ndarray:
         """Return the vectors as a read-only (count, dim) array over the message bytes (no copy)."""
@@ -139,19 +146,30 @@ class EmbedResult:
             "count": self.count,
             "dtype": self.dtype,
             "vectors": self.vectors,
+            # Optional, so results stay readable by producers of the previous release.
+            **({} if self.tokens is None else {"tokens": list(self.tokens)}),
         }
 
     @classmethod
     def decode(cls, payload: object) -> EmbedResult:
         """Rebuild a result from a task result; raise MessageDecodeError if malformed."""
         what = "EmbedResult"
-        fields = _fields(payload, what, frozenset({"model", "dim", "count", "dtype", "vectors"}))
+        names = frozenset({"model", "dim", "count", "dtype", "vectors"})
+        has_tokens = isinstance(payload, Mapping) and "tokens" in payload
+        fields = _fields(payload, what, names | {"tokens"} if has_tokens else names)
+        tokens = None
+        if has_tokens:
+            raw_tokens = _typed(fields, "tokens", list, what)
+            if not all(type(count) is int and count >= 0 for count in raw_tokens):
+                raise MessageDecodeError(f"{what}.tokens must be a list of non-negative ints")
+            tokens = tuple(raw_tokens)
         return cls(
             model=_typed(fields, "model", str, what),
             dim=_typed(fields, "dim", int, what),
             count=_typed(fields, "count", int, what),
             dtype=_typed(fields, "dtype", str, what),
             vectors=_typed(fields, "vectors", bytes, what),
+            tokens=tokens,
         )
 
 

@@ -22,7 +22,7 @@ from worker.ports import free_port
 
 pytestmark = pytest.mark.integration
 
-COMMANDS = ("worker", "embed", "backfill", "status", "search")
+COMMANDS = ("worker", "embed", "backfill", "status", "search", "serve")
 ANNOUNCE = re.compile(
     r"embedq: EMBEDQ_BROKER_URL not set: started an embedded broker on 127\.0\.0\.1:\d+ and \d+ local "
     r"workers \(model embedq/minilm-l6-v2-256\)(, sharing Milvus Lite \S+)?; they stop when this command ends"

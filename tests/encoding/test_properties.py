@@ -182,6 +182,7 @@ def test_the_client_enqueues_every_accepted_text_once_in_order(
         max_texts_per_job=MAX_TEXTS,
         max_queue_depth=None,
         worker_wait_s=None,
+        batch_wait_ms=None,  # one task per request: the wire read below (batches: test_batching.py)
     )
     submit = client.embed_documents if kind == "document" else client.embed_queries
     try:

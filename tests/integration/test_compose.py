@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES = {"redis", "etcd", "minio", "milvus", "worker", "flower", "prometheus", "grafana"}
+SERVICES = {"redis", "etcd", "minio", "milvus", "worker", "gateway", "flower", "prometheus", "grafana"}
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +67,18 @@ def test_the_worker_can_be_scaled(services: dict[str, dict[str, Any]]) -> None:
     assert worker["build"] in (".", {"context": "."})
 
 
+def test_the_gateway_serves_on_the_stack_with_optional_keys(services: dict[str, dict[str, Any]]) -> None:
+    gateway = services["gateway"]
+    assert gateway["command"] == ["embedq", "serve", "--host", "0.0.0.0", "--port", "8080"]
+    assert gateway["ports"] == ["8080:8080"]
+    env = gateway["environment"]
+    assert env["EMBEDQ_BROKER_URL"] == services["worker"]["environment"]["EMBEDQ_BROKER_URL"]
+    assert env["EMBEDQ_MILVUS_URI"] == "http://milvus:19530"
+    assert env["EMBEDQ_API_KEYS"].startswith("${EMBEDQ_API_KEYS")
+    assert "/ready" in " ".join(gateway["healthcheck"]["test"])
+    assert depends_on(gateway) == {"redis": "service_healthy", "milvus": "service_healthy"}
+
+
 def test_flower_reads_msgpack_through_the_project_app(services: dict[str, dict[str, Any]]) -> None:
     flower = services["flower"]
     assert flower["build"] == "."
@@ -84,11 +96,11 @@ def test_monitor_app_is_built_from_the_environment_with_msgpack(monkeypatch: pyt
     assert list(app.conf.accept_content) == ["msgpack"]
 
 
-def test_the_dockerfile_installs_the_worker_and_monitor_extras_on_python_3_11_slim() -> None:
+def test_the_dockerfile_installs_the_worker_gateway_and_monitor_extras_on_python_3_11_slim() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert re.search(r"^FROM python:3\.11-slim\b", dockerfile, re.MULTILINE)
     extras = re.search(r"pip install [^\n]*\.\[([a-z,]+)\]", dockerfile)
-    assert extras is not None and set(extras.group(1).split(",")) == {"worker", "monitor"}
+    assert extras is not None and set(extras.group(1).split(",")) == {"worker", "gateway", "monitor"}
     assert re.search(r'^CMD \["embedq", "worker"\]', dockerfile, re.MULTILINE)
 
 

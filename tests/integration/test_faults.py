@@ -256,7 +256,10 @@ def test_a_queue_at_its_depth_limit_refuses_new_jobs_and_drains_when_served(
     encoder = StaticEncoder.from_pretrained(model)
     queue_depth = redis.Redis.from_url(redis_url)
     # worker_wait_s=None: the queue depth alone decides (a paused worker's presence key may expire).
-    with EmbeddingClient(redis_url, model=model, max_queue_depth=limit, worker_wait_s=None) as client:
+    # One task per request, so the queue depth counts requests (batched requests: test_batching.py).
+    with EmbeddingClient(
+        redis_url, model=model, max_queue_depth=limit, worker_wait_s=None, batch_wait_ms=None
+    ) as client:
         with _paused(paused_model_worker, queue_depth):
             accepted = [(client.embed_documents([f"text {i}"]), f"text {i}") for i in range(limit - 1)]
             assert queue_depth.llen(client.queue) == limit - 1

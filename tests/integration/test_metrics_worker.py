@@ -180,8 +180,10 @@ def test_counts_are_exact_across_pool_processes_and_after_they_are_killed(served
 
 
 def test_json_logs_carry_ids_counts_and_durations_but_never_texts(served: Served) -> None:
-    job = served.client.embed_documents(DOCUMENTS)
-    job.result(timeout_s=WAIT_S)
+    # One task per request: its log line is the task's own (batched requests: the test below).
+    with EmbeddingClient(app=served.client.app, batch_wait_ms=None) as per_request:
+        job = per_request.embed_documents(DOCUMENTS)
+        job.result(timeout_s=WAIT_S)
     (task_id,) = job.task_ids
 
     def summary() -> dict[str, object] | None:
@@ -208,6 +210,25 @@ def test_json_logs_carry_ids_counts_and_durations_but_never_texts(served: Served
         if line.strip():
             json.loads(line)  # every line is one JSON object
     assert SECRET_TEXT not in log and "zebra-marker" not in log
+
+
+def test_a_batch_task_log_line_lists_each_request_id_and_outcome(served: Served) -> None:
+    job = served.client.embed_queries(["a batched query"])
+    job.result(timeout_s=WAIT_S)
+
+    def summary() -> dict[str, object] | None:
+        for line in served.worker.log().splitlines():
+            if line.strip() and job.id in line:
+                record = json.loads(line)
+                if record.get("event") == "task_done":
+                    return dict(record)
+        return None
+
+    wait_until(lambda: summary() is not None, "the batch task's summary line")
+    record = summary()
+    assert record is not None
+    assert record["task"] == "embedq.embed_batch" and record["kind"] == "batch"
+    assert record["request_ids"] == [job.id] and record["outcomes"] == ["ok"] and record["texts"] == 1
 
 
 def test_a_real_prometheus_scrapes_the_worker(served: Served, tmp_path: Path) -> None:

@@ -69,8 +69,14 @@ class FakeWorker(threading.Thread):
 @pytest.fixture
 def client(fake_app: Celery, fake_redis: fakeredis.FakeRedis) -> EmbeddingClient:
     fake_redis.set(presence_key(QUEUE), WorkerPresence(MODEL, 4).encode())
+    # One task per request: these tests read the per-request wire (tests/test_batching.py: batches).
     return EmbeddingClient(
-        app=fake_app, model=MODEL, max_texts_per_task=3, max_queue_depth=5, worker_wait_s=0.2
+        app=fake_app,
+        model=MODEL,
+        max_texts_per_task=3,
+        max_queue_depth=5,
+        worker_wait_s=0.2,
+        batch_wait_ms=None,
     )
 
 
@@ -116,7 +122,7 @@ def test_results_are_reassembled_in_input_order_and_reattach_by_id(
     parts = {task.task_id: complete(fake_app, task) for task in reversed(tasks)}
     expected = np.concatenate([parts[task.task_id] for task in tasks])
     np.testing.assert_array_equal(job.result(timeout_s=1), expected)
-    other = EmbeddingClient(app=fake_app, model=MODEL)
+    other = EmbeddingClient(app=fake_app, model=MODEL, batch_wait_ms=None)
     again = other.job(job.id)
     assert again.task_ids == job.task_ids
     np.testing.assert_array_equal(again.result(timeout_s=1), expected)
@@ -341,7 +347,9 @@ def test_large_requests_and_upserts_go_to_the_bulk_queue(
 ) -> None:
     for queue in (QUEUE, BULK_QUEUE):
         fake_redis.set(presence_key(queue), WorkerPresence(MODEL, 4).encode())
-    client = EmbeddingClient(app=fake_app, model=MODEL, max_texts_per_task=3, bulk_min_texts=5)
+    client = EmbeddingClient(
+        app=fake_app, model=MODEL, max_texts_per_task=3, bulk_min_texts=5, batch_wait_ms=None
+    )
     assert client.bulk_queue == BULK_QUEUE
 
     client.embed_queries(["q1", "q2", "q3", "q4"])
@@ -350,7 +358,7 @@ def test_large_requests_and_upserts_go_to_the_bulk_queue(
 
     assert [len(task.request.texts) for task in sent_tasks(fake_redis, QUEUE)] == [3, 1]
     assert fake_redis.llen(BULK_QUEUE) == 3  # 5 documents in two tasks, then the upsert
-    never_bulk = EmbeddingClient(app=fake_app, model=MODEL, bulk_min_texts=None)
+    never_bulk = EmbeddingClient(app=fake_app, model=MODEL, bulk_min_texts=None, batch_wait_ms=None)
     assert never_bulk.queue_for(10**6) == QUEUE and client.queue_for(5) == BULK_QUEUE
 
 
@@ -358,7 +366,9 @@ def test_no_worker_on_the_bulk_queue_is_named_while_queries_still_go(
     fake_app: Celery, fake_redis: fakeredis.FakeRedis
 ) -> None:
     fake_redis.set(presence_key(QUEUE), WorkerPresence(MODEL, 4).encode())  # query-only workers
-    client = EmbeddingClient(app=fake_app, model=MODEL, bulk_min_texts=3, worker_wait_s=0.1)
+    client = EmbeddingClient(
+        app=fake_app, model=MODEL, bulk_min_texts=3, worker_wait_s=0.1, batch_wait_ms=None
+    )
     client.embed_queries(["one query"])
     with pytest.raises(NoWorkerError, match=r"no worker consumes queue embedq\.org/fake\.bulk"):
         client.embed_documents(["a", "b", "c"])

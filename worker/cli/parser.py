@@ -189,4 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--top-k", type=_positive_int, default=10, help="hits to show (default: 10)")
     search.add_argument("--timeout", type=_positive_float, default=60.0, help="seconds to wait (default: 60)")
     search.set_defaults(run=search_command)
+
+    from worker.gateway.serve import SERVE_EPILOG, add_serve_arguments, run_serve
+
+    summary = "Serve the HTTP gateway: OpenAI and TEI embeddings, jobs."
+    serve = _subcommand(commands, "serve", summary, SERVE_EPILOG)
+    add_serve_arguments(serve)
+    serve.set_defaults(run=run_serve)
     return parser

@@ -18,12 +18,14 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from celery import signals
 
+from producer.protocol.batches import TASK_EMBED_BATCH
 from producer.protocol.names import SENT_AT_HEADER, TASK_FOR_KIND, TASK_UPSERT_DOCUMENTS
 from worker.metrics.definitions import WorkerMetrics
 
 logger = logging.getLogger("embedq.tasks")
 _KIND_OF_TASK: dict[str, str] = {name: kind for kind, name in TASK_FOR_KIND.items()}
 _KIND_OF_TASK[TASK_UPSERT_DOCUMENTS] = "upsert"
+_KIND_OF_TASK[TASK_EMBED_BATCH] = "batch"  # small requests of both kinds, each counted by its own kind
 
 
 @dataclass
@@ -40,6 +42,7 @@ class TaskSummary:
     milvus_rows: int = 0
     milvus_upsert_s: float = 0.0
     outcomes: list[str] = field(default_factory=list)
+    request_ids: list[str] = field(default_factory=list)  # a batch task's requests, in outcome order
 
 
 @dataclass
@@ -81,15 +84,22 @@ def _child(metric: Any, *labels: str) -> Any:
     return child
 
 
-def record_request(model: str, kind: str, outcome: str, texts: int = 0, tokens: int = 0) -> None:
+def record_request(
+    model: str, kind: str, outcome: str, texts: int = 0, tokens: int = 0, request_id: str | None = None
+) -> None:
     """Count one finished request; ``outcome`` is ``ok`` or the embedq error class name.
 
-    ``texts`` and ``tokens`` are added to the totals for successful requests only.
+    ``texts`` and ``tokens`` are added to the totals for successful requests only; ``request_id``
+    (a request inside a batch task) is listed in the task's log line.
     """
     summary = _state.summary
-    summary.model, summary.kind = model, kind
+    summary.model = model
     summary.requests += 1
     summary.outcomes.append(outcome)
+    if request_id is None:
+        summary.kind = kind
+    else:  # one of a batch task's requests: the task's kind stays "batch"
+        summary.request_ids.append(request_id)
     metrics = _state.metrics
     if outcome == "ok":
         summary.texts += texts
@@ -205,6 +215,7 @@ def _on_postrun(
         "kind": summary.kind,
         "requests": summary.requests,
         "outcomes": summary.outcomes,
+        **({"request_ids": summary.request_ids} if summary.request_ids else {}),
         "texts": summary.texts,
         "tokens": summary.tokens,
         "encode_s": round(summary.encode_s, 6),

@@ -191,8 +191,12 @@ class MilvusSink:
         output_fields: Sequence[str] = SEARCHABLE_FIELDS,
         *,
         consistency_level: str = "Bounded",
+        filter: str = "",
     ) -> list[SearchHit]:
-        """Return the ``top_k`` nearest documents to ``vector``, most similar first."""
+        """Return the ``top_k`` nearest documents to ``vector``, most similar first.
+
+        ``filter`` is a Milvus boolean expression on the stored fields, e.g. ``metadata["lang"] == "en"``.
+        """
         query = np.asarray(vector, dtype=np.float32)
         if query.shape != (self.dim,):
             raise ModelMismatchError(
@@ -210,6 +214,7 @@ class MilvusSink:
             lambda: self.client.search(
                 self.collection,
                 data=[query.tolist()],
+                filter=filter,
                 limit=top_k,
                 output_fields=fields,
                 search_params={"metric_type": METRIC, "params": {"ef": max(64, top_k)}},

@@ -16,6 +16,7 @@ from producer.errors import BrokerUnavailableError
 from producer.protocol.messages import WorkerPresence
 from producer.protocol.names import PRESENCE_TTL_S, bulk_queue_for_model, presence_key, queue_for_model
 from producer.settings import Settings
+from worker.queue.batch_task import register_batch_task
 from worker.queue.broker_checks import check_broker_at_start
 from worker.queue.guard import install_message_guard
 from worker.queue.tasks import CollectionSinks, Encoder, Sink, TextLimits, register_tasks
@@ -96,12 +97,14 @@ def build_worker_app(settings: Settings, encoder: Encoder, queues: Sequence[str]
         Queue(name, Exchange(name), routing_key=name)  # type: ignore[no-untyped-call]
         for name in names
     ]
+    limits = TextLimits(settings.max_texts_per_request, settings.max_text_chars)
     register_tasks(
         app,
         encoder,
-        TextLimits(settings.max_texts_per_request, settings.max_text_chars),
+        limits,
         CollectionSinks(partial(_open_sink, settings.milvus_uri, settings.milvus_token)),
     )
+    register_batch_task(app, encoder, limits)
     step = type("PresenceStep", (PresenceStep,), {"presence": WorkerPresence(encoder.model_id, encoder.dim)})
     app.steps["consumer"].add(step)
     return app

@@ -132,13 +132,16 @@ def _check_model(encoder: Encoder, requested: str) -> None:
         )
 
 
+check_model = _check_model
+
+
 def embed_request(encoder: Encoder, request: EmbedRequest, limits: TextLimits) -> EmbedResult:
     """Encode one request with the worker's model, refusing requests meant for another model."""
     _check_model(encoder, request.model)
     texts = validate_texts(request.texts, max_texts=limits.max_texts, max_text_chars=limits.max_text_chars)
     vectors, tokens = encode_observed(encoder, encoder.model_id, texts)
     record_request(encoder.model_id, request.kind, "ok", len(texts), token_total(tokens))
-    return EmbedResult.from_array(encoder.model_id, vectors)
+    return EmbedResult.from_array(encoder.model_id, vectors, None if tokens is None else tokens.tolist())
 
 
 def upsert_request(
