@@ -87,11 +87,12 @@ def test_a_worker_refuses_an_evicting_broker_in_one_line(server: redis.Redis) ->
 
 def test_a_client_refuses_an_evicting_broker_before_sending(server: redis.Redis) -> None:
     server.config_set("maxmemory-policy", "allkeys-random")
-    with EmbeddingClient(_url(server), worker_wait_s=None, allow_evicting_broker=False) as client:
+    url = _url(server)  # below: one task per request, sent at once (no batching)
+    with EmbeddingClient(url, worker_wait_s=None, batch_wait_ms=None, allow_evicting_broker=False) as client:
         with pytest.raises(ConfigError, match="noeviction"):
             client.embed_queries(["hello"])
         assert server.llen(client.queue) == 0  # nothing was accepted that the broker could evict
-    with EmbeddingClient(_url(server), worker_wait_s=None, allow_evicting_broker=True) as client:
+    with EmbeddingClient(url, worker_wait_s=None, batch_wait_ms=None, allow_evicting_broker=True) as client:
         client.embed_queries(["hello"])
         assert server.llen(client.queue) == 1
 
@@ -99,7 +100,7 @@ def test_a_client_refuses_an_evicting_broker_before_sending(server: redis.Redis)
 def test_the_opt_in_comes_from_the_environment(server: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
     server.config_set("maxmemory-policy", "allkeys-lru")
     monkeypatch.setenv("EMBEDQ_ALLOW_EVICTING_BROKER", "1")
-    with EmbeddingClient(_url(server), worker_wait_s=None) as client:
+    with EmbeddingClient(_url(server), worker_wait_s=None, batch_wait_ms=None) as client:
         client.embed_queries(["hello"])
         assert server.llen(client.queue) == 1
 
@@ -157,7 +158,7 @@ def test_a_broker_that_refuses_config_get_gets_a_note_not_a_failure(server: redi
         app.close()
     ((level, message),) = said
     assert level == logging.INFO and "CONFIG GET" in message and "noeviction" in message
-    with EmbeddingClient(_url(server), worker_wait_s=None) as client:
+    with EmbeddingClient(_url(server), worker_wait_s=None, batch_wait_ms=None) as client:
         client.embed_queries(["hello"])
         assert server.llen(client.queue) == 1
 
@@ -246,7 +247,7 @@ def _wait_for(condition: object, timeout_s: float, what: str) -> None:
 def test_a_full_broker_makes_the_worker_wait_not_exit(server: redis.Redis, tmp_path: Path) -> None:
     url = _url(server)
     texts = [[f"job {index} {uuid.uuid4()}"] for index in range(5)]
-    with EmbeddingClient(url, worker_wait_s=None) as client:
+    with EmbeddingClient(url, worker_wait_s=None, batch_wait_ms=None) as client:
         # Queued while no worker runs, then taken off the list to be handed over while Redis is full.
         jobs = [client.embed_queries(batch) for batch in texts]
         raw = server.lrange(client.queue, 0, -1)
