@@ -100,8 +100,10 @@ def check_broker_policy(
     allow_evicting: bool,
     unreachable_ok: bool = False,
     say: Callable[[int, str], None] = logger.log,
-) -> None:
+) -> bool:
     """Check the broker's eviction policy once and log what is worth saying; ConfigError if it loses work.
+
+    Return False if the broker could not be reached (with ``unreachable_ok``), True otherwise.
 
     ``open_client`` is a context manager factory lending a Redis client. An unreachable broker
     raises BrokerUnavailableError, unless ``unreachable_ok`` (a worker: Celery waits for it).
@@ -113,14 +115,15 @@ def check_broker_policy(
         if is_config_error(exc):
             raise broker_error(exc, shown_url) from exc
         say(logging.INFO, f"could not check the broker's maxmemory-policy: {exc}")
-        return
+        return True
     except BrokerUnavailableError as exc:
         if not unreachable_ok:
             raise
         say(logging.INFO, f"could not check the broker's maxmemory-policy yet: {exc}")
-        return
+        return False
     if said is not None:
         say(*said)
+    return True
 
 
 def _decoded(value: object) -> str | None:

@@ -28,6 +28,7 @@ from producer.errors import BrokerUnavailableError, ConfigError
 from producer.settings import Settings
 from tests.support.workers import REPO_ROOT, WorkerProcess, start_worker, stop_worker
 from worker.encoding.encoder import StaticEncoder
+from worker.ports import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -83,6 +84,36 @@ def test_a_worker_refuses_an_evicting_broker_in_one_line(server: redis.Redis) ->
     (line,) = _error_lines(done.stderr)
     assert "allkeys-lru" in line and "noeviction" in line and "EMBEDQ_ALLOW_EVICTING_BROKER=1" in line
     assert "Traceback" not in done.stderr
+
+
+def test_a_worker_started_before_its_broker_checks_the_policy_once_connected(tmp_path: Path) -> None:
+    port = free_port()
+    env = dict(os.environ)
+    for name in ("EMBEDQ_RESULT_BACKEND", "EMBEDQ_MODEL", "EMBEDQ_ALLOW_EVICTING_BROKER"):
+        env.pop(name, None)
+    env.update({"EMBEDQ_BROKER_URL": f"redis://127.0.0.1:{port}/0", "PYTHONUNBUFFERED": "1"})
+    log_path = tmp_path / "worker.log"
+    with log_path.open("wb") as log:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "worker.cli.main", "worker", "--concurrency=1"],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    valkey = ValkeyServer(port=port, config={"maxmemory-policy": "allkeys-lru"})
+    deferred = "could not check the broker's maxmemory-policy yet"
+    try:
+        _wait_for(lambda: deferred in log_path.read_text(), 30, "the worker to note the broker is not up")
+        valkey.start()  # evicting from its first moment: the worker must find out once it connects
+        worker.wait(timeout=CLI_TIMEOUT_S)
+        assert worker.returncode == 2, log_path.read_text()[-3000:]
+        assert "maxmemory-policy allkeys-lru" in log_path.read_text()
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+        valkey.stop()
 
 
 def test_a_client_refuses_an_evicting_broker_before_sending(server: redis.Redis) -> None:
