@@ -6,8 +6,9 @@ For each model (the bundled float16 one, a float32 copy of it, and the vocabular
 int8 model of tokenlearn-static-model), runs in one process, alternating, round by round:
   ours       StaticEncoder.encode(texts)
   model2vec  StaticModel.encode(texts) with its defaults
-  floor      Tokenizer.encode_batch_fast over the same batches (no pooling at all)
-and prints the median docs/s of each and the ratios. model2vec sets TOKENIZERS_PARALLELISM=false
+  floor      Tokenizer.encode_batch_fast over the same batches (no pooling at all): the old floor
+  tokie      tokie's encode_batch_flat over the same batches (the fast tokenizer alone, for scale)
+and prints the median docs/s of each and the ratios (median over rounds, then min-max). model2vec sets TOKENIZERS_PARALLELISM=false
 for the whole process when it multiprocesses; it is reset before every run so that each
 contender gets the tokenizer's own parallelism.
 """
@@ -56,12 +57,14 @@ def _timed(run: Callable[[], object]) -> float:
 
 
 def bench_model(name: str, path: Path, texts: list[str], rounds: int) -> dict[str, float]:
+    import tokie
     from model2vec import StaticModel
     from tokenizers import Tokenizer
 
     from worker.encoding.encoder import StaticEncoder
 
     ours = StaticEncoder.from_pretrained(path)
+    fast_alone = tokie.Tokenizer.from_json(str(path / "tokenizer.json"))
     reference = StaticModel.from_pretrained(path, force_download=False)
     tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
     tokenizer.no_padding()
@@ -72,27 +75,35 @@ def bench_model(name: str, path: Path, texts: list[str], rounds: int) -> dict[st
         for start in range(0, len(texts), batch):
             tokenizer.encode_batch_fast(texts[start : start + batch], add_special_tokens=False)
 
+    def tokie_alone() -> None:
+        for start in range(0, len(texts), batch):
+            fast_alone.encode_batch_flat(texts[start : start + batch], add_special_tokens=False)
+
     contenders: dict[str, Callable[[], object]] = {
         "ours": lambda: ours.encode(texts),
         "model2vec": lambda: reference.encode(texts),
         "floor": floor,
+        "tokie": tokie_alone,
     }
     seconds: dict[str, list[float]] = {key: [] for key in contenders}
     ours.encode(texts[:2000])  # warm caches for every contender alike
     reference.encode(texts[:2000])
     tokenizer.encode_batch_fast(texts[:2000], add_special_tokens=False)
+    fast_alone.encode_batch_flat(texts[:2000], add_special_tokens=False)
     for _ in range(rounds):
         for key, run in contenders.items():
             seconds[key].append(_timed(run))
     rates = {key: len(texts) / statistics.median(values) for key, values in seconds.items()}
+
     # Ratios are taken round by round (runs minutes apart see different machine load), then the median.
-    vs_floor = statistics.median(f / o for f, o in zip(seconds["floor"], seconds["ours"], strict=True))
-    vs_reference = statistics.median(
-        m / o for m, o in zip(seconds["model2vec"], seconds["ours"], strict=True)
-    )
+    def ratio(other: str) -> str:
+        values = [t / o for t, o in zip(seconds[other], seconds["ours"], strict=True)]
+        return f"{statistics.median(values):.2f}x ({min(values):.2f}-{max(values):.2f})"
+
     print(
-        f"{name:<24} ours {rates['ours']:>7,.0f}/s  model2vec {rates['model2vec']:>7,.0f}/s  "
-        f"floor {rates['floor']:>7,.0f}/s | ours/floor {vs_floor:.2f}x  ours/model2vec {vs_reference:.2f}x"
+        f"{name:<24} [{ours.tokenizer_name}] ours {rates['ours']:>7,.0f}/s  model2vec {rates['model2vec']:>7,.0f}/s  "
+        f"floor {rates['floor']:>7,.0f}/s  tokie {rates['tokie']:>7,.0f}/s\n{'':<24} "
+        f"ours/model2vec {ratio('model2vec')}  ours/floor {ratio('floor')}  ours/tokie {ratio('tokie')}"
     )
     return rates
 

@@ -345,10 +345,13 @@ class EmbeddingClient:
             self.queue,
         )
 
-    def submit_upsert(self, collection: str, documents: Sequence[Document]) -> str:
+    def submit_upsert(
+        self, collection: str, documents: Sequence[Document], *, skip_unchanged: bool = False
+    ) -> str:
         """Enqueue documents to embed and upsert into the Milvus ``collection``; return the task id.
 
         The task's result (read with ``client.reader``) is an UpsertResult with the rows written.
+        With ``skip_unchanged``, documents whose stored content hash matches are not re-written.
         """
         if not documents:
             raise InvalidInputError("documents is empty: pass at least one document")
@@ -367,6 +370,7 @@ class EmbeddingClient:
             ids=tuple(document.id for document in documents),
             texts=tuple(texts),
             metadata=tuple(document.metadata for document in documents),
+            skip_unchanged=skip_unchanged,
         )
         self._check_queue(self.bulk_queue)
         task_id: str = uuid()

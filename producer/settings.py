@@ -18,6 +18,7 @@ DEFAULT_MILVUS_URI = "./embedq.db"
 
 REDIS_SCHEMES = frozenset({"redis", "rediss", "redis+socket"})
 _MAX_MODEL_ID_CHARS = 512
+TOKENIZER_CHOICES = ("auto", "fast", "tokenizers")  # EMBEDQ_TOKENIZER: see worker.encoding.fast_tokenizing
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class Settings:
     batch_max_in_flight: int = 2
     metrics_port: int | None = None  # the worker's /metrics, /health and /ready; None: off
     log_format: str = "text"  # or "json": one JSON object per log line
+    tokenizer: str = "auto"
     allow_evicting_broker: bool = False  # EMBEDQ_ALLOW_EVICTING_BROKER: accept an allkeys-* broker
 
     def __post_init__(self) -> None:
@@ -74,6 +76,10 @@ class Settings:
             raise ConfigError(
                 f"EMBEDQ_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, got {self.log_format!r}"
             )
+        if self.tokenizer not in TOKENIZER_CHOICES:
+            raise ConfigError(
+                f"EMBEDQ_TOKENIZER must be one of {', '.join(TOKENIZER_CHOICES)}, got {self.tokenizer!r}"
+            )
         if self.visibility_timeout_s <= self.task_time_limit_s:
             raise ConfigError(
                 f"EMBEDQ_VISIBILITY_TIMEOUT_S ({self.visibility_timeout_s}) must exceed "
@@ -98,7 +104,8 @@ class Settings:
             f"max_queue_depth={self.max_queue_depth}, metrics_port={self.metrics_port}, "
             f"log_format={self.log_format!r}, batch_wait_ms={self.batch_wait_ms}, "
             f"batch_max_texts={self.batch_max_texts}, batch_max_chars={self.batch_max_chars}, "
-            f"batch_max_in_flight={self.batch_max_in_flight})"
+            f"batch_max_in_flight={self.batch_max_in_flight}, "
+            f"tokenizer={self.tokenizer!r})"
         )
 
 
@@ -193,6 +200,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         batch_max_in_flight=_int(env, "EMBEDQ_BATCH_MAX_IN_FLIGHT", 2),
         metrics_port=None if metrics_port is None else _int(env, "EMBEDQ_METRICS_PORT", 0),
         log_format=(_text(env, "EMBEDQ_LOG_FORMAT") or "text").lower(),
+        tokenizer=(_text(env, "EMBEDQ_TOKENIZER") or "auto").lower(),
         allow_evicting_broker=allow_evicting_broker(env),
     )
 

@@ -73,10 +73,12 @@ def local_progress_line(state_dir: Path, state: str, written_at: float, now: flo
     return line + ")"
 
 
-def backfill_summary_line(summary: BackfillSummary, collection: str) -> str:
-    """Return the line that ends `embedq backfill`."""
+def backfill_summary_line(summary: BackfillSummary, collection: str, deleted: int | None = None) -> str:
+    """Return the line that ends `embedq backfill`: written, unchanged, deleted (when asked), failed."""
+    removed = "" if deleted is None else f"{deleted} deleted, "
     return (
         f"backfill {summary.job_id}: {summary.written} documents written to {collection}, "
+        f"{summary.unchanged} unchanged, {removed}"
         f"{summary.failed} failed, {summary.skipped} skipped (done by an earlier run) "
         f"in {summary.elapsed_s:.1f} s ({summary.docs_per_s:.0f} docs/s)"
     )

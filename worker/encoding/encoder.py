@@ -24,6 +24,7 @@ import numpy as np
 from tokenizers import Encoding, Tokenizer
 
 from producer.errors import InvalidInputError, ModelLoadError
+from worker.encoding.fast_tokenizing import FAST_TOKENIZER_NAME, FastTokenizer, select_fast_tokenizer
 from worker.encoding.loader import ModelFiles, load_model_files
 from worker.encoding.pooling import mean_pool, normalize_rows, select_tokens
 from worker.encoding.tokenizing import TextTokenizer
@@ -118,6 +119,7 @@ class StaticEncoder:
         *,
         normalize: bool | None = None,
         max_length: int | _Unset | None = UNSET,
+        tokenizer: str = "auto",
     ) -> None:
         config = files.config
         self.model_id: str = files.model_id
@@ -140,6 +142,13 @@ class StaticEncoder:
         self._text_tokenizer = TextTokenizer(self._tokenizer)
         self._unk_id = _unk_token_id(self._tokenizer)
         self._median_token_length = _median_token_length(self._tokenizer)
+        # tokie where the load-time probe shows it gives the same ids (see worker.fast_tokenizing).
+        self._fast_tokenizer: FastTokenizer | None = select_fast_tokenizer(
+            tokenizer,
+            self._tokenizer,
+            None if self.max_length is None else self.max_length * self._median_token_length,
+            self.model_id,
+        )
         vocab_size = self._tokenizer.get_vocab_size()
         rows_needed = vocab_size if self._mapping is None else len(self._mapping)
         if self._mapping is None and len(self._table) < vocab_size:
@@ -161,15 +170,25 @@ class StaticEncoder:
         token: str | None = None,
         normalize: bool | None = None,
         max_length: int | _Unset | None = UNSET,
+        tokenizer: str = "auto",
     ) -> StaticEncoder:
-        """Load ``source``: ``None`` for the bundled model, a local folder, or a Hugging Face Hub id."""
+        """Load ``source``: ``None`` for the bundled model, a local folder, or a Hugging Face Hub id.
+
+        ``tokenizer``: ``auto`` (tokie where its ids are checked equal, else tokenizers), ``fast``
+        (tokie or refuse to load) or ``tokenizers``.
+        """
         files = load_model_files(source, revision=revision, cache_dir=cache_dir, token=token)
-        return cls(files, normalize=normalize, max_length=max_length)
+        return cls(files, normalize=normalize, max_length=max_length, tokenizer=tokenizer)
 
     @property
     def dim(self) -> int:
         """Length of every output vector."""
         return int(self._table.shape[1])
+
+    @property
+    def tokenizer_name(self) -> str:
+        """Which library tokenizes: ``tokie`` (checked against the model's tokenizer) or ``tokenizers``."""
+        return "tokenizers" if self._fast_tokenizer is None else FAST_TOKENIZER_NAME
 
     @property
     def table_nbytes(self) -> int:
@@ -179,16 +198,24 @@ class StaticEncoder:
     def __repr__(self) -> str:
         return f"StaticEncoder(model_id={self.model_id!r}, dim={self.dim}, normalize={self.normalize})"
 
-    def _run_tokenizer(self, texts: Sequence[str], max_length: int | None) -> list[Encoding]:
+    def _run_tokenizer(
+        self, texts: Sequence[str], max_length: int | None
+    ) -> list[Encoding] | tuple[np.ndarray, np.ndarray]:
         if max_length is not None:
             limit = max_length * self._median_token_length
             texts = [text[:limit] for text in texts]
         try:
+            if self._fast_tokenizer is not None:
+                return self._fast_tokenizer.encode_flat(texts)
             return self._text_tokenizer.encode_batch(texts)
-        except TypeError as exc:
+        except (TypeError, UnicodeEncodeError) as exc:
             raise _find_unencodable(texts) from exc
 
-    def _token_ids(self, encodings: list[Encoding], max_length: int | None) -> tuple[np.ndarray, np.ndarray]:
+    def _token_ids(
+        self, encodings: list[Encoding] | tuple[np.ndarray, np.ndarray], max_length: int | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if isinstance(encodings, tuple):  # the fast tokenizer's flat arrays
+            return select_tokens(*encodings, max_length, self._unk_id)
         # One flat list grown in place, then one conversion: cheaper than a list per text chained
         # through np.fromiter (reading ``.ids`` is most of the Python work per text).
         flat: list[int] = []

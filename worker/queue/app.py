@@ -132,7 +132,7 @@ def run_worker(
     observability = WorkerObservability(settings)  # binds the metrics port first: a taken port fails fast
     # Loaded in the parent: the forked pool processes share the table pages copy-on-write. The
     # tokenizer is not used here, so its thread pool stays enabled in the children.
-    encoder = StaticEncoder.from_pretrained(settings.model)
+    encoder = StaticEncoder.from_pretrained(settings.model, tokenizer=settings.tokenizer)
     app = build_worker_app(settings, encoder, queues)
     try:
         check_broker_at_start(app, settings)
