@@ -52,7 +52,8 @@ def one_round(round_no: int, docs: int, chunk_size: int, tmp: Path) -> bool:
     exact = rows == docs and result.written + result.skipped == docs and result.queries.wrong == 0 and alive
     q = result.queries
     print(
-        f"round {round_no}: failover {result.failover_s:.1f} s, backfill runs {result.runs}, "
+        f"round {round_no}: failover {result.failover_s:.1f} s, backfill runs {result.runs} (then waited "
+        f"{result.lock_wait_s:.0f} s for the stopped run's lock), "
         f"written {result.written} + skipped {result.skipped}, rows {rows} of {docs} "
         f"(lost {max(docs - rows, 0)}, duplicated {max(rows - docs, 0)}); queries right {q.right} "
         f"(after failover {q.right_after_failover}), wrong {q.wrong}, transient errors {q.transient}; "

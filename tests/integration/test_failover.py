@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from producer.backfill import run_lock
 from producer.settings import load_settings
 from tests.support.corpora import write_jsonl_corpus
 from tests.support.failover import failover_round
@@ -27,8 +28,10 @@ def setup(tmp_path: Path) -> Iterator[SentinelSetup]:
 
 
 def test_a_backfill_and_queries_survive_the_primary_being_killed(
-    setup: SentinelSetup, tmp_path: Path
+    setup: SentinelSetup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The run the failover stops cannot free its run lock; a shorter TTL keeps the test short.
+    monkeypatch.setattr(run_lock, "LOCK_TTL_S", 5)
     env = {"EMBEDQ_BROKER_URL": setup.url, "EMBEDQ_SENTINEL_MASTER": MASTER_NAME}
     worker = start_worker(setup.url, tmp_path / "worker.log", extra_env=env)
     milvus_uri = worker.settings.milvus_uri

@@ -12,6 +12,7 @@ from producer.backfill import BackfillOptions, backfill_status, job_id_for, run_
 from producer.backfill.fleet import pool_reader
 from producer.backfill.model import Shard
 from producer.client import EmbeddingClient
+from producer.protocol.names import PRESENCE_TTL_S
 from tests.support.corpora import write_jsonl_corpus
 from tests.support.workers import WorkerProcess, start_worker, stop_worker
 from worker.milvus.lite_server import stop_lite_server
@@ -50,7 +51,10 @@ def test_producers_count_the_pool_processes_of_workers_as_they_come_and_go(
         assert read() == before + added
     finally:
         stop_worker(extra)
-    assert read() == before  # a warm stop withdraws the pool at once, not after the key's TTL
+    deadline = time.monotonic() + PRESENCE_TTL_S + 3.0
+    while read() != before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert read() == before  # a stopped worker's pool key expires with its presence key
 
 
 def test_shards_of_one_file_write_it_all_once_and_status_sums_them(

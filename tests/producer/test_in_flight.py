@@ -15,7 +15,7 @@ from producer.backfill.in_flight import (
 from producer.backfill.model import BackfillOptions
 from producer.errors import ConfigError
 from producer.protocol.fleet import PoolPresence, live_pool_processes, pool_key, pool_set_key
-from worker.queue.fleet import advertise_pool, withdraw_pool
+from worker.queue.fleet import advertise_pool
 
 QUEUE = "embedq.org/m.bulk"
 
@@ -81,8 +81,6 @@ def test_live_pool_processes_sum_live_workers_and_drop_expired_ones(fake_redis: 
     fake_redis.delete(pool_key(QUEUE, "w2@b"))  # its TTL ran out: the worker died or lost the broker
     assert live_pool_processes(fake_redis, QUEUE) == 2
     assert fake_redis.smembers(pool_set_key(QUEUE)) == {b"w1@a"}
-    withdraw_pool(fake_redis, [QUEUE], "w1@a")
-    assert live_pool_processes(fake_redis, QUEUE) == 0
 
 
 def test_a_worker_with_more_processes_than_cpus_counts_its_cpus(fake_redis: fakeredis.FakeRedis) -> None:

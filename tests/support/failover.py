@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from producer.backfill import BackfillOptions, BackfillProgress, run_backfill
+from producer.backfill.run_lock import BackfillRunningError
 from producer.client import EmbeddingClient
 from producer.errors import TransientError
 from producer.settings import Settings
@@ -22,6 +23,7 @@ from tests.support.sentinel import SentinelSetup
 from worker.encoding.encoder import StaticEncoder
 
 MAX_RERUNS = 4
+_MAX_LOCK_WAITS = 90
 
 
 @dataclass
@@ -40,6 +42,7 @@ class FailoverRound:
     """How one round went."""
 
     runs: int
+    lock_wait_s: float
     written: int
     skipped: int
     failover_s: float
@@ -103,7 +106,7 @@ def failover_round(
     stop = threading.Event()
     tally = QueryTally()
     stopped_with: list[str] = []
-    written = skipped = runs = 0
+    written = skipped = runs = lock_waits = 0
     with (
         EmbeddingClient.from_settings(settings, worker_wait_s=30.0) as client,
         EmbeddingClient.from_settings(settings, worker_wait_s=30.0) as query_client,
@@ -117,6 +120,15 @@ def failover_round(
                 runs += 1
                 try:
                     summary = run_backfill(client, options, on_progress=on_progress)
+                except BackfillRunningError:
+                    # The run the failover stopped could not free its run lock (the broker was
+                    # down); the lock expires within LOCK_TTL_S. Waiting is not another run.
+                    runs -= 1
+                    lock_waits += 1
+                    if lock_waits > _MAX_LOCK_WAITS:
+                        raise
+                    time.sleep(1.0)
+                    continue
                 except TransientError as exc:
                     stopped_with.append(f"{type(exc).__name__}: {str(exc)[:200]}")
                     failed_over.wait(30.0)
@@ -135,5 +147,11 @@ def failover_round(
             stop.set()
             queries.join(60.0)
     return FailoverRound(
-        runs, written, skipped, failover[0] if failover else float("nan"), stopped_with, tally
+        runs,
+        float(lock_waits),
+        written,
+        skipped,
+        failover[0] if failover else float("nan"),
+        stopped_with,
+        tally,
     )

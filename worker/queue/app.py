@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from collections.abc import Sequence
@@ -20,7 +19,7 @@ from producer.protocol.names import PRESENCE_TTL_S, bulk_queue_for_model, presen
 from producer.settings import Settings
 from worker.queue.batch_task import register_batch_task
 from worker.queue.broker_checks import check_broker_at_start
-from worker.queue.fleet import advertise_pool, pool_identity, pool_processes, usable_cpus, withdraw_pool
+from worker.queue.fleet import advertise_pool, pool_identity, pool_processes, usable_cpus
 from worker.queue.guard import install_message_guard
 from worker.queue.sentinel import install_sentinel_guard
 from worker.queue.tasks import CollectionSinks, Encoder, Sink, TextLimits, register_tasks
@@ -65,13 +64,6 @@ class PresenceStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery shi
         if self._timer_entry is not None:
             self._timer_entry.cancel()
             self._timer_entry = None
-
-    def shutdown(self, consumer: Any) -> None:
-        """At a warm stop, drop this worker's pool keys so producers stop counting it at once."""
-        self.stop(consumer)
-        if self._queues:
-            with contextlib.suppress(BrokerUnavailableError), broker_client(consumer.app) as client:
-                withdraw_pool(client, self._queues, pool_identity(consumer))
 
     def _refresh(self, app: Celery) -> None:
         value = self.presence.encode()

@@ -42,12 +42,3 @@ def advertise_pool(redis: Any, queues: Sequence[str], presence: PoolPresence) ->
         pipe.set(pool_key(queue, presence.hostname), presence.encode(), ex=PRESENCE_TTL_S)
         pipe.sadd(pool_set_key(queue), presence.hostname)
     pipe.execute()
-
-
-def withdraw_pool(redis: Any, queues: Sequence[str], hostname: str) -> None:
-    """Remove the worker's pool keys at a warm stop, so producers stop counting it at once."""
-    pipe = redis.pipeline()
-    for queue in queues:
-        pipe.delete(pool_key(queue, hostname))
-        pipe.srem(pool_set_key(queue), hostname)
-    pipe.execute()
