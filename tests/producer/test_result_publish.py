@@ -26,7 +26,7 @@ def _published(pubsub: Any, wait_s: float = 0.5) -> list[bytes]:
 def test_large_results_reach_subscribers_and_skip_the_publish_otherwise(redis_url: str) -> None:
     app = build_celery_app(Settings(broker_url=redis_url), "test-publish")
     backend = app.backend
-    client = redis.Redis.from_url(redis_url)
+    client: Any = redis.Redis.from_url(redis_url)
     watched, unwatched, small = (str(uuid.uuid4()) for _ in range(3))
     keys = {task_id: backend.get_key_for_task(task_id) for task_id in (watched, unwatched, small)}
     waiter = client.pubsub()  # what Celery's own AsyncResult.get() does: SUBSCRIBE to the task's key
