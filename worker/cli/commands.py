@@ -47,8 +47,7 @@ def worker_command(args: argparse.Namespace, settings: Settings) -> int:
     if args.metrics_port is not None:
         settings = replace(settings, metrics_port=args.metrics_port)
     queues = _names(args.queues) if args.queues else None
-    run_worker(settings, concurrency=args.concurrency, queues=queues, loglevel=args.loglevel)
-    return 0
+    return run_worker(settings, concurrency=args.concurrency, queues=queues, loglevel=args.loglevel)
 
 
 def _names(comma_separated: str) -> tuple[str, ...]:
@@ -85,7 +84,7 @@ def backfill_command(args: argparse.Namespace, settings: Settings) -> int:
     from producer.backfill.idset import SeenIds
     from producer.client import EmbeddingClient
     from worker.cli.deletes import delete_missing, manifest_for
-    from worker.cli.output import SHOWN_ERRORS, BackfillProgressBar, backfill_summary_line
+    from worker.cli.output import SHOWN_ERRORS, BackfillProgressBar, backfill_summary_line, failure_hint
 
     if not args.file.is_file():
         raise ConfigError(
@@ -122,7 +121,7 @@ def backfill_command(args: argparse.Namespace, settings: Settings) -> int:
     for error in summary.errors[:SHOWN_ERRORS]:
         note(f"failed: {error}")
     if summary.failed:
-        note(f"{summary.failed} documents failed; run the same command again to retry them")
+        note(f"{summary.failed} documents failed; {failure_hint(summary.errors)}")
         return EXIT_FAILED
     return 0
 

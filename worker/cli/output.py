@@ -84,6 +84,33 @@ def backfill_summary_line(summary: BackfillSummary, collection: str, deleted: in
     )
 
 
+_TRANSIENT_NAMES = (
+    "BrokerUnavailableError",
+    "SinkUnavailableError",
+    "NoWorkerError",
+    "OverloadedError",
+    "ResultTimeoutError",
+    "TransientError",
+    "BrokerRestartedError",
+)
+
+
+def failure_hint(errors: Sequence[str]) -> str:
+    """Say what to do about a backfill's failed documents, from its (sampled) error lines.
+
+    Running the same command again helps only with transient failures (Milvus, the broker or the
+    workers away); rejected records and another model's collection need a change first.
+    """
+    if any("ModelMismatchError" in error for error in errors):
+        return (
+            "the collection holds another model's vectors: running the same command again cannot help; "
+            "use another --collection, or the model the collection was made with"
+        )
+    if any(f": {name}:" in error for error in errors for name in _TRANSIENT_NAMES):
+        return "run the same command again to retry them (documents already written are skipped)"
+    return "fix the records listed above and run again: the same input fails the same way"
+
+
 def search_hit_lines(hits: Sequence[SearchHit]) -> list[str]:
     """Return one line per hit: rank, cosine score, document id and the start of its text."""
     return [

@@ -30,7 +30,7 @@ from producer.errors import (
     SinkUnavailableError,
 )
 from worker.milvus.column_upsert import ColumnUpsert
-from worker.milvus.connection import connect_milvus, describe_error, is_transient
+from worker.milvus.connection import connect_milvus, describe_error, is_out_of_space, is_transient
 from worker.milvus.content import with_hash
 from worker.milvus.lite_server import LiteWriteLock, ensure_lite_server, is_lite_path
 from worker.milvus.rows import Rows, build_rows, checked_ids
@@ -378,6 +378,11 @@ class MilvusSink:
             raise
         except (MilvusException, grpc.RpcError, OSError) as exc:
             detail = describe_error(exc)
+            if is_out_of_space(exc):
+                raise SinkUnavailableError(
+                    f"Milvus is out of disk space and could not {action} collection {self.collection!r} "
+                    f"({detail}): free space where it stores its data; the request can be retried"
+                ) from exc
             if is_transient(exc):
                 raise SinkUnavailableError(
                     f"Milvus was unavailable to {action} collection {self.collection!r} ({detail}): "
