@@ -13,12 +13,13 @@ from celery.backends.redis import RedisBackend
 from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
-from producer.errors import BrokerUnavailableError
+from producer.broker_checks import broker_error
 from producer.protocol.names import queue_for_model
 from producer.settings import Settings, redact_url
 
 BROKER_ACQUIRE_TIMEOUT_S = 5.0
 REDIS_SOCKET_TIMEOUT_S = 10.0
+BROKER_CONNECT_TIMEOUT_S = 5.0
 
 
 class PollingRedisBackend(RedisBackend):  # type: ignore[misc]  # Celery ships no type hints
@@ -80,7 +81,13 @@ def celery_conf(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         "result_expires": settings.result_ttl_s,
         "result_extended": False,  # extended results would store every request's texts again
-        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout_s},
+        "broker_transport_options": {
+            "visibility_timeout": settings.visibility_timeout_s,
+            # Without them kombu waits forever: on a connect that is never answered, and on a TLS
+            # handshake with a server that does not speak TLS (rediss:// to a plain Redis).
+            "socket_timeout": REDIS_SOCKET_TIMEOUT_S,
+            "socket_connect_timeout": BROKER_CONNECT_TIMEOUT_S,
+        },
         "broker_connection_retry_on_startup": True,
         "redis_socket_timeout": REDIS_SOCKET_TIMEOUT_S,
         "redis_socket_connect_timeout": REDIS_SOCKET_TIMEOUT_S,
@@ -109,6 +116,5 @@ def broker_client(app: Celery) -> Iterator[Any]:
         with app.pool.acquire(block=True, timeout=BROKER_ACQUIRE_TIMEOUT_S) as connection:
             yield connection.default_channel.client
     except (RedisError, OperationalError, OSError) as exc:
-        raise BrokerUnavailableError(
-            f"cannot reach the Redis broker at {url}: {exc}; check EMBEDQ_BROKER_URL and that Redis is up"
-        ) from exc
+        cause = exc.__cause__ if isinstance(exc, OperationalError) and exc.__cause__ else exc
+        raise broker_error(cause, url) from exc

@@ -15,9 +15,9 @@ from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
 from producer.batching import BatchLimits, BatchPath, request_id
+from producer.broker_checks import broker_error, check_broker_policy
 from producer.celery_config import broker_client, build_celery_app
 from producer.errors import (
-    BrokerUnavailableError,
     ConfigError,
     InvalidInputError,
     ModelMismatchError,
@@ -25,6 +25,7 @@ from producer.errors import (
     OverloadedError,
 )
 from producer.job import Job, JobStatus, ResultReader
+from producer.limits import document_problem
 from producer.protocol.batches import TASK_EMBED_BATCH, BatchItem, BatchRequest
 from producer.protocol.documents import Document
 from producer.protocol.messages import EmbedRequest, UpsertRequest, WorkerPresence
@@ -39,7 +40,7 @@ from producer.protocol.names import (
     queue_for_model,
 )
 from producer.protocol.texts import validate_texts
-from producer.settings import Settings, check_model_id, redact_url
+from producer.settings import Settings, allow_evicting_broker, check_model_id, redact_url
 
 _WORKER_POLL_S = 0.1
 _QUEUE_CHECK_TTL_S = 0.25
@@ -87,6 +88,7 @@ class EmbeddingClient:
         batch_max_chars: int = 200_000,
         batch_max_in_flight: int = 2,
         request_timeout_s: float | None = None,
+        allow_evicting_broker: bool | None = None,
     ) -> None:
         """Connect by URLs (a Celery app of its own) or through ``app``; ``model`` None is the bundled one.
 
@@ -94,6 +96,8 @@ class EmbeddingClient:
         ``max_queue_depth`` is the queue length at which new jobs get OverloadedError (None: no limit);
         requests of ``bulk_min_texts`` texts or more, and all upserts, go to the model's bulk queue
         (None: only upserts), so that they never queue in front of small requests.
+        ``allow_evicting_broker`` accepts a broker whose maxmemory-policy may evict queued work
+        (None: EMBEDQ_ALLOW_EVICTING_BROKER); the policy is read once, at the first send.
 
         Small requests (at most ``batch_max_texts`` texts and ``batch_max_chars`` characters) sent
         from many threads or asyncio tasks are merged into one task (None: one task per request):
@@ -130,6 +134,8 @@ class EmbeddingClient:
         self._max_texts_per_job = max_texts_per_job
         self._max_queue_depth = max_queue_depth
         self._worker_wait_s = worker_wait_s
+        self._allow_evicting = allow_evicting_broker
+        self._broker_checked = False
         self._batches = (
             None
             if batch_wait_ms is None
@@ -158,6 +164,7 @@ class EmbeddingClient:
                 "batch_max_texts": settings.batch_max_texts,
                 "batch_max_chars": settings.batch_max_chars,
                 "batch_max_in_flight": settings.batch_max_in_flight,
+                "allow_evicting_broker": settings.allow_evicting_broker,
                 **options,
             },
         )
@@ -248,6 +255,11 @@ class EmbeddingClient:
 
     def _check_queue(self, queue: str) -> None:
         """Raise NoWorkerError if no worker serves ``queue``, OverloadedError if it is too deep."""
+        if not self._broker_checked:
+            allow = allow_evicting_broker() if self._allow_evicting is None else self._allow_evicting
+            shown = redact_url(str(self.app.conf.broker_url))
+            check_broker_policy(lambda: broker_client(self.app), shown, allow_evicting=allow)
+            self._broker_checked = True
         if self._worker_wait_s is None and self._max_queue_depth is None:
             return
 
@@ -333,13 +345,20 @@ class EmbeddingClient:
             self.queue,
         )
 
-    def submit_upsert(self, collection: str, documents: Sequence[Document]) -> str:
+    def submit_upsert(
+        self, collection: str, documents: Sequence[Document], *, skip_unchanged: bool = False
+    ) -> str:
         """Enqueue documents to embed and upsert into the Milvus ``collection``; return the task id.
 
         The task's result (read with ``client.reader``) is an UpsertResult with the rows written.
+        With ``skip_unchanged``, documents whose stored content hash matches are not re-written.
         """
         if not documents:
             raise InvalidInputError("documents is empty: pass at least one document")
+        for index, document in enumerate(documents):
+            problem = document_problem(document.id, document.text, document.metadata)
+            if problem is not None:
+                raise InvalidInputError(f"documents[{index}]: {problem}")
         texts = validate_texts(
             [document.text for document in documents],
             max_texts=self._max_texts_per_task,
@@ -351,6 +370,7 @@ class EmbeddingClient:
             ids=tuple(document.id for document in documents),
             texts=tuple(texts),
             metadata=tuple(document.metadata for document in documents),
+            skip_unchanged=skip_unchanged,
         )
         self._check_queue(self.bulk_queue)
         task_id: str = uuid()
@@ -392,6 +412,5 @@ class EmbeddingClient:
                     )
         except (OperationalError, RedisError, OSError) as exc:
             url = redact_url(str(self.app.conf.broker_url))
-            raise BrokerUnavailableError(
-                f"could not enqueue on {url}: {exc}; check EMBEDQ_BROKER_URL and that Redis is up"
-            ) from exc
+            cause = exc.__cause__ if isinstance(exc, OperationalError) and exc.__cause__ else exc
+            raise broker_error(cause, url, "enqueue on") from exc

@@ -5,17 +5,18 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from producer.errors import ConfigError
 from producer.protocol.names import BUNDLED_MODEL_ID
+from producer.redaction import redact_url as redact_url  # re-exported: redact_url has always lived here
+from producer.redaction import url_secrets
 
 DEFAULT_BROKER_URL = "redis://localhost:6379/0"
 LOG_FORMATS = ("text", "json")
 DEFAULT_MILVUS_URI = "./embedq.db"
 
 REDIS_SCHEMES = frozenset({"redis", "rediss", "redis+socket"})
-_SECRET_QUERY_KEYS = frozenset({"password", "token", "secret"})
 _MAX_MODEL_ID_CHARS = 512
 TOKENIZER_CHOICES = ("auto", "fast", "tokenizers")  # EMBEDQ_TOKENIZER: see worker.encoding.fast_tokenizing
 
@@ -43,6 +44,7 @@ class Settings:
     metrics_port: int | None = None  # the worker's /metrics, /health and /ready; None: off
     log_format: str = "text"  # or "json": one JSON object per log line
     tokenizer: str = "auto"
+    allow_evicting_broker: bool = False  # EMBEDQ_ALLOW_EVICTING_BROKER: accept an allkeys-* broker
 
     def __post_init__(self) -> None:
         if not self.result_backend:
@@ -107,31 +109,18 @@ class Settings:
         )
 
 
-def redact_url(url: str) -> str:
-    """Return ``url`` with any password (user info or ``password=`` query) replaced by ``***``."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable URL>"
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, host = netloc.rsplit("@", 1)
-        user, has_password, _ = userinfo.partition(":")
-        netloc = f"{user}:***@{host}" if has_password else f"***@{host}"
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        query = urlencode([(k, "***" if k.lower() in _SECRET_QUERY_KEYS else v) for k, v in pairs])
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
 def check_redis_url(url: str, variable: str) -> str:
     """Return ``url`` if it is a Redis URL Celery can use; else raise ConfigError naming ``variable``."""
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - parsing the port validates it
     except ValueError as exc:
-        raise ConfigError(f"{variable} is not a valid URL ({redact_url(url)!r}): {exc}") from exc
+        # The parser's message may quote any piece of a password it misread as host or port.
+        detail = "its user info does not parse" if url_secrets(url) else str(exc)
+        raise ConfigError(
+            f"{variable} is not a valid URL ({redact_url(url)!r}): {detail}; percent-encode special "
+            "characters in the password (# as %23, / as %2F, @ as %40)"
+        ) from None
     if parts.scheme not in REDIS_SCHEMES:
         raise ConfigError(
             f"{variable} must be a redis://, rediss:// or redis+socket:// URL, got {redact_url(url)!r}"
@@ -212,4 +201,16 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         metrics_port=None if metrics_port is None else _int(env, "EMBEDQ_METRICS_PORT", 0),
         log_format=(_text(env, "EMBEDQ_LOG_FORMAT") or "text").lower(),
         tokenizer=(_text(env, "EMBEDQ_TOKENIZER") or "auto").lower(),
+        allow_evicting_broker=allow_evicting_broker(env),
     )
+
+
+def allow_evicting_broker(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether EMBEDQ_ALLOW_EVICTING_BROKER opts in to a broker that may evict queued work."""
+    env = os.environ if environ is None else environ
+    raw = (_text(env, "EMBEDQ_ALLOW_EVICTING_BROKER") or "0").lower()
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"EMBEDQ_ALLOW_EVICTING_BROKER must be 1 or 0, got {raw!r}")

@@ -26,6 +26,9 @@ class BackfillOptions:
     chunk_size: int = 1000
     max_in_flight: int = 4
     state_dir: Path = DEFAULT_STATE_DIR
+    skip_unchanged: bool = False
+    """Leave rows whose recorded content hash matches alone (neither encoded nor written); the
+    ``embedq backfill`` command turns it on (``--rewrite-all`` off)."""
 
     def __post_init__(self) -> None:
         if self.chunk_size < 1 or self.max_in_flight < 1:
@@ -61,6 +64,10 @@ class BackfillSummary:
     elapsed_s: float
     docs_per_s: float
     errors: tuple[str, ...] = ()
+    unchanged: int = 0
+    """Documents already stored with the same content (with ``skip_unchanged``)."""
+    complete: bool = False
+    """Every chunk of the file was confirmed (by this run or an earlier one)."""
 
 
 @dataclass(frozen=True)

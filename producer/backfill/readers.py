@@ -8,14 +8,22 @@ text), so running a backfill again never duplicates rows.
 from __future__ import annotations
 
 import csv
-import json
+import io
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from producer.backfill.ids import document_id
+from producer.backfill.records import (
+    COMPRESSED_SUFFIXES,
+    bounded_lines,
+    json_record,
+    open_corpus,
+    plain_values,
+)
 from producer.errors import InvalidInputError
+from producer.limits import document_problem, text_problem
 from producer.protocol.documents import Document
 
 FORMATS = ("jsonl", "csv", "parquet", "text")
@@ -56,7 +64,10 @@ def detect_format(path: Path, format_name: str | None) -> str:
         if format_name not in FORMATS:
             raise InvalidInputError(f"unknown format {format_name!r}; use one of {', '.join(FORMATS)}")
         return format_name
-    detected = _SUFFIXES.get(path.suffix.lower())
+    suffixes = [suffix.lower() for suffix in path.suffixes]
+    while suffixes and suffixes[-1] in COMPRESSED_SUFFIXES:
+        suffixes.pop()  # corpus.jsonl.gz reads as JSONL
+    detected = _SUFFIXES.get(suffixes[-1]) if suffixes else None
     if detected is None:
         raise InvalidInputError(
             f"cannot tell the format of {path.name} from its suffix; pass --format ({', '.join(FORMATS)})"
@@ -91,34 +102,46 @@ def _checked_document(record: Mapping[str, Any], fields: FieldNames, where: str)
         metadata = dict(record["metadata"])
     else:
         metadata = {k: v for k, v in record.items() if k not in (fields.text, fields.id)}
+    problem = document_problem(doc_id, text, metadata)
+    if problem is not None:
+        raise InvalidInputError(f"{where}: {problem}")
     return Document(id=doc_id, text=text, metadata=metadata)
 
 
 def _jsonl(path: Path, fields: FieldNames) -> Iterator[Document | Rejected]:
-    with path.open(encoding="utf-8", errors="replace") as lines:
-        for number, line in enumerate(lines, start=1):
+    with open_corpus(path) as handle:
+        for number, line in bounded_lines(handle):
+            where = f"{path.name} line {number}"
+            if line is None:
+                yield Rejected(where, f"{where}: the line is longer than the limit of one record: split it")
+                continue
             if not line.strip():
                 continue
-            where = f"{path.name} line {number}"
-            try:
-                record = json.loads(line)
-            except ValueError as exc:
-                yield Rejected(where, f"{where}: not valid JSON ({exc})")
-                continue
-            if isinstance(record, dict):
-                yield _document(record, fields, where)
+            record = json_record(line)
+            if isinstance(record, str):
+                yield Rejected(where, f"{where}: {record}")
             else:
-                yield Rejected(where, f"{where}: expected a JSON object, got {type(record).__name__}")
+                yield _document(record, fields, where)
 
 
 def _csv(path: Path, fields: FieldNames) -> Iterator[Document | Rejected]:
-    with path.open(encoding="utf-8", errors="replace", newline="") as handle:
+    with io.TextIOWrapper(open_corpus(path), encoding="utf-8", errors="replace", newline="") as handle:
         reader = csv.DictReader(handle)
         if reader.fieldnames is None or fields.text not in reader.fieldnames:
             raise InvalidInputError(
                 f"{path.name}: no column {fields.text!r} (columns: {reader.fieldnames}); use --text-field"
             )
-        for number, row in enumerate(reader, start=2):
+        number = 1
+        while True:
+            number += 1
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:  # e.g. a field over csv.field_size_limit: that row alone
+                where = f"{path.name} line {number}"
+                yield Rejected(where, f"{where}: not a readable CSV row ({exc})")
+                continue
             yield _document(row, fields, f"{path.name} line {number}")
 
 
@@ -132,14 +155,19 @@ def _parquet(path: Path, fields: FieldNames) -> Iterator[Document | Rejected]:
     for batch in parquet.iter_batches(batch_size=1024):
         for record in batch.to_pylist():
             row += 1
-            yield _document(record, fields, f"{path.name} row {row}")
+            yield _document(plain_values(record), fields, f"{path.name} row {row}")
 
 
 def _text(path: Path, fields: FieldNames) -> Iterator[Document | Rejected]:
-    with path.open(encoding="utf-8", errors="replace") as lines:
-        for line in lines:
-            text = line.rstrip("\r\n")
-            if text.strip():
+    with open_corpus(path) as handle:
+        for number, line in bounded_lines(handle):
+            where = f"{path.name} line {number}"
+            text = None if line is None else line.decode("utf-8", errors="replace").rstrip("\r\n")
+            too_long = "the line is over the limit of one record: split it"
+            problem = too_long if text is None else text_problem(text)
+            if problem is not None:
+                yield Rejected(where, f"{where}: {problem}")
+            elif text is not None and text.strip():
                 yield Document(id=document_id(text), text=text)
 
 
@@ -151,10 +179,10 @@ def count_records(path: Path, format_name: str | None = None) -> int:
 
         return int(pq.ParquetFile(path).metadata.num_rows)
     if fmt == "csv":
-        with path.open(encoding="utf-8", errors="replace", newline="") as handle:
+        with io.TextIOWrapper(open_corpus(path), encoding="utf-8", errors="replace", newline="") as handle:
             return max(sum(1 for _ in csv.reader(handle)) - 1, 0)
     count = 0
-    with path.open("rb") as handle:
+    with open_corpus(path) as handle:
         for line in handle:
             count += bool(line.strip())
     return count

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from producer.backfill.idset import SeenIds
 from producer.backfill.model import (
     DEFAULT_STATE_DIR,
     BackfillOptions,
@@ -72,6 +73,7 @@ class _Run:
     state: BackfillState
     started: float = field(default_factory=time.monotonic)
     written: int = 0
+    unchanged: int = 0
     failed: int = 0
     skipped: int = 0
     errors: list[str] = field(default_factory=list)
@@ -96,10 +98,11 @@ def _record(run: _Run, task_id: str, outcome: TaskOutcome) -> None:
         run.note_error(f"chunk {chunk_index} ({sent} documents): {type(error).__name__}: {error}")
         return
     run.transient_failures_in_a_row = 0
-    written = UpsertResult.decode(outcome.value).written
-    run.written += written
+    result = UpsertResult.decode(outcome.value)
+    run.written += result.written
+    run.unchanged += result.unchanged
     run.failed += rejected
-    run.state.confirm(ChunkRecord(chunk_index, written, rejected))
+    run.state.confirm(ChunkRecord(chunk_index, result.written + result.unchanged, rejected))
 
 
 def _collect(client: EmbeddingClient, run: _Run, *, block: bool) -> None:
@@ -148,7 +151,7 @@ def _process_chunk(
         _collect(client, run, block=True)
         report("running")
     if documents:
-        task_id = client.submit_upsert(options.collection, documents)
+        task_id = client.submit_upsert(options.collection, documents, skip_unchanged=options.skip_unchanged)
         run.in_flight[task_id] = (chunk_index, len(documents), len(rejected))
     else:
         run.failed += len(rejected)
@@ -162,10 +165,16 @@ def run_backfill(
     options: BackfillOptions,
     *,
     on_progress: Callable[[BackfillProgress], None] | None = None,
+    seen: SeenIds | None = None,
 ) -> BackfillSummary:
-    """Stream ``options.path`` through the workers into ``options.collection``; resumable by job id."""
+    """Stream ``options.path`` through the workers into ``options.collection``; resumable by job id.
+
+    ``seen`` records the ids read (for deleting the rows missing from the file afterwards).
+    """
     fields = FieldNames(options.id_field, options.text_field, options.metadata_fields)
-    records = read_documents(options.path, options.format, fields)
+    records: Iterable[Document | Rejected] = read_documents(options.path, options.format, fields)
+    if seen is not None:
+        records = seen.recording(records)
     job_id = job_id_for(options, client.model)
     total = count_records(options.path, options.format)
     state = BackfillState.open(client, job_id, options, total)
@@ -202,6 +211,8 @@ def run_backfill(
     return BackfillSummary(
         job_id=job_id,
         written=run.written,
+        unchanged=run.unchanged,
+        complete=status == "done",
         failed=run.failed,
         skipped=run.skipped,
         elapsed_s=elapsed_s,

@@ -10,6 +10,7 @@ with BrokerRestartedError and the same command resumes it.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -18,10 +19,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import IO, Any
 
+from producer.backfill import run_lock
 from producer.backfill.model import BackfillOptions, BackfillProgress, ChunkRecord
+from producer.backfill.run_lock import LOCK_TTL_S
 from producer.celery_config import broker_client
 from producer.client import EmbeddingClient
-from producer.errors import BrokerUnavailableError
+from producer.errors import BrokerUnavailableError, ConfigError, EmbedqError, TransientError
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +35,23 @@ _BROKER_CHECK_EVERY_S = 1.0
 
 class BrokerRestartedError(BrokerUnavailableError):
     """Redis restarted during a backfill and lost the chunks queued on it; run the backfill again."""
+
+
+class CheckpointFullError(TransientError):
+    """The disk holding a backfill's checkpoint is full: free space, then run the backfill again."""
+
+
+def checkpoint_error(exc: OSError, path: Path) -> EmbedqError:
+    """Return the one-line error for a checkpoint that cannot be written (full disk: transient)."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return CheckpointFullError(
+            f"the disk holding the backfill checkpoint {path} is full ({exc.strerror}): free some space, "
+            "then run the same command again to resume"
+        )
+    return ConfigError(
+        f"cannot write the backfill checkpoint {path} ({exc.strerror or exc}): run the backfill from a "
+        "directory you can write to (the checkpoint is kept in .embedq/backfill under it)"
+    )
 
 
 def _key(job_id: str) -> str:
@@ -68,26 +88,31 @@ class BackfillState:
         self._last_publish = 0.0
         self._last_broker_check = 0.0
         self._log: IO[str] | None = None
+        self._holder = run_lock.holder_name()
 
     @classmethod
     def open(
         cls, client: EmbeddingClient, job_id: str, options: BackfillOptions, docs_total: int
     ) -> BackfillState:
         """Load what earlier runs of this job confirmed, from the checkpoint file and from Redis."""
-        options.state_dir.mkdir(parents=True, exist_ok=True)
         state = cls(client, job_id, options, options.state_dir / f"{job_id}.jsonl", docs_total)
+        try:
+            options.state_dir.mkdir(parents=True, exist_ok=True)
+            state._log = state._checkpoint_path.open("a", encoding="utf-8")
+        except OSError as exc:
+            raise checkpoint_error(exc, state._checkpoint_path) from None
         if state._checkpoint_path.exists():
             for line in state._checkpoint_path.read_text(encoding="utf-8").splitlines():
                 if line.strip():
                     record = ChunkRecord(**json.loads(line))
                     state._done[record.index] = record
         with broker_client(client.app) as redis:
+            run_lock.acquire(redis, job_id, state._holder)  # before reading what earlier runs confirmed
             state._run_id = str(redis.info("server").get("run_id"))
             saved = redis.hget(_key(job_id), "chunks")
         for raw in json.loads(saved) if saved else []:
             record = ChunkRecord(*raw)
             state._done.setdefault(record.index, record)
-        state._log = state._checkpoint_path.open("a", encoding="utf-8")
         return state
 
     def confirmed(self, index: int) -> ChunkRecord | None:
@@ -99,8 +124,11 @@ class BackfillState:
         """Record a chunk as done, durably in the checkpoint file first."""
         self._done[record.index] = record
         if self._log is not None:
-            self._log.write(json.dumps(asdict(record)) + "\n")
-            self._log.flush()
+            try:
+                self._log.write(json.dumps(asdict(record)) + "\n")
+                self._log.flush()
+            except OSError as exc:
+                raise checkpoint_error(exc, self._checkpoint_path) from None
 
     def set_total(self) -> None:
         """Note that the whole file was read: the job has exactly the chunks seen so far."""
@@ -118,6 +146,8 @@ class BackfillState:
         self._last_broker_check = now
         with broker_client(self._client.app) as redis:
             run_id = str(redis.info("server").get("run_id"))
+            if not run_lock.refresh(redis, self.job_id, self._holder) and run_id == self._run_id:
+                log.warning("backfill %s lost its run lock (paused for over %s s?)", self.job_id, LOCK_TTL_S)
         if run_id != self._run_id:
             raise BrokerRestartedError(
                 f"the Redis broker restarted during backfill {self.job_id} and lost the chunks queued on it; "
@@ -171,10 +201,15 @@ class BackfillState:
             log.warning("could not write backfill progress to %s: %s", self._progress_path, exc)
 
     def finish(self) -> None:
-        """Close the checkpoint file; the final progress is published by the last ``progress`` call."""
+        """Close the checkpoint file and free the run lock (``progress`` publishes the final state)."""
         if self._log is not None:
             self._log.close()
             self._log = None
+        try:
+            with broker_client(self._client.app) as redis:
+                run_lock.release(redis, self.job_id, self._holder)
+        except BrokerUnavailableError as exc:  # the lock expires on its own
+            log.warning("could not free the run lock of backfill %s: %s", self.job_id, exc)
 
 
 def load_progress(client: EmbeddingClient, job_id: str) -> dict[str, Any] | None:

@@ -25,11 +25,13 @@ def _unpack(raw: bytes, what: str) -> object:
         raise MessageDecodeError(f"{what} is not valid msgpack: {exc}") from exc
 
 
-def _fields(payload: object, what: str, names: frozenset[str]) -> Mapping[str, Any]:
-    """Check that ``payload`` is a map with exactly the keys ``names`` and the current version."""
+def _fields(
+    payload: object, what: str, names: frozenset[str], optional: frozenset[str] = frozenset()
+) -> Mapping[str, Any]:
+    """Check that ``payload`` has exactly the keys ``names`` (plus any of ``optional``) and our version."""
     if not isinstance(payload, Mapping):
         raise MessageDecodeError(f"{what} must be a map, got {type(payload).__name__}")
-    keys = set(payload)
+    keys = set(payload) - optional
     if keys != names | {"v"}:
         missing = sorted(map(str, (names | {"v"}) - keys))
         unknown = sorted(map(str, keys - names - {"v"}))
@@ -231,6 +233,9 @@ class UpsertRequest:
     ids: tuple[str, ...]
     texts: tuple[str, ...]
     metadata: tuple[dict[str, Any], ...]
+    skip_unchanged: bool = False
+    """Rows whose stored content hash matches are neither encoded nor written (sent only when true,
+    so workers of earlier versions keep accepting requests that do not ask for it)."""
 
     def __post_init__(self) -> None:
         if not len(self.ids) == len(self.texts) == len(self.metadata):
@@ -241,7 +246,7 @@ class UpsertRequest:
 
     def encode(self) -> dict[str, Any]:
         """Return the msgpack-safe task argument."""
-        return {
+        encoded = {
             "v": WIRE_VERSION,
             "model": self.model,
             "collection": self.collection,
@@ -249,12 +254,20 @@ class UpsertRequest:
             "texts": list(self.texts),
             "metadata": list(self.metadata),
         }
+        if self.skip_unchanged:
+            encoded["skip_unchanged"] = True
+        return encoded
 
     @classmethod
     def decode(cls, payload: object) -> UpsertRequest:
         """Rebuild a request from a task argument; raise MessageDecodeError if malformed."""
         what = "UpsertRequest"
-        fields = _fields(payload, what, frozenset({"model", "collection", "ids", "texts", "metadata"}))
+        fields = _fields(
+            payload,
+            what,
+            frozenset({"model", "collection", "ids", "texts", "metadata"}),
+            optional=frozenset({"skip_unchanged"}),
+        )
         metadata = _typed(fields, "metadata", list, what)
         for index, value in enumerate(metadata):
             if not isinstance(value, dict):
@@ -267,6 +280,7 @@ class UpsertRequest:
             ids=tuple(_string_list(fields, "ids", what)),
             texts=tuple(_string_list(fields, "texts", what)),
             metadata=tuple(metadata),
+            skip_unchanged="skip_unchanged" in fields and _typed(fields, "skip_unchanged", bool, what),
         )
 
     @classmethod
@@ -282,26 +296,35 @@ class UpsertResult:
     model: str
     collection: str
     written: int
+    unchanged: int = 0
+    """Rows skipped because their stored content hash matched (sent only when not zero)."""
 
     def encode(self) -> dict[str, Any]:
         """Return the msgpack-safe task result."""
-        return {
+        encoded = {
             "v": WIRE_VERSION,
             "model": self.model,
             "collection": self.collection,
             "written": self.written,
         }
+        if self.unchanged:
+            encoded["unchanged"] = self.unchanged
+        return encoded
 
     @classmethod
     def decode(cls, payload: object) -> UpsertResult:
         """Rebuild a result from a task result; raise MessageDecodeError if malformed."""
         what = "UpsertResult"
-        fields = _fields(payload, what, frozenset({"model", "collection", "written"}))
+        fields = _fields(
+            payload, what, frozenset({"model", "collection", "written"}), optional=frozenset({"unchanged"})
+        )
         written = _typed(fields, "written", int, what)
-        if written < 0:
-            raise MessageDecodeError(f"{what}.written must not be negative, got {written}")
+        unchanged = _typed(fields, "unchanged", int, what) if "unchanged" in fields else 0
+        if written < 0 or unchanged < 0:
+            raise MessageDecodeError(f"{what} counts must not be negative, got {written} and {unchanged}")
         return cls(
             model=_typed(fields, "model", str, what),
             collection=_typed(fields, "collection", str, what),
             written=written,
+            unchanged=unchanged,
         )

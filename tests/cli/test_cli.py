@@ -22,7 +22,7 @@ from worker.ports import free_port
 
 pytestmark = pytest.mark.integration
 
-COMMANDS = ("worker", "embed", "backfill", "status", "search", "serve")
+COMMANDS = ("worker", "embed", "backfill", "status", "search", "serve", "collections", "delete", "reindex")
 ANNOUNCE = re.compile(
     r"embedq: EMBEDQ_BROKER_URL not set: started an embedded broker on 127\.0\.0\.1:\d+ and \d+ local "
     r"workers \(model embedq/minilm-l6-v2-256\)(, sharing Milvus Lite \S+)?; they stop when this command ends"
@@ -53,6 +53,18 @@ for name in ("tokenizers", "safetensors", "huggingface_hub", "pymilvus", "valkey
     sys.modules[name] = None  # makes `import name` raise ImportError
 from worker.cli.main import main
 sys.exit(main())
+"""
+
+_OLD_STYLE_COLLECTION = """
+import sys
+from pymilvus import MilvusClient
+from producer.protocol.names import BUNDLED_MODEL_ID
+from worker.encoding.encoder import StaticEncoder
+from worker.milvus.sink import MilvusSink
+texts = [f"note {n} on queues" for n in range(30)]
+sink = MilvusSink(MilvusClient(sys.argv[1]), "notes", BUNDLED_MODEL_ID, 256)
+metadata = [{"lang": "en" if n % 2 else "fr"} for n in range(30)]
+sink.upsert([f"doc-{n}" for n in range(30)], texts, metadata, StaticEncoder.from_pretrained().encode(texts))
 """
 
 
@@ -255,7 +267,7 @@ def test_backfill_then_search_without_a_broker_url(tmp_path: Path) -> None:
 
     assert backfill.returncode == 0, backfill.stderr
     assert re.fullmatch(
-        r"backfill backfill-\w+: 40 documents written to notes, 0 failed, "
+        r"backfill backfill-\w+: 40 documents written to notes, 0 unchanged, 0 failed, "
         r"0 skipped \(done by an earlier run\) in [\d.]+ s \(\d+ docs/s\)\n",
         backfill.stdout,
     )
@@ -287,3 +299,37 @@ def test_a_running_state_read_from_the_local_file_says_how_to_resume() -> None:
         "the backfill stopped: run the same command again to resume it)"
     )
     assert done == "(read from .embedq/backfill in this directory, written 0 s ago)"
+
+
+def test_an_old_collection_is_adopted_reindexed_and_searched_with_its_new_model(tmp_path: Path) -> None:
+    from tests.support.models import build_model
+
+    model = build_model(tmp_path / "next-model", dim=16, max_length=64)
+    # An old-style collection of the bundled model, as an earlier embedq version made it (in a child
+    # process: Milvus Lite keeps its database locked until the process that opened it ends).
+    subprocess.run([sys.executable, "-c", _OLD_STYLE_COLLECTION, str(tmp_path / "embedq.db")], check=True)
+    env = cli_env(tmp_path)
+
+    bad_filter = run_cli(["search", "x", "--collection", "notes", "--filter", 'lang == "en"'], env, tmp_path)
+    reindex = run_cli(
+        ["reindex", "--collection", "notes", "--model", str(model), "--drop-old"], env, tmp_path
+    )
+    search = run_cli(
+        ["search", "note 7 on queues", "--collection", "notes", "--filter", 'metadata["lang"] == "en"',
+         "--output-fields", "text,metadata", "--top-k", "20", "--json"],
+        env,
+        tmp_path,
+    )  # fmt: skip
+    listing = run_cli(["collections", "--json"], env, tmp_path)
+
+    assert bad_filter.returncode == 2 and "unknown field 'lang'" in bad_filter.stderr
+    assert "started an embedded broker" not in bad_filter.stderr  # refused before anything started
+    assert reindex.returncode == 0, reindex.stderr
+    assert re.search(rf"reindexed notes: 30 rows of model {re.escape(str(model))} in notes__", reindex.stdout)
+    assert search.returncode == 0, search.stderr
+    hits = json.loads(search.stdout)
+    assert len(hits) == 15 and {hit["metadata"]["lang"] for hit in hits} == {"en"}
+    assert {hit["id"] for hit in hits} == {f"doc-{n}" for n in range(1, 30, 2)}
+    collections = json.loads(listing.stdout)
+    assert [(c["aliases"], c["model_id"], c["dim"]) for c in collections] == [(["notes"], str(model), 16)]
+    assert reindex.left == search.left == []

@@ -317,6 +317,7 @@ class _RecordingSink:
         texts: Sequence[str],
         metadata: Sequence[dict[str, Any]],
         vectors: np.ndarray,
+        hashes: Sequence[str] | None = None,
     ) -> int:
         for doc_id, text, vector in zip(ids, texts, vectors, strict=True):
             self.rows[doc_id] = (text, vector)

@@ -23,7 +23,7 @@ import redis
 
 from producer import EmbeddingClient
 from producer.errors import (
-    BrokerUnavailableError,
+    ConfigError,
     EmbedqError,
     InvalidInputError,
     OverloadedError,
@@ -108,7 +108,8 @@ def test_credentials_never_appear_in_logs_results_or_errors(
             with EmbeddingClient(secret_broker.url.replace(secret_broker.password, wrong_password)) as wrong:
                 evidence.texts.append(repr(wrong))
                 error = _raised(lambda: wrong.embed_documents(["refused"]))
-                assert isinstance(error, BrokerUnavailableError)
+                # A wrong password is a configuration error (exit 2, said once), not "try again" (issue 15).
+                assert isinstance(error, ConfigError)
                 evidence.add_error(error)
         evidence.add_broker_contents(secret_broker.url)
     finally:
@@ -155,7 +156,7 @@ def _serves(client: EmbeddingClient) -> bool:
 
 
 def _log_of_worker_with_wrong_password(broker: SecretBroker, wrong_password: str, tmp_path: Path) -> str:
-    """Run a worker given a wrong password until it has logged its failed connection; return its log."""
+    """Run a worker given a wrong password until it refuses to start (exit 2, one line); return its log."""
     log_path = tmp_path / "wrong-password-worker.log"
     env = {
         "PATH": "/usr/bin:/bin",
@@ -168,7 +169,9 @@ def _log_of_worker_with_wrong_password(broker: SecretBroker, wrong_password: str
             [str(EMBEDQ), "worker"], cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
         )
     try:
-        wait_until(lambda: "Cannot connect to" in log_path.read_text(errors="replace"), "a connection error")
+        wait_until(lambda: process.poll() is not None, "the worker to refuse the wrong password")
+        assert process.returncode == 2
+        assert "refused embedq" in log_path.read_text(errors="replace")
     finally:
         process.send_signal(signal.SIGTERM)
         try:

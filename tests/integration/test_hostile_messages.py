@@ -157,6 +157,14 @@ def _message(body: object, **header_changes: Any) -> Callable[[str, str, list[st
     return build
 
 
+def _nested(depth: int) -> dict[str, Any]:
+    """A map nested ``depth`` levels deep: {"a": {"a": ... {}}}."""
+    value: dict[str, Any] = {}
+    for _ in range(depth - 1):
+        value = {"a": value}
+    return value
+
+
 def _eta_ahead(seconds: float, *, naive: bool = False) -> Callable[[str, str, list[str]], bytes]:
     """A well-formed message due ``seconds`` from when it is pushed."""
 
@@ -274,6 +282,11 @@ CASES = [
         "InvalidInputError",
     ),
     Case("one text of 2 million characters", _oversized(1, 2_000_000), "InvalidInputError"),
+    # Nested past what Celery can pickle for its pool (a RecursionError ended the worker, exit 0,
+    # and the message went back on the queue for the next worker): refused by id.
+    Case("a request nested 600 levels deep", _message([[{"v": 1, "deep": _nested(600)}], {}, {}]), "refused"),
+    Case("kwargs nested 600 levels deep", _message([["REQUEST"], {"deep": _nested(600)}, {}]), "refused"),
+    Case("a header nested 600 levels deep", _message([["REQUEST"], {}, {}], deep=_nested(600)), "refused"),
 ]
 
 

@@ -33,7 +33,7 @@ def _client(
     client = EmbeddingClient(app=app, model="test/backfill-logic", worker_wait_s=0.2, max_queue_depth=None)
     sent: list[int] = []
 
-    def submit(collection: str, documents: list[Document]) -> str:
+    def submit(collection: str, documents: list[Document], *, skip_unchanged: bool = False) -> str:
         sent.append(len(documents))
         return f"task-{len(sent)}"
 

@@ -133,3 +133,18 @@ def test_upsert_result_rejects_negative_counts() -> None:
     assert UpsertResult.decode(UpsertResult("m", "c", 3).encode()) == UpsertResult("m", "c", 3)
     with pytest.raises(MessageDecodeError, match="must not be negative"):
         UpsertResult.decode({**UpsertResult("m", "c", 3).encode(), "written": -1})
+
+
+def test_sync_fields_are_optional_both_ways() -> None:
+    from producer.protocol.messages import UpsertRequest, UpsertResult
+
+    plain = UpsertRequest("m", "c", ("a",), ("text",), ({},))
+    assert "skip_unchanged" not in plain.encode()  # workers of earlier versions accept it
+    assert UpsertRequest.decode(plain.encode()) == plain
+    syncing = UpsertRequest("m", "c", ("a",), ("text",), ({},), skip_unchanged=True)
+    assert UpsertRequest.decode(syncing.encode()).skip_unchanged is True
+    old_result = {"v": UpsertResult("m", "c", 3).encode()["v"], "model": "m", "collection": "c", "written": 3}
+    assert UpsertResult.decode(old_result) == UpsertResult("m", "c", 3, unchanged=0)
+    assert UpsertResult.decode(UpsertResult("m", "c", 1, unchanged=5).encode()).unchanged == 5
+    with pytest.raises(MessageDecodeError):
+        UpsertResult.decode({**old_result, "unchanged": -1})

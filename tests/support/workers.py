@@ -29,7 +29,8 @@ WORKER_STOP_TIMEOUT_S = 15.0
 TEST_MAX_TEXTS_PER_REQUEST = 10_000
 _RUN_WORKER = (
     "import json, os; from producer.settings import load_settings; from worker.queue.app import run_worker; "
-    "run_worker(load_settings(), queues=json.loads(os.environ['EMBEDQ_TEST_QUEUES']), loglevel='INFO')"
+    "raise SystemExit(run_worker(load_settings(), queues=json.loads(os.environ['EMBEDQ_TEST_QUEUES']), "
+    "loglevel='INFO'))"
 )
 
 

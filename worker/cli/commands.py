@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
 from producer.errors import EXIT_FAILED, ConfigError
 from producer.settings import Settings, check_model_id
-
-if TYPE_CHECKING:
-    import numpy as np
-
-    from worker.milvus.search import SearchHit
-    from worker.milvus.sink import MilvusSink
 
 
 def note(message: str) -> None:
@@ -53,8 +47,7 @@ def worker_command(args: argparse.Namespace, settings: Settings) -> int:
     if args.metrics_port is not None:
         settings = replace(settings, metrics_port=args.metrics_port)
     queues = _names(args.queues) if args.queues else None
-    run_worker(settings, concurrency=args.concurrency, queues=queues, loglevel=args.loglevel)
-    return 0
+    return run_worker(settings, concurrency=args.concurrency, queues=queues, loglevel=args.loglevel)
 
 
 def _names(comma_separated: str) -> tuple[str, ...]:
@@ -88,8 +81,10 @@ def embed_command(args: argparse.Namespace, settings: Settings) -> int:
 def backfill_command(args: argparse.Namespace, settings: Settings) -> int:
     """Stream a corpus file through the workers into a Milvus collection."""
     from producer.backfill import BackfillOptions, run_backfill
+    from producer.backfill.idset import SeenIds
     from producer.client import EmbeddingClient
-    from worker.cli.output import SHOWN_ERRORS, BackfillProgressBar, backfill_summary_line
+    from worker.cli.deletes import delete_missing, manifest_for
+    from worker.cli.output import SHOWN_ERRORS, BackfillProgressBar, backfill_summary_line, failure_hint
 
     if not args.file.is_file():
         raise ConfigError(
@@ -104,18 +99,29 @@ def backfill_command(args: argparse.Namespace, settings: Settings) -> int:
         metadata_fields=None if args.metadata_fields is None else _names(args.metadata_fields),
         chunk_size=args.chunk_size,
         max_in_flight=args.max_in_flight,
+        skip_unchanged=not args.rewrite_all,
     )
+    manifest = manifest_for(settings, args.collection)
+    recording = args.delete_missing or manifest.exists()  # a manifest learns every backfill's ids
     with (
+        SeenIds() if recording else contextlib.nullcontext() as seen,
         serving(settings, needs_milvus=True) as served,
         EmbeddingClient.from_settings(served) as client,
         BackfillProgressBar(f"{args.file.name} -> {args.collection}") as bar,
     ):
-        summary = run_backfill(client, options, on_progress=bar.update)
-    print(backfill_summary_line(summary, args.collection))
+        summary = run_backfill(client, options, on_progress=bar.update, seen=seen)
+        deleted = None
+        if seen is not None and args.delete_missing:
+            deleted = delete_missing(served, args.collection, summary, seen, manifest)
+        elif seen is not None:
+            manifest.add(seen.ids)
+    print(backfill_summary_line(summary, args.collection, deleted))
+    if args.delete_missing and deleted is None:
+        note("--delete-missing: nothing deleted, as the file was not read and written completely")
     for error in summary.errors[:SHOWN_ERRORS]:
         note(f"failed: {error}")
     if summary.failed:
-        note(f"{summary.failed} documents failed; run the same command again to retry them")
+        note(f"{summary.failed} documents failed; {failure_hint(summary.errors)}")
         return EXIT_FAILED
     return 0
 
@@ -157,38 +163,3 @@ def _local_backfill_lines(job_id: str) -> list[str] | None:
     progress, written_at = local
     source = local_progress_line(DEFAULT_STATE_DIR, progress.state, written_at)
     return [*backfill_progress_lines(progress), source]
-
-
-def search_command(args: argparse.Namespace, settings: Settings) -> int:
-    """Embed the query and print the nearest documents of a collection."""
-    from producer.client import EmbeddingClient
-    from worker.cli.output import search_hit_lines
-
-    with serving(settings, needs_milvus=True) as served, EmbeddingClient.from_settings(served) as client:
-        vector = client.embed_queries([args.query]).result(timeout_s=args.timeout)[0]
-        hits = _search(served, client.model, args.collection, vector, args.top_k)
-        lines = search_hit_lines(hits) or [f"no documents in collection {args.collection}"]
-        print("\n".join(lines), flush=True)
-    return 0
-
-
-def _search(
-    settings: Settings, model_id: str, collection: str, vector: np.ndarray, top_k: int
-) -> list[SearchHit]:
-    """Search ``collection`` of EMBEDQ_MILVUS_URI, refusing to create it if it does not exist."""
-    from worker.milvus.sink import open_sink
-
-    sink = open_sink(settings.milvus_uri, settings.milvus_token, collection, model_id, int(vector.shape[0]))
-    try:
-        _require_collection(sink)
-        return sink.search(vector, top_k=top_k)
-    finally:
-        sink.close()
-
-
-def _require_collection(sink: MilvusSink) -> None:
-    if not sink.exists():
-        raise ConfigError(
-            f"collection {sink.collection!r} does not exist in Milvus: fill it first with "
-            f"`embedq backfill FILE --collection {sink.collection}` (or check EMBEDQ_MILVUS_URI)"
-        )

@@ -73,13 +73,42 @@ def local_progress_line(state_dir: Path, state: str, written_at: float, now: flo
     return line + ")"
 
 
-def backfill_summary_line(summary: BackfillSummary, collection: str) -> str:
-    """Return the line that ends `embedq backfill`."""
+def backfill_summary_line(summary: BackfillSummary, collection: str, deleted: int | None = None) -> str:
+    """Return the line that ends `embedq backfill`: written, unchanged, deleted (when asked), failed."""
+    removed = "" if deleted is None else f"{deleted} deleted, "
     return (
         f"backfill {summary.job_id}: {summary.written} documents written to {collection}, "
+        f"{summary.unchanged} unchanged, {removed}"
         f"{summary.failed} failed, {summary.skipped} skipped (done by an earlier run) "
         f"in {summary.elapsed_s:.1f} s ({summary.docs_per_s:.0f} docs/s)"
     )
+
+
+_TRANSIENT_NAMES = (
+    "BrokerUnavailableError",
+    "SinkUnavailableError",
+    "NoWorkerError",
+    "OverloadedError",
+    "ResultTimeoutError",
+    "TransientError",
+    "BrokerRestartedError",
+)
+
+
+def failure_hint(errors: Sequence[str]) -> str:
+    """Say what to do about a backfill's failed documents, from its (sampled) error lines.
+
+    Running the same command again helps only with transient failures (Milvus, the broker or the
+    workers away); rejected records and another model's collection need a change first.
+    """
+    if any("ModelMismatchError" in error for error in errors):
+        return (
+            "the collection holds another model's vectors: running the same command again cannot help; "
+            "use another --collection, or the model the collection was made with"
+        )
+    if any(f": {name}:" in error for error in errors for name in _TRANSIENT_NAMES):
+        return "run the same command again to retry them (documents already written are skipped)"
+    return "fix the records listed above and run again: the same input fails the same way"
 
 
 def search_hit_lines(hits: Sequence[SearchHit]) -> list[str]:

@@ -8,10 +8,11 @@ from pathlib import Path
 from worker.cli.commands import (
     backfill_command,
     embed_command,
-    search_command,
     status_command,
     worker_command,
 )
+from worker.cli.lifecycle import search_command
+from worker.cli.lifecycle_parser import add_lifecycle_commands
 
 _ENVIRONMENT = """\
 environment:
@@ -47,8 +48,10 @@ examples:
   embedq backfill corpus.jsonl --collection docs
   embedq backfill data.csv --collection docs --id-field doc_id --text-field body --metadata-fields title,url
   embedq backfill notes.txt --collection notes --format text --id-field ''
+  embedq backfill corpus.jsonl --collection docs --delete-missing   # daily sync of an edited file
 
 Interrupted (Ctrl-C) or failed runs resume where they stopped: run the same command again.
+Documents already stored with the same text and metadata are neither re-embedded nor re-written.
 """
 
 _STATUS_EPILOG = """\
@@ -64,6 +67,10 @@ _SEARCH_EPILOG = """\
 examples:
   embedq search "how do I reset my password" --collection docs
   embedq search "static embeddings" --collection docs --top-k 3
+  embedq search "static embeddings" --collection docs --filter 'metadata["lang"] == "en"' --json
+  embedq search "static embeddings" --collection docs --output-fields text,metadata
+
+The query is embedded with the model the collection records (see embedq collections).
 """
 
 
@@ -173,6 +180,16 @@ def build_parser() -> argparse.ArgumentParser:
     backfill.add_argument(
         "--max-in-flight", type=_positive_int, default=4, help="tasks queued at once (default: 4)"
     )
+    backfill.add_argument(
+        "--delete-missing",
+        action="store_true",
+        help="after the whole file was read and written without error, delete the rows whose ids it lacks",
+    )
+    backfill.add_argument(
+        "--rewrite-all",
+        action="store_true",
+        help="re-embed and re-write every document, even those stored with the same content",
+    )
     backfill.set_defaults(run=backfill_command)
 
     status = _subcommand(
@@ -188,7 +205,17 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--collection", required=True, help="Milvus collection filled by embedq backfill")
     search.add_argument("--top-k", type=_positive_int, default=10, help="hits to show (default: 10)")
     search.add_argument("--timeout", type=_positive_float, default=60.0, help="seconds to wait (default: 60)")
+    search.add_argument(
+        "--filter", metavar="EXPR", help='Milvus boolean expression, e.g. metadata["lang"] == "en"'
+    )
+    search.add_argument(
+        "--output-fields",
+        metavar="A,B",
+        help="fields to show besides id and score: text, metadata (default: text)",
+    )
+    search.add_argument("--json", action="store_true", help="print the hits as a JSON list")
     search.set_defaults(run=search_command)
+    add_lifecycle_commands(commands, _subcommand, _positive_int, _positive_float)
 
     from worker.gateway.serve import SERVE_EPILOG, add_serve_arguments, run_serve
 

@@ -11,6 +11,7 @@ from pymilvus import MilvusClient
 from pymilvus.exceptions import ConnectionConfigException, MilvusException
 
 from producer.errors import ConfigError, SinkUnavailableError
+from producer.redaction import redact_url, url_secrets
 
 _USERINFO = re.compile(r"(^|[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
 _TRANSIENT_GRPC_CODES = {
@@ -63,8 +64,8 @@ def connect_milvus(uri: str, token: str | None = None, *, timeout_s: float = 10.
 
 
 def redact_uri(uri: str) -> str:
-    """Return ``uri`` with any ``user:password@`` replaced by ``***@``."""
-    return _USERINFO.sub(r"\1***@", uri)
+    """Return ``uri`` with any ``user:password@`` replaced by ``***@`` (the broker URLs' own redaction)."""
+    return redact_url(uri, keep_user=False)
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -79,6 +80,17 @@ def is_transient(exc: BaseException) -> bool:
     return exc.code in _TRANSIENT_MILVUS_CODES or any(hint in message for hint in _TRANSIENT_HINTS)
 
 
+_OUT_OF_SPACE_HINTS = ("no space left on device", "disk quota exceeded", "[errno 28]", "[errno 122]")
+
+
+def is_out_of_space(exc: BaseException) -> bool:
+    """Tell whether Milvus failed because its disk is full (Lite reports it as a plain error, code 1)."""
+    if isinstance(exc, OSError) and exc.errno in (28, 122):  # ENOSPC, EDQUOT
+        return True
+    message = str(exc.message if isinstance(exc, MilvusException) else exc).lower()
+    return any(hint in message for hint in _OUT_OF_SPACE_HINTS)
+
+
 def describe_error(exc: BaseException) -> str:
     """Summarise a pymilvus, gRPC or OS error in one line, with any ``user:password@`` redacted."""
     if isinstance(exc, MilvusException):
@@ -89,9 +101,7 @@ def describe_error(exc: BaseException) -> str:
 def _secrets(uri: str, token: str | None) -> list[str]:
     """List what an error must not show: the token, its password part, and a password in the URI."""
     found = [token, token.partition(":")[2]] if token else []
-    userinfo = re.search(r"(?:^|://)([^/@\s]+)@", uri)
-    if userinfo:
-        found += [userinfo.group(1), userinfo.group(1).partition(":")[2]]
+    found += url_secrets(uri)
     return [secret for secret in found if secret]
 
 

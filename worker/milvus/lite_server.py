@@ -7,6 +7,11 @@ and stopping happen under an fcntl lock (``embedq.db.server.lock``) so two proce
 servers. Writes through the server must be serialised (the Lite README: concurrent writers are unsafe):
 :class:`LiteWriteLock` is that cross-process lock (``embedq.db.write.lock``). The server logs to
 ``embedq.db.server.log``.
+
+The server ends with the last process using it, however that process ends: each user holds a shared
+flock on ``embedq.db.users.lock`` for its lifetime (the kernel drops it when the process dies, even by
+SIGKILL), and a small guardian process (:mod:`worker.milvus.lite_guardian`) stops the server once no
+one holds it.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ class LiteServerFiles:
     start_lock: Path
     write_lock: Path
     log: Path
+    users: Path
 
     @classmethod
     def for_path(cls, path: str | os.PathLike[str]) -> LiteServerFiles:
@@ -54,6 +60,7 @@ class LiteServerFiles:
             start_lock=data_dir.with_name(data_dir.name + ".server.lock"),
             write_lock=data_dir.with_name(data_dir.name + ".write.lock"),
             log=data_dir.with_name(data_dir.name + ".server.log"),
+            users=data_dir.with_name(data_dir.name + ".users.lock"),
         )
 
 
@@ -81,6 +88,7 @@ def ensure_lite_server(path: str | os.PathLike[str], *, start_timeout_s: float =
     with _flock(
         files.start_lock, timeout_s=start_timeout_s * _BIND_ATTEMPTS, purpose="start the Lite server"
     ):
+        _register_user(files)  # under the start lock: the guardian cannot stop the server meanwhile
         state = _read_state(files)
         if state is not None and _owns_data_dir(state) and _answers(state.port):
             return lite_server_uri(state.port)
@@ -103,6 +111,19 @@ def stop_lite_server(path: str | os.PathLike[str], *, grace_s: float = 10.0) -> 
             _terminate(state.pid, grace_s=grace_s)
         files.state.unlink(missing_ok=True)
         return stopped
+
+
+_USER_LOCKS: dict[Path, int] = {}
+"""The users lock descriptors this process holds, by path: a process-lifetime resource, never closed."""
+
+
+def _register_user(files: LiteServerFiles) -> None:
+    """Count this process as a user of the Lite server until it ends (a shared flock; see the module)."""
+    if files.users in _USER_LOCKS:
+        return
+    fd = os.open(files.users, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_SH)  # never waits long: the guardian locks it only under the start lock
+    _USER_LOCKS[files.users] = fd
 
 
 class LiteWriteLock:
@@ -249,6 +270,7 @@ def _start(files: LiteServerFiles, timeout_s: float) -> int:
             )
         if _wait_answering(proc, port, timeout_s):
             _write_state(files, _ServerState(pid=proc.pid, port=port, data_dir=str(files.data_dir)))
+            _start_guardian(files, proc.pid)
             return port
         log_tail = _read_log_tail(files.log, log_offset)
         if proc.poll() is None:
@@ -263,6 +285,18 @@ def _start(files: LiteServerFiles, timeout_s: float) -> int:
         f"the Milvus Lite server for {files.data_dir} could not bind a free port in {_BIND_ATTEMPTS} "
         f"attempts; see {files.log}"
     )
+
+
+def _start_guardian(files: LiteServerFiles, server_pid: int) -> None:
+    """Start the process that stops the server once its last user is gone (detached, like the server)."""
+    with open(files.log, "ab") as log:
+        subprocess.Popen(
+            [sys.executable, "-m", "worker.milvus.lite_guardian", str(server_pid), str(files.data_dir)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def _wait_answering(proc: subprocess.Popen[bytes], port: int, timeout_s: float) -> bool:

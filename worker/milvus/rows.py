@@ -10,14 +10,8 @@ from typing import Any
 import numpy as np
 
 from producer.errors import InvalidInputError, ModelMismatchError
-from worker.milvus.schema import (
-    ID_FIELD,
-    ID_MAX_BYTES,
-    METADATA_FIELD,
-    TEXT_FIELD,
-    TEXT_MAX_BYTES,
-    VECTOR_FIELD,
-)
+from producer.limits import ID_MAX_BYTES, TEXT_MAX_BYTES, metadata_problem
+from worker.milvus.schema import ID_FIELD, METADATA_FIELD, TEXT_FIELD, VECTOR_FIELD
 
 
 def build_rows(
@@ -143,6 +137,9 @@ def checked_metadata(meta: object, row: int) -> str:
     """Return a row's metadata as JSON; it must be a dict of plain JSON values."""
     if not isinstance(meta, dict):
         raise InvalidInputError(f"metadata #{row} must be a dict, got {type(meta).__name__}")
+    problem = metadata_problem(meta)
+    if problem is not None:
+        raise InvalidInputError(f"metadata #{row}: {problem}")
     try:
         return json.dumps(meta, allow_nan=False)
     except (TypeError, ValueError) as exc:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pymilvus import CollectionSchema, DataType, MilvusClient
 
+from producer.limits import ID_MAX_BYTES, TEXT_MAX_BYTES
+
 ID_FIELD, VECTOR_FIELD, TEXT_FIELD, METADATA_FIELD = "id", "vector", "text", "metadata"
-ID_MAX_BYTES = 512
-TEXT_MAX_BYTES = 65535
 MODEL_PROPERTY = "embedq.model"
 """Collection property holding ``{"model_id": ..., "dim": ...}`` as JSON."""
 METRIC = "COSINE"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, NotRequired, TypedDict
 
+from worker.milvus.content import visible_metadata
 from worker.milvus.schema import METADATA_FIELD, TEXT_FIELD
 
 
@@ -23,5 +24,5 @@ def search_hit(raw: dict[str, Any], fields: list[str]) -> SearchHit:
     if TEXT_FIELD in fields:
         hit["text"] = str(entity.get(TEXT_FIELD, ""))
     if METADATA_FIELD in fields:
-        hit["metadata"] = dict(entity.get(METADATA_FIELD) or {})
+        hit["metadata"] = dict(visible_metadata(entity.get(METADATA_FIELD) or {}))
     return hit

@@ -30,7 +30,8 @@ from producer.errors import (
     SinkUnavailableError,
 )
 from worker.milvus.column_upsert import ColumnUpsert
-from worker.milvus.connection import connect_milvus, describe_error, is_transient
+from worker.milvus.connection import connect_milvus, describe_error, is_out_of_space, is_transient
+from worker.milvus.content import with_hash
 from worker.milvus.lite_server import LiteWriteLock, ensure_lite_server, is_lite_path
 from worker.milvus.rows import Rows, build_rows, checked_ids
 from worker.milvus.schema import (
@@ -46,6 +47,7 @@ from worker.milvus.schema import (
     collection_schema,
 )
 from worker.milvus.search import SearchHit, search_hit
+from worker.milvus.sync import id_filter, stored_hashes
 
 log = logging.getLogger(__name__)
 ServerKind = Literal["lite", "server"]
@@ -124,8 +126,14 @@ class MilvusSink:
         texts: Sequence[str],
         metadata: Sequence[dict[str, Any]],
         vectors: np.ndarray,
+        hashes: Sequence[str] | None = None,
     ) -> int:
-        """Write rows (insert or replace by id); return how many distinct rows Milvus acknowledged."""
+        """Write rows (insert or replace by id); return how many distinct rows Milvus acknowledged.
+
+        ``hashes`` (one per row, see ``worker.milvus.sync.content_hash``) are recorded with the rows.
+        """
+        if hashes is not None:
+            metadata = [with_hash(meta, hash_hex) for meta, hash_hex in zip(metadata, hashes, strict=True)]
         rows = build_rows(
             ids, texts, metadata, vectors, collection=self.collection, model_id=self.model_id, dim=self.dim
         )
@@ -244,14 +252,27 @@ class MilvusSink:
         if not unique_ids:
             return 0
         self._ensure_ready()
-        # pymilvus quotes string ids without escaping them; JSON string literals parse in Milvus filters.
-        id_filter = f"{ID_FIELD} in [{', '.join(json.dumps(i, ensure_ascii=False) for i in unique_ids)}]"
+        return self.delete_where(id_filter(unique_ids))
+
+    def delete_where(self, filter_expr: str) -> int:
+        """Delete the rows matching a filter expression; return the number Milvus reports deleted."""
+        if not filter_expr.strip():
+            raise InvalidInputError("refusing to delete with an empty filter: it would match every row")
+        self._ensure_ready()
         with self._errors("delete from", InvalidInputError), self._write_guard():
-            result = self.client.delete(self.collection, filter=id_filter, timeout=self.timeout_s)
+            result = self.client.delete(self.collection, filter=filter_expr, timeout=self.timeout_s)
         # Milvus Lite returns the list of deleted ids, a Milvus server {"delete_count": n}.
         if isinstance(result, dict):
             return int(result["delete_count"])
         return len(result)
+
+    def stored_hashes(self, ids: Sequence[str]) -> dict[str, str]:
+        """Return the content hash recorded for each of ``ids`` that exists (batched queries)."""
+        checked = checked_ids(ids)
+        return self._read(
+            "look up rows of",
+            lambda: stored_hashes(self.client, self.collection, checked, timeout_s=self.timeout_s),
+        )
 
     def close(self) -> None:
         """Close the Milvus client this sink writes through."""
@@ -357,6 +378,11 @@ class MilvusSink:
             raise
         except (MilvusException, grpc.RpcError, OSError) as exc:
             detail = describe_error(exc)
+            if is_out_of_space(exc):
+                raise SinkUnavailableError(
+                    f"Milvus is out of disk space and could not {action} collection {self.collection!r} "
+                    f"({detail}): free space where it stores its data; the request can be retried"
+                ) from exc
             if is_transient(exc):
                 raise SinkUnavailableError(
                     f"Milvus was unavailable to {action} collection {self.collection!r} ({detail}): "

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any, ClassVar
 
-from celery import Celery, bootsteps
+from celery import Celery, bootsteps, signals
 from kombu.entity import Exchange, Queue
 
 from producer.celery_config import broker_client, build_celery_app
@@ -17,6 +17,7 @@ from producer.protocol.messages import WorkerPresence
 from producer.protocol.names import PRESENCE_TTL_S, bulk_queue_for_model, presence_key, queue_for_model
 from producer.settings import Settings
 from worker.queue.batch_task import register_batch_task
+from worker.queue.broker_checks import check_broker_at_start
 from worker.queue.guard import install_message_guard
 from worker.queue.tasks import CollectionSinks, Encoder, Sink, TextLimits, register_tasks
 
@@ -116,8 +117,11 @@ def run_worker(
     loglevel: str = "INFO",
     *,
     hostname: str | None = None,
-) -> None:
-    """Load the model once, then run ``celery worker`` (prefork) until it is told to stop.
+) -> int:
+    """Load the model once, then run ``celery worker`` (prefork) until told to stop; return its exit code.
+
+    The code is 0 after a requested shutdown and non-zero after an error Celery could not recover
+    from, so a supervisor restarts the worker.
 
     ``concurrency`` defaults to EMBEDQ_CONCURRENCY, then to the number of CPUs; ``hostname`` to
     Celery's ``celery@<host>`` (give each worker on one machine its own, e.g. ``w1@%h``).
@@ -130,6 +134,11 @@ def run_worker(
     # tokenizer is not used here, so its thread pool stays enabled in the children.
     encoder = StaticEncoder.from_pretrained(settings.model, tokenizer=settings.tokenizer)
     app = build_worker_app(settings, encoder, queues)
+    try:
+        check_broker_at_start(app, settings)
+    except BaseException:
+        observability.close()  # frees the metrics port of a worker that will not start
+        raise
     observability.attach(app, encoder.model_id)
     argv = [
         *observability.celery_options(),
@@ -150,7 +159,18 @@ def run_worker(
         # A pool process per core already keeps every core busy; the tokenizer's own threads on
         # top only oversubscribe them (measured in bench/bench_queue.py). An explicit setting wins.
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # app.worker_main drops the worker's exit code, so an "Unrecoverable error" ended with status 0
+    # and no supervisor restarted the worker; the code is read off the worker as it shuts down.
+    exit_codes: list[object] = []
+
+    def remember_exit_code(sender: Any, **_: Any) -> None:
+        exit_codes.append(getattr(sender, "exitcode", None))
+
+    signals.worker_shutdown.connect(remember_exit_code, weak=False)
     try:
         app.worker_main(argv)
     finally:
+        signals.worker_shutdown.disconnect(remember_exit_code)
         observability.close()
+    code = exit_codes[-1] if exit_codes else None
+    return code if isinstance(code, int) else 0

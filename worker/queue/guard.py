@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -34,9 +35,12 @@ from kombu.exceptions import ContentDisallowed, DecodeError, OperationalError
 from kombu.serialization import prepare_accept_content
 from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport import redis as kombu_redis
+from kombu.utils import json as kombu_json
 from redis.exceptions import RedisError
 
 from producer.errors import MessageDecodeError
+from producer.limits import MESSAGE_MAX_DEPTH, METADATA_MAX_DEPTH, depth_exceeds
+from worker.queue.broker_memory import wait_while_out_of_memory
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +53,8 @@ _WORKFLOW_KEYS: Final = ("callbacks", "errbacks", "chain", "chord")
 _REDIS_VISIBILITY_TIMEOUT_S: Final = 3600.0  # kombu's Redis transport default
 # What building a kombu Message or a Celery Request raises on a value of the wrong shape.
 _SHAPE_ERRORS: Final = (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError)
+# What handing a request to the prefork pool (pickling it in this process) raises on a hostile value.
+_HANDOFF_ERRORS: Final = (RecursionError, pickle.PicklingError)
 
 
 def _drop_malformed(queue: str, exc: BaseException) -> None:
@@ -151,11 +157,34 @@ class GuardedChannel(kombu_redis.Channel):
             except _SHAPE_ERRORS as exc:
                 _drop_malformed(queue, exc)
                 return None
-            if not no_ack:
-                self.qos.append(message, message.delivery_tag)
+            if not no_ack and not self._track(queue, message):
+                return None
             return callback(message)
 
         self.connection._callbacks[queue] = on_raw_message
+
+    def _queue_bind(self, *args: Any, **kwargs: Any) -> None:
+        """Bind a queue like kombu (a Lua script that writes), waiting while the broker is out of memory."""
+
+        def bind() -> None:
+            kombu_redis.Channel._queue_bind(self, *args, **kwargs)  # type: ignore[no-untyped-call]
+
+        if not wait_while_out_of_memory(bind, "binding a queue"):
+            bind()  # told to stop: one last try, whose error ends the start-up
+
+    def _track(self, queue: str, message: Any) -> bool:
+        """Record a taken message as unacknowledged, waiting while the broker is out of memory.
+
+        If the worker is told to stop first, the message goes back on its queue when Redis allows.
+        """
+        tag = message.delivery_tag
+        if wait_while_out_of_memory(lambda: self.qos.append(message, tag), f"task message {tag}"):
+            return True
+        try:
+            self.client.rpush(queue, kombu_json.dumps(message._raw))  # type: ignore[no-untyped-call]
+        except RedisError as exc:
+            logger.error("the worker stopped while Redis was full: task message %s is lost (%s)", tag, exc)
+        return False
 
 
 class GuardedTransport(kombu_redis.Transport):
@@ -244,6 +273,9 @@ def _body_problem(body: object) -> str | None:
         return f"embed is {type(embed).__name__}, not a map"
     if embed and any(embed.get(key) for key in _WORKFLOW_KEYS):
         return "callbacks, errbacks, chains and chords are not accepted by embedq workers"
+    if depth_exceeds(body, MESSAGE_MAX_DEPTH):
+        # Celery pickles the body for the pool: a deep one raised RecursionError and ended the worker.
+        return f"body nests deeper than {MESSAGE_MAX_DEPTH} levels (metadata: at most {METADATA_MAX_DEPTH})"
     return None
 
 
@@ -260,6 +292,8 @@ def task_message_problem(
         return f"headers are {type(headers).__name__}, not a map"
     if "task" not in headers:
         return "no task header: not a Celery protocol 2 task message"
+    if depth_exceeds(headers, MESSAGE_MAX_DEPTH):
+        return f"headers nest deeper than {MESSAGE_MAX_DEPTH} levels"
     problem = _identity_problem(headers) or _schedule_problem(headers, max_eta_ahead_s)
     if problem is not None:
         return problem
@@ -311,9 +345,11 @@ class GuardedConsumer(Consumer):  # type: ignore[misc]  # Celery ships no type h
                 return self.refuse_message(message, problem)
             try:
                 return handle(message)
-            except _SHAPE_ERRORS as exc:
-                # A header or value this guard does not know about: refused like the others.
-                return self.refuse_message(message, f"Celery could not read it: {type(exc).__name__}: {exc}")
+            except (*_SHAPE_ERRORS, *_HANDOFF_ERRORS) as exc:
+                # A header or value this guard does not know about, or a request the pool cannot be
+                # handed (pickling it failed): refused like the others, the worker goes on.
+                detail = f"{type(exc).__name__}: {str(exc)[:200]}"
+                return self.refuse_message(message, f"Celery could not take it: {detail}")
 
         return on_task_received
 

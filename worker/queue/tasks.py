@@ -23,6 +23,7 @@ from producer.protocol.messages import EmbedRequest, EmbedResult, UpsertRequest,
 from producer.protocol.names import TASK_FOR_KIND, TASK_UPSERT_DOCUMENTS, Kind, queue_for_model
 from producer.protocol.texts import validate_texts
 from worker.metrics.recording import encode_observed, record_milvus_upsert, record_request, token_total
+from worker.milvus.content import content_hash
 
 
 class Encoder(Protocol):
@@ -88,8 +89,12 @@ class Sink(Protocol):
         texts: Sequence[str],
         metadata: Sequence[dict[str, Any]],
         vectors: np.ndarray,
+        hashes: Sequence[str] | None = None,
     ) -> int:
-        """Write the rows; return how many distinct ids Milvus acknowledged."""
+        """Write the rows (recording their content hashes); return how many distinct ids were acknowledged."""
+
+    def stored_hashes(self, ids: Sequence[str]) -> dict[str, str]:
+        """Return the content hash recorded for each of ``ids`` that exists."""
 
     def close(self) -> None:
         """Release the connection."""
@@ -147,20 +152,41 @@ def embed_request(encoder: Encoder, request: EmbedRequest, limits: TextLimits) -
 def upsert_request(
     encoder: Encoder, sinks: CollectionSinks, request: UpsertRequest, limits: TextLimits
 ) -> UpsertResult:
-    """Encode the documents and upsert them; the result counts only rows Milvus acknowledged."""
+    """Encode the documents and upsert them; the result counts only rows Milvus acknowledged.
+
+    With ``request.skip_unchanged``, rows whose recorded content hash matches are left alone.
+    """
     _check_model(encoder, request.model)
     texts = validate_texts(request.texts, max_texts=limits.max_texts, max_text_chars=limits.max_text_chars)
-    vectors, tokens = encode_observed(encoder, encoder.model_id, texts)
+    hashes = [content_hash(encoder.model_id, t, m) for t, m in zip(texts, request.metadata, strict=True)]
     sink = sinks.get(request.collection, encoder.model_id, encoder.dim)
+    tokens = None
     started = time.perf_counter()
     try:
-        written = sink.upsert(request.ids, texts, request.metadata, vectors)
+        rows = list(range(len(texts)))
+        if request.skip_unchanged:
+            stored = sink.stored_hashes(request.ids)
+            rows = [row for row in rows if stored.get(request.ids[row]) != hashes[row]]
+        written = 0
+        if rows:
+            vectors, tokens = encode_observed(encoder, encoder.model_id, [texts[row] for row in rows])
+            started = time.perf_counter()
+            written = sink.upsert(
+                [request.ids[row] for row in rows],
+                [texts[row] for row in rows],
+                [request.metadata[row] for row in rows],
+                vectors,
+                hashes=[hashes[row] for row in rows],
+            )
     except SinkUnavailableError:
         sinks.discard(request.collection)
         raise
     record_milvus_upsert(request.collection, written, time.perf_counter() - started)
     record_request(encoder.model_id, "upsert", "ok", len(texts), token_total(tokens))
-    return UpsertResult(model=encoder.model_id, collection=request.collection, written=written)
+    unchanged = len(set(request.ids)) - len({request.ids[row] for row in rows})
+    return UpsertResult(
+        model=encoder.model_id, collection=request.collection, written=written, unchanged=unchanged
+    )
 
 
 def _task_body(kind: Kind, encoder: Encoder, limits: TextLimits) -> Callable[..., dict[str, Any]]:

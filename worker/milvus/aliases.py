@@ -1,0 +1,129 @@
+"""Collections addressed through Milvus aliases, so a model upgrade moves a name in one step.
+
+``docs`` is an alias of a physical collection named for its model (``docs__<model>_<hash>``).
+A reindex fills the physical collection of the new model while searches through ``docs`` keep
+reading the old one, then moves the alias: Milvus switches an alias atomically, and a search
+resolves the alias once (``worker.milvus.querying``), so no search mixes two models' vectors.
+A collection made before aliases (a physical collection named ``docs``) is adopted on first use:
+renamed to its physical name, with the alias ``docs`` pointing at it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import re
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from producer.errors import ConfigError, EmbedqError, InvalidInputError, SinkUnavailableError
+from worker.milvus.catalog import recorded_model, resolve
+from worker.milvus.connection import connect_milvus, describe_error, is_transient
+from worker.milvus.lite_server import LiteWriteLock, ensure_lite_server, is_lite_path
+
+if TYPE_CHECKING:
+    from pymilvus import MilvusClient
+
+_MAX_NAME = 255
+_SEPARATOR = "__"
+
+
+@dataclass
+class MilvusAccess:
+    """A Milvus client and the guard every schema change or write goes through (Lite: one writer)."""
+
+    client: MilvusClient
+    write_guard: AbstractContextManager[object]
+    timeout_s: float = 30.0
+
+    def close(self) -> None:
+        """Close the client."""
+        self.client.close()
+
+
+def open_access(uri: str, token: str | None, *, timeout_s: float = 30.0) -> MilvusAccess:
+    """Connect to Milvus; a Lite path goes through the shared Lite server, with its write lock."""
+    if is_lite_path(uri):
+        client = connect_milvus(ensure_lite_server(uri), None, timeout_s=timeout_s)
+        return MilvusAccess(client, LiteWriteLock(uri), timeout_s)
+    return MilvusAccess(connect_milvus(uri, token, timeout_s=timeout_s), contextlib.nullcontext(), timeout_s)
+
+
+def physical_name(alias: str, model_id: str) -> str:
+    """Return the physical collection of ``alias`` for ``model_id``: readable, unique per model."""
+    slug = re.sub(r"[^A-Za-z0-9_]+", "_", model_id.rsplit("/", 1)[-1]).strip("_")[:40] or "model"
+    digest = hashlib.sha256(model_id.encode()).hexdigest()[:8]
+    name = f"{alias}{_SEPARATOR}{slug}_{digest}"
+    if len(name) > _MAX_NAME:
+        raise ConfigError(f"collection name {alias!r} is too long to carry a model suffix: shorten it")
+    return name
+
+
+def adopt(access: MilvusAccess, name: str) -> str | None:
+    """Return the physical collection behind ``name``, turning an old-style collection into an alias.
+
+    None if ``name`` is neither a collection nor an alias. An old-style collection is renamed to
+    its physical name and ``name`` becomes an alias of it; searches that resolve ``name`` during
+    those two calls (milliseconds, once) fail with a clear error and can be retried.
+    """
+    client, timeout_s = access.client, access.timeout_s
+    with errors(f"adopt collection {name!r}"):
+        physical = resolve(client, name, timeout_s=timeout_s)
+        if physical is None or physical != name:
+            return physical
+        model = recorded_model(client.describe_collection(name, timeout=timeout_s))
+        if model is None:
+            raise ConfigError(
+                f"collection {name!r} was not created by embedq (it records no model): "
+                "it cannot be reindexed; choose an embedq collection (`embedq collections` lists them)"
+            )
+        target = physical_name(name, model[0])
+        with access.write_guard:
+            client.rename_collection(name, target, timeout=timeout_s)
+            client.create_alias(target, name, timeout=timeout_s)
+        client.load_collection(target, timeout=timeout_s)  # a rename releases the collection
+        return target
+
+
+def point_alias(access: MilvusAccess, alias: str, physical: str) -> None:
+    """Make ``alias`` name ``physical`` (created, or moved in one step)."""
+    client, timeout_s = access.client, access.timeout_s
+    with errors(f"move alias {alias!r} to {physical!r}"):
+        client.load_collection(physical, timeout=timeout_s)
+        aliases = client.list_aliases(timeout=timeout_s).get("aliases", [])
+        with access.write_guard:
+            if alias in aliases:
+                client.alter_alias(physical, alias, timeout=timeout_s)
+            else:
+                client.create_alias(physical, alias, timeout=timeout_s)
+
+
+def drop(access: MilvusAccess, physical: str) -> None:
+    """Drop a physical collection (never one an alias still names)."""
+    client, timeout_s = access.client, access.timeout_s
+    with errors(f"drop collection {physical!r}"):
+        still_named = client.list_aliases(collection_name=physical, timeout=timeout_s).get("aliases", [])
+        if still_named:
+            raise ConfigError(
+                f"collection {physical!r} is still named by alias {still_named}: not dropping it"
+            )
+        with access.write_guard:
+            client.drop_collection(physical, timeout=timeout_s)
+
+
+@contextlib.contextmanager
+def errors(action: str) -> Iterator[None]:
+    """Turn pymilvus failures into SinkUnavailableError (retry) or InvalidInputError (fix first)."""
+    from pymilvus.exceptions import MilvusException
+
+    try:
+        yield
+    except EmbedqError:
+        raise
+    except (MilvusException, OSError) as exc:
+        detail = describe_error(exc)
+        if is_transient(exc):
+            raise SinkUnavailableError(f"Milvus was unavailable to {action} ({detail}): retry") from exc
+        raise InvalidInputError(f"Milvus refused to {action}: {detail}") from exc
