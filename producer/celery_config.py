@@ -20,6 +20,8 @@ from producer.settings import Settings, redact_url
 BROKER_ACQUIRE_TIMEOUT_S = 5.0
 REDIS_SOCKET_TIMEOUT_S = 10.0
 BROKER_CONNECT_TIMEOUT_S = 5.0
+PUBLISH_ALWAYS_MAX_BYTES = 64 * 1024
+"""Results below this size are published with the SET in one round trip, as Celery does."""
 
 
 class PollingRedisBackend(RedisBackend):  # type: ignore[misc]  # Celery ships no type hints
@@ -33,6 +35,26 @@ class PollingRedisBackend(RedisBackend):  # type: ignore[misc]  # Celery ships n
 
     def on_task_call(self, producer: Any, task_id: str) -> None:
         """Do not subscribe: results are polled by id."""
+
+    def _set(self, key: str | bytes, value: bytes | str, expires: float | None = None) -> None:
+        """Store a result; publish a large one only if someone listens on its channel.
+
+        Celery's Redis backend sends every result twice (SET, then PUBLISH to the task's channel
+        for ``AsyncResult.get`` waiters). embedq readers poll by id, so for a bulk task's vectors
+        (megabytes) the PUBLISH doubled the bytes the worker writes and Redis reads, for no one.
+        Counting subscribers after the SET keeps stock Celery waiters working: one that subscribed
+        before the SET is counted and gets the message; one that subscribes later reads the key.
+        """
+        if len(value) < PUBLISH_ALWAYS_MAX_BYTES:
+            super()._set(key, value, expires)
+            return
+        ttl_s = self.expires if expires is None else expires
+        with self.client.pipeline() as pipe:
+            pipe.set(key, value, ex=int(ttl_s) if ttl_s else None)
+            pipe.pubsub_numsub(key)
+            _, counts = pipe.execute()
+        if any(count for _, count in counts):
+            self.client.publish(key, value)
 
 
 _BACKEND_PREFIX = f"{__name__}:{PollingRedisBackend.__name__}+"

@@ -316,7 +316,14 @@ class EmbeddingClient:
             queue,
             deadline_s,
         )
-        return Job(self.reader, job_id, task_ids, self.model, queue_depth=partial(self.queue_depth, queue))
+        return Job(
+            self.reader,
+            job_id,
+            task_ids,
+            self.model,
+            queue_depth=partial(self.queue_depth, queue),
+            task_rows=[len(batch) for batch in batches],
+        )
 
     def _submit_batched(self, item: BatchItem) -> Job:
         """Hand a small request to the coalescer; its Job completes when the worker's notice arrives."""

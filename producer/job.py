@@ -15,12 +15,12 @@ from celery import Celery
 from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
+from producer.assembly import VectorAssembler
 from producer.celery_config import backend_url
 from producer.errors import (
     BrokerUnavailableError,
     DeadlineExceededError,
     EmbedqError,
-    ModelMismatchError,
     ResultTimeoutError,
     error_from_name,
 )
@@ -144,7 +144,9 @@ class Job:
         *,
         notice: concurrent.futures.Future[TaskOutcome] | None = None,
         queue_depth: QueueDepth | None = None,
+        task_rows: Sequence[int] | None = None,
     ) -> None:
+        """Track ``task_ids``; ``task_rows`` (texts per task) lets vectors be placed as they arrive."""
         self.id = job_id
         self.task_ids = tuple(task_ids)
         self.model = model
@@ -152,6 +154,7 @@ class Job:
         self._final: dict[str, TaskOutcome] = {}
         self._notice = notice
         self._queue_depth = queue_depth
+        self._assembler = VectorAssembler(job_id, model, len(self.task_ids), task_rows)
         self.token_counts: tuple[int, ...] | None = None
         """Tokens the encoder pooled per text, once the result is in (None if a worker did not say)."""
 
@@ -189,26 +192,19 @@ class Job:
         for outcome in outcomes:
             if outcome.error is not None:
                 raise outcome.error
+        for index, (task_id, outcome) in enumerate(zip(self.task_ids, outcomes, strict=True)):
+            if outcome.state == "done" and index not in self._assembler:
+                self._assembler.add(index, EmbedResult.decode(outcome.value))
+                self._final[task_id] = TaskOutcome("done")  # the vectors now live in the assembler
         if any(outcome.state != "done" for outcome in outcomes):
             return None
-        return self._assemble([EmbedResult.decode(outcome.value) for outcome in outcomes])
+        return self._finish()
 
-    def _assemble(self, results: list[EmbedResult]) -> np.ndarray:
-        for result in results:
-            if result.model != self.model:
-                raise ModelMismatchError(
-                    f"job {self.id} returned vectors of model {result.model!r}, expected {self.model!r}: "
-                    "reattach with a client for that model"
-                )
-            if result.dim != results[0].dim:
-                dims = f"{results[0].dim} and {result.dim}"
-                raise ModelMismatchError(f"job {self.id} mixes vectors of {dims} dimensions")
-        if all(result.tokens is not None for result in results):
-            self.token_counts = tuple(count for result in results for count in result.tokens or ())
-        if len(results) == 1:
-            return results[0].to_array()
-        # One copy, from the message bytes straight into the joined array.
-        return np.concatenate([result.view() for result in results], axis=0, dtype=np.float32)
+    def _finish(self) -> np.ndarray:
+        vectors, tokens = self._assembler.finish()
+        if tokens is not None:
+            self.token_counts = tokens
+        return vectors
 
     def _timeout(self, timeout_s: float) -> ResultTimeoutError:
         done = sum(1 for outcome in self._final.values() if outcome.state == "done")
@@ -231,7 +227,9 @@ class Job:
         self._final[self.task_ids[0]] = outcome
         if outcome.error is not None:
             raise outcome.error
-        return self._assemble([EmbedResult.decode(outcome.value)])
+        if 0 not in self._assembler:
+            self._assembler.add(0, EmbedResult.decode(outcome.value))
+        return self._finish()
 
     def _poll_delays(self, timeout_s: float | None) -> Iterator[float]:
         """Yield the pauses between polls (growing, capped); raise ResultTimeoutError at the deadline."""

@@ -95,3 +95,44 @@ def test_a_worker_that_cannot_start_raises_its_own_message(tmp_path: Path) -> No
         LocalCluster(Settings(model=str(missing)), concurrency=1),
     ):
         pytest.fail("the cluster started without a model")
+
+
+_KILLED_COMMAND = r"""
+import sys, threading, time
+from producer.settings import Settings
+from worker.local.cluster import LocalCluster
+
+# Threads running while the workers start, as gRPC's are once a command has talked to Milvus.
+for _ in range(4):
+    threading.Thread(target=time.sleep, args=(120,), daemon=True).start()
+with LocalCluster(Settings(milvus_uri=sys.argv[1]), concurrency=1) as cluster:
+    print(cluster.worker_pid, flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_command_killed_outright_takes_its_local_worker_with_it(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    command = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_COMMAND, str(tmp_path / "embedq.db")],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    try:
+        assert command.stdout is not None
+        worker_pid = int(command.stdout.readline())
+        worker = psutil.Process(worker_pid)
+        assert worker.is_running()
+        command.send_signal(signal.SIGKILL)
+        command.wait()
+        worker.wait(timeout=30)  # SIGTERM from the kernel on its parent's death, then a warm shutdown
+    finally:
+        if command.poll() is None:
+            command.kill()
+            command.wait()

@@ -20,7 +20,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
@@ -41,7 +41,6 @@ WORKER_ERROR_PREFIX = "embedq: error: "
 _POLL_S = 0.02
 _BROKER_HOST = "127.0.0.1"
 _BROKER_START_ATTEMPTS = 3
-_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def default_concurrency() -> int:
@@ -52,11 +51,12 @@ def default_concurrency() -> int:
 
 
 def worker_command(settings: Settings, concurrency: int) -> list[str]:
-    """Return the argv of a local worker: the ``embedq worker`` command, run by this interpreter."""
+    """Return the argv of a local worker: ``embedq worker`` by this interpreter, ending with this process."""
     command = [
         sys.executable,
         "-m",
-        "worker.cli.main",
+        "worker.local.child",
+        str(os.getpid()),
         "worker",
         f"--concurrency={concurrency}",
         "--loglevel=WARNING",
@@ -213,24 +213,7 @@ def _spawn(command: list[str], env: dict[str, str], log_path: Path) -> subproces
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,
-            # A pre-exec hook is unsafe only with threads running; none run while the CLI starts workers.
-            preexec_fn=_parent_death_signal(),
         )
-
-
-def _parent_death_signal() -> Callable[[], None] | None:
-    """Return a pre-exec hook asking Linux to SIGTERM the worker if this process dies (e.g. SIGKILL)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)  # loaded before fork: the hook only makes one call
-    sigterm = int(signal.SIGTERM)
-
-    def hook() -> None:
-        libc.prctl(_PR_SET_PDEATHSIG, sigterm)
-
-    return hook
 
 
 def _startup_failure(returncode: int, log_path: Path) -> EmbedqError:
