@@ -16,6 +16,7 @@ from worker.gateway.auth import ApiKeyMiddleware
 from worker.gateway.backend import Backend
 from worker.gateway.config import GatewaySettings, load_gateway_settings
 from worker.gateway.errors import ApiError, handle_api_error, handle_embedq_error
+from worker.gateway.hot_routes import HotRoutesMiddleware
 from worker.gateway.metrics import HttpMetrics, RequestMetricsMiddleware
 from worker.gateway.openapi import ROUTES as DOCS_ROUTES
 from worker.gateway.search import Collections
@@ -43,6 +44,7 @@ def create_app(settings: Settings, config: GatewaySettings) -> Starlette:
         middleware=[
             Middleware(RequestMetricsMiddleware, metrics=http_metrics, routes=routes),
             Middleware(ApiKeyMiddleware, api_keys=config.api_keys),
+            Middleware(HotRoutesMiddleware, routes=routes),
         ],
         exception_handlers={ApiError: handle_api_error, EmbedqError: handle_embedq_error},
         lifespan=lifespan,

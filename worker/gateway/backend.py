@@ -24,6 +24,7 @@ from producer.protocol.names import QUEUE_PREFIX, Kind, presence_key
 from producer.sentinel import async_redis_for
 from producer.settings import Settings, redact_url
 from worker.gateway.errors import ApiError
+from worker.gateway.presence import ServedModel
 
 _LIVE_MODELS_TTL_S = 1.0
 _PRESENCE_PATTERN = presence_key(QUEUE_PREFIX + "*")
@@ -57,6 +58,7 @@ class Backend:
         self._live: dict[str, int] = {}
         self._live_read_at = -1.0
         self._live_refresh: asyncio.Future[dict[str, int]] | None = None
+        self._served = ServedModel(self._redis, _LIVE_MODELS_TTL_S)
 
     async def close(self) -> None:
         """Close the broker connections."""
@@ -129,7 +131,13 @@ class Backend:
     async def model_dim(self, model: str | None) -> tuple[str, int]:
         """Return (model id, dim) of a live model: 404 for one no worker serves, 503 if none is live."""
         model_id = self.default_model if model is None else model
-        live = await self.live_models()
+        try:
+            dim = await self._served.dim(model_id)
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(exc) from exc
+        if dim is not None:
+            return model_id, dim
+        live = await self.live_models()  # the full list (a SCAN) only to answer a miss
         if model_id not in live:
             live = await self.live_models(wait_for_fresh=True)  # an expired cache may miss a new worker
         if model_id in live:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import math
 
 import numpy as np
 
@@ -14,6 +15,10 @@ def normalized(vectors: np.ndarray) -> np.ndarray:
 
     Leaving unit rows alone keeps the workers' bytes exact for models that normalise already.
     """
+    if len(vectors) == 1:  # the usual query: one dot product instead of four array operations
+        norm = math.sqrt(float(np.dot(vectors[0], vectors[0])))
+        if norm == 0.0 or abs(norm - 1.0) <= _UNIT_TOLERANCE:
+            return vectors
     norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))
     off = (norms > 0) & (np.abs(norms - 1.0) > _UNIT_TOLERANCE)
     if not off.any():
