@@ -9,12 +9,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from celery import Celery
-from celery.backends.redis import RedisBackend
+from celery.backends.redis import RedisBackend, SentinelBackend
 from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
 from producer.broker_checks import broker_error
 from producer.protocol.names import queue_for_model
+from producer.sentinel import is_sentinel_url
 from producer.settings import Settings, redact_url
 
 BROKER_ACQUIRE_TIMEOUT_S = 5.0
@@ -57,11 +58,18 @@ class PollingRedisBackend(RedisBackend):  # type: ignore[misc]  # Celery ships n
             self.client.publish(key, value)
 
 
+class PollingSentinelBackend(PollingRedisBackend, SentinelBackend):  # type: ignore[misc]
+    """PollingRedisBackend reaching the current primary through the sentinels (SentinelBackend's pool)."""
+
+
 _BACKEND_PREFIX = f"{__name__}:{PollingRedisBackend.__name__}+"
+_SENTINEL_BACKEND_PREFIX = f"{__name__}:{PollingSentinelBackend.__name__}+"
 
 
 def backend_setting(url: str) -> str:
     """Return the ``result_backend`` setting that selects PollingRedisBackend for a Redis ``url``."""
+    if is_sentinel_url(url):
+        return _SENTINEL_BACKEND_PREFIX + url
     # Celery reads "<backend class>+<url>"; its Redis backend names the unix-socket scheme "socket".
     return _BACKEND_PREFIX + url.replace("redis+socket://", "socket://", 1)
 
@@ -69,7 +77,7 @@ def backend_setting(url: str) -> str:
 def backend_url(app: Celery) -> str:
     """Return the app's result backend URL with any password redacted, for messages."""
     setting = str(app.conf.result_backend)
-    return redact_url(setting.removeprefix(_BACKEND_PREFIX))
+    return redact_url(setting.removeprefix(_BACKEND_PREFIX).removeprefix(_SENTINEL_BACKEND_PREFIX))
 
 
 def _ssl_options(url: str) -> dict[str, Any] | None:
@@ -114,6 +122,9 @@ def celery_conf(settings: Settings) -> dict[str, Any]:
         "redis_socket_timeout": REDIS_SOCKET_TIMEOUT_S,
         "redis_socket_connect_timeout": REDIS_SOCKET_TIMEOUT_S,
     }
+    if settings.sentinel_master is not None:
+        conf["broker_transport_options"]["master_name"] = settings.sentinel_master
+        conf["result_backend_transport_options"] = {"master_name": settings.sentinel_master}
     broker_ssl = _ssl_options(settings.broker_url)
     if broker_ssl is not None:
         conf["broker_use_ssl"] = broker_ssl

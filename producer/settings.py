@@ -11,6 +11,7 @@ from producer.errors import ConfigError
 from producer.protocol.names import BUNDLED_MODEL_ID
 from producer.redaction import redact_url as redact_url  # re-exported: redact_url has always lived here
 from producer.redaction import url_secrets
+from producer.sentinel import check_master_name, check_sentinel_url, is_sentinel_url
 
 DEFAULT_BROKER_URL = "redis://localhost:6379/0"
 LOG_FORMATS = ("text", "json")
@@ -45,12 +46,14 @@ class Settings:
     log_format: str = "text"  # or "json": one JSON object per log line
     tokenizer: str = "auto"
     allow_evicting_broker: bool = False  # EMBEDQ_ALLOW_EVICTING_BROKER: accept an allkeys-* broker
+    sentinel_master: str | None = None  # the master name, with sentinel:// URLs
 
     def __post_init__(self) -> None:
         if not self.result_backend:
             object.__setattr__(self, "result_backend", self.broker_url)
         check_redis_url(self.broker_url, "EMBEDQ_BROKER_URL")
         check_redis_url(self.result_backend, "EMBEDQ_RESULT_BACKEND")
+        check_master_name(self.sentinel_master, (self.broker_url, self.result_backend))
         if self.model is not None:
             check_model_id(self.model, "EMBEDQ_MODEL")
         for name, value in (
@@ -111,6 +114,8 @@ class Settings:
 
 def check_redis_url(url: str, variable: str) -> str:
     """Return ``url`` if it is a Redis URL Celery can use; else raise ConfigError naming ``variable``."""
+    if is_sentinel_url(url):
+        return check_sentinel_url(url, variable)
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - parsing the port validates it
@@ -123,7 +128,8 @@ def check_redis_url(url: str, variable: str) -> str:
         ) from None
     if parts.scheme not in REDIS_SCHEMES:
         raise ConfigError(
-            f"{variable} must be a redis://, rediss:// or redis+socket:// URL, got {redact_url(url)!r}"
+            f"{variable} must be a redis://, rediss://, redis+socket:// or sentinel:// URL (Redis Cluster "
+            f"is not supported by Celery), got {redact_url(url)!r}"
         )
     if parts.scheme != "redis+socket" and not parts.hostname:
         raise ConfigError(f"{variable} names no host: {redact_url(url)!r} (e.g. redis://localhost:6379/0)")
@@ -202,6 +208,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         log_format=(_text(env, "EMBEDQ_LOG_FORMAT") or "text").lower(),
         tokenizer=(_text(env, "EMBEDQ_TOKENIZER") or "auto").lower(),
         allow_evicting_broker=allow_evicting_broker(env),
+        sentinel_master=_text(env, "EMBEDQ_SENTINEL_MASTER"),
     )
 
 

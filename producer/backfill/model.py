@@ -8,9 +8,37 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from producer.backfill.in_flight import AUTO, InFlightSetting, check_in_flight
 from producer.errors import ConfigError
 
 DEFAULT_STATE_DIR = Path(".embedq/backfill")
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` (1-based) of ``count``."""
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or not 1 <= self.index <= self.count:
+            raise ConfigError(
+                f"a shard is K/N with 1 <= K <= N, got {self.index}/{self.count} (e.g. --shard 1/4)"
+            )
+
+    def owns(self, chunk_index: int) -> bool:
+        """Whether chunk ``chunk_index`` (0-based, file order) belongs to this shard."""
+        return chunk_index % self.count == self.index - 1
+
+    def records(self, total: int, chunk_size: int) -> int:
+        """Return how many of a file's ``total`` records fall in this shard's chunks."""
+        chunks = -(-total // chunk_size)
+        return sum(min(chunk_size, total - i * chunk_size) for i in range(self.index - 1, chunks, self.count))
+
+    def job_id(self, sharded_job_id: str) -> str:
+        """Return this shard's job id within the sharded job ``sharded_job_id``."""
+        return f"{sharded_job_id}-shard{self.index}of{self.count}"
 
 
 @dataclass(frozen=True)
@@ -24,15 +52,17 @@ class BackfillOptions:
     text_field: str = "text"
     metadata_fields: tuple[str, ...] | None = None
     chunk_size: int = 1000
-    max_in_flight: int = 4
+    max_in_flight: InFlightSetting = AUTO
     state_dir: Path = DEFAULT_STATE_DIR
     skip_unchanged: bool = False
     """Leave rows whose recorded content hash matches alone (neither encoded nor written); the
     ``embedq backfill`` command turns it on (``--rewrite-all`` off)."""
+    shard: Shard | None = None
 
     def __post_init__(self) -> None:
-        if self.chunk_size < 1 or self.max_in_flight < 1:
-            raise ConfigError("chunk_size and max_in_flight must be positive")
+        check_in_flight(self.max_in_flight)
+        if self.chunk_size < 1:
+            raise ConfigError("chunk_size must be positive")
         if not self.collection:
             raise ConfigError("collection must be a non-empty name")
 

@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from producer.backfill.fleet import pool_reader
 from producer.backfill.idset import SeenIds
+from producer.backfill.in_flight import InFlightLimit
 from producer.backfill.model import (
     DEFAULT_STATE_DIR,
     BackfillOptions,
@@ -29,7 +31,9 @@ from producer.backfill.model import (
     ChunkRecord,
 )
 from producer.backfill.readers import FieldNames, Rejected, count_records, detect_format, read_documents
+from producer.backfill.shards import local_shards, register_shard, registered_shards, sum_shards
 from producer.backfill.state import BackfillState, load_local_progress, load_progress
+from producer.celery_config import broker_client
 from producer.client import EmbeddingClient
 from producer.errors import BrokerUnavailableError, EmbedqError, TransientError
 from producer.job import TaskOutcome
@@ -57,7 +61,8 @@ def job_id_for(options: BackfillOptions, model: str) -> str:
         "chunk_size": options.chunk_size,
     }
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
-    return f"backfill-{digest[:20]}"
+    job_id = f"backfill-{digest[:20]}"
+    return job_id if options.shard is None else options.shard.job_id(job_id)
 
 
 def _chunks(records: Iterable[Document | Rejected], size: int) -> Iterator[list[Document | Rejected]]:
@@ -71,6 +76,7 @@ class _Run:
     """Mutable counters of one run."""
 
     state: BackfillState
+    limit: InFlightLimit
     started: float = field(default_factory=time.monotonic)
     written: int = 0
     unchanged: int = 0
@@ -147,7 +153,7 @@ def _process_chunk(
     rejected = [record for record in chunk if isinstance(record, Rejected)]
     for record in rejected:
         run.note_error(record.reason)
-    while len(run.in_flight) >= options.max_in_flight:
+    while len(run.in_flight) >= run.limit.current():
         _collect(client, run, block=True)
         report("running")
     if documents:
@@ -177,8 +183,13 @@ def run_backfill(
         records = seen.recording(records)
     job_id = job_id_for(options, client.model)
     total = count_records(options.path, options.format)
+    shard = options.shard
+    if shard is not None:
+        total = shard.records(total, options.chunk_size)
+        with broker_client(client.app) as redis:
+            register_shard(redis, job_id.rsplit("-shard", 1)[0], job_id)
     state = BackfillState.open(client, job_id, options, total)
-    run = _Run(state)
+    run = _Run(state, InFlightLimit(options.max_in_flight, pool_reader(client)))
 
     def report(status: str) -> None:
         elapsed_s = time.monotonic() - run.started
@@ -189,7 +200,8 @@ def run_backfill(
     status = "interrupted"
     try:
         for chunk_index, chunk in enumerate(_chunks(records, options.chunk_size)):
-            _process_chunk(client, options, run, chunk_index, chunk, report)
+            if shard is None or shard.owns(chunk_index):
+                _process_chunk(client, options, run, chunk_index, chunk, report)
         state.set_total()
         while run.in_flight:
             _collect(client, run, block=True)
@@ -199,7 +211,7 @@ def run_backfill(
                 f"stopped sending after {run.transient_failures_in_a_row} chunks in a row failed with a "
                 "transient error (Milvus or the workers down); fix it and run the same command to resume"
             )
-        status = "done" if state.all_confirmed() else "failed"
+        status = "done" if state.all_confirmed(None if shard is None else shard.owns) else "failed"
     except EmbedqError:
         status = "failed"
         raise
@@ -232,7 +244,13 @@ def backfill_status(
     if saved is not None:
         return BackfillProgress(**saved)
     local = None if state_dir is None else local_backfill_status(job_id, state_dir)
-    return None if local is None else local[0]
+    if local is not None:
+        return local[0]
+    with broker_client(client.app) as redis:
+        shard_ids = set(registered_shards(redis, job_id))
+    shard_ids.update(() if state_dir is None else local_shards(state_dir, job_id))
+    parts = (backfill_status(client, shard_id, state_dir) for shard_id in sorted(shard_ids))
+    return sum_shards(job_id, (part for part in parts if part is not None))
 
 
 def local_backfill_status(

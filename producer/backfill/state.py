@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import IO, Any
@@ -134,9 +135,11 @@ class BackfillState:
         """Note that the whole file was read: the job has exactly the chunks seen so far."""
         self._total = self._chunks_seen
 
-    def all_confirmed(self) -> bool:
-        """Whether every chunk of the file is confirmed (known only once the file was read)."""
-        return self._total is not None and all(index in self._done for index in range(self._total))
+    def all_confirmed(self, owns: Callable[[int], bool] | None = None) -> bool:
+        """Whether every chunk of the file (that ``owns``) is confirmed (known once the file was read)."""
+        return self._total is not None and all(
+            index in self._done for index in range(self._total) if owns is None or owns(index)
+        )
 
     def check_broker(self) -> None:
         """Raise BrokerRestartedError if Redis restarted since the run began (checked about once a second)."""

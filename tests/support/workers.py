@@ -55,6 +55,15 @@ class WorkerProcess:
         return [child.pid for child in psutil.Process(self.process.pid).children()]
 
 
+def broker_redis(url: str, sentinel_master: str | None = None) -> redis.Redis:
+    """Return a redis-py client of the broker at ``url`` (through the sentinels for a sentinel:// URL)."""
+    if url.startswith("sentinel://"):
+        from tests.support.sentinel import primary_client
+
+        return primary_client(url, sentinel_master or "")
+    return redis.Redis.from_url(url.replace("redis+socket://", "unix://", 1))  # redis-py's spelling
+
+
 def start_worker(
     redis_url: str,
     log_path: Path,
@@ -91,7 +100,7 @@ def start_worker(
             [sys.executable, "-c", _RUN_WORKER], cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
         )
     worker = WorkerProcess(process, log_path, settings)
-    client = redis.Redis.from_url(redis_url.replace("redis+socket://", "unix://", 1))  # redis-py's spelling
+    client = broker_redis(redis_url, settings.sentinel_master)
     keys = [presence_key(f"embedq.{settings.model_id}"), presence_key(f"embedq.{settings.model_id}.bulk")]
     deadline = time.monotonic() + WORKER_START_TIMEOUT_S
     try:

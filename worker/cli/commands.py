@@ -100,6 +100,7 @@ def backfill_command(args: argparse.Namespace, settings: Settings) -> int:
         chunk_size=args.chunk_size,
         max_in_flight=args.max_in_flight,
         skip_unchanged=not args.rewrite_all,
+        shard=args.shard,
     )
     manifest = manifest_for(settings, args.collection)
     recording = args.delete_missing or manifest.exists()  # a manifest learns every backfill's ids

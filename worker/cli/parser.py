@@ -94,6 +94,26 @@ def _positive_float(raw: str) -> float:
     return value
 
 
+def _in_flight(raw: str) -> int | str:
+    from producer.backfill.in_flight import parse_in_flight  # imports no Celery
+    from producer.errors import ConfigError
+
+    try:
+        return parse_in_flight(raw)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _shard(raw: str) -> object:
+    from producer.backfill.shards import parse_shard
+    from producer.errors import ConfigError
+
+    try:
+        return parse_shard(raw)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _subcommand(
     commands: argparse._SubParsersAction[argparse.ArgumentParser], name: str, summary: str, epilog: str
 ) -> argparse.ArgumentParser:
@@ -178,7 +198,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--chunk-size", type=_positive_int, default=1000, help="documents per task (default: 1000)"
     )
     backfill.add_argument(
-        "--max-in-flight", type=_positive_int, default=4, help="tasks queued at once (default: 4)"
+        "--max-in-flight",
+        type=_in_flight,
+        default="auto",
+        help="tasks queued at once, or 'auto': two per live pool process of the model's bulk queue, "
+        "re-read as workers come and go (default: auto)",
+    )
+    backfill.add_argument(
+        "--shard",
+        type=_shard,
+        metavar="K/N",
+        help="take only shard K of N of the file (every N-th chunk), so N producers share one corpus; "
+        "each shard resumes on its own, `embedq status` on the job id without -shardKofN sums them",
     )
     backfill.add_argument(
         "--delete-missing",

@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import redis.asyncio as aioredis
 from celery import Celery
 from redis.exceptions import RedisError
 
@@ -22,6 +21,7 @@ from producer.errors import BrokerUnavailableError, MessageDecodeError, NoWorker
 from producer.job import Job
 from producer.protocol.messages import WorkerPresence
 from producer.protocol.names import QUEUE_PREFIX, Kind, presence_key
+from producer.sentinel import async_redis_for
 from producer.settings import Settings, redact_url
 from worker.gateway.errors import ApiError
 from worker.gateway.presence import ServedModel
@@ -52,8 +52,8 @@ class Backend:
         self.app: Celery = build_celery_app(settings, "embedq-gateway")
         self._max_texts_per_job = max_texts_per_job
         self._clients: dict[str, EmbeddingClient] = {}
-        self._redis = aioredis.Redis.from_url(
-            settings.broker_url, socket_timeout=5.0, socket_connect_timeout=5.0
+        self._redis = async_redis_for(  # a sentinel:// URL goes through the sentinels' current primary
+            settings.broker_url, settings.sentinel_master, socket_timeout=5.0, socket_connect_timeout=5.0
         )
         self._live: dict[str, int] = {}
         self._live_read_at = -1.0

@@ -13,12 +13,15 @@ from kombu.entity import Exchange, Queue
 
 from producer.celery_config import broker_client, build_celery_app
 from producer.errors import BrokerUnavailableError
+from producer.protocol.fleet import PoolPresence
 from producer.protocol.messages import WorkerPresence
 from producer.protocol.names import PRESENCE_TTL_S, bulk_queue_for_model, presence_key, queue_for_model
 from producer.settings import Settings
 from worker.queue.batch_task import register_batch_task
 from worker.queue.broker_checks import check_broker_at_start
+from worker.queue.fleet import advertise_pool, pool_identity, pool_processes, usable_cpus
 from worker.queue.guard import install_message_guard
+from worker.queue.sentinel import install_sentinel_guard
 from worker.queue.tasks import CollectionSinks, Encoder, Sink, TextLimits, register_tasks
 
 logger = logging.getLogger(__name__)
@@ -38,12 +41,16 @@ class PresenceStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery shi
         super().__init__(parent, **kwargs)
         self._timer_entry: Any = None
         self._keys: list[str] = []
+        self._queues: list[str] = []
+        self._consumer: Any = None
 
     def start(self, consumer: Any) -> None:
         """Advertise the model's queues it consumes now and every third of the presence TTL."""
         own_queues = model_queues(self.presence.model)
         consumed = {queue.name for queue in consumer.task_consumer.queues}
-        self._keys = [presence_key(queue) for queue in own_queues if queue in consumed]
+        self._queues = [queue for queue in own_queues if queue in consumed]
+        self._keys = [presence_key(queue) for queue in self._queues]
+        self._consumer = consumer
         if not self._keys:
             logger.warning(
                 "this worker consumes neither %s: producers will not see it", " nor ".join(own_queues)
@@ -64,6 +71,10 @@ class PresenceStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery shi
             with broker_client(app) as client:
                 for key in self._keys:
                     client.set(key, value, ex=PRESENCE_TTL_S)
+                pool = PoolPresence(
+                    pool_identity(self._consumer), pool_processes(self._consumer), usable_cpus()
+                )
+                advertise_pool(client, self._queues, pool)
         except BrokerUnavailableError as exc:
             logger.warning("could not refresh the worker presence key: %s", exc)
 
@@ -87,6 +98,7 @@ def build_worker_app(settings: Settings, encoder: Encoder, queues: Sequence[str]
     """
     app = build_celery_app(settings, "embedq-worker")
     install_message_guard(app)  # one malformed queue item must not stop the worker
+    install_sentinel_guard(app)  # the same guard on kombu's Sentinel transport
     own_queue, bulk_queue = model_queues(encoder.model_id)
     aliases = {"interactive": own_queue, "bulk": bulk_queue}
     names = (
