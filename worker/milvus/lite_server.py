@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 
@@ -69,6 +69,7 @@ class _ServerState:
     pid: int
     port: int
     data_dir: str
+    guardian_pid: int | None = None
 
 
 def is_lite_path(uri: str) -> bool:
@@ -109,6 +110,8 @@ def stop_lite_server(path: str | os.PathLike[str], *, grace_s: float = 10.0) -> 
         stopped = state is not None and _owns_data_dir(state)
         if state is not None and stopped:
             _terminate(state.pid, grace_s=grace_s)
+        if state is not None:
+            _stop_guardian(state.guardian_pid)
         files.state.unlink(missing_ok=True)
         return stopped
 
@@ -194,7 +197,13 @@ def _flock(lock_path: Path, *, timeout_s: float, purpose: str) -> Iterator[None]
 def _read_state(files: LiteServerFiles) -> _ServerState | None:
     try:
         raw = json.loads(files.state.read_text(encoding="utf-8"))
-        return _ServerState(pid=int(raw["pid"]), port=int(raw["port"]), data_dir=str(raw["data_dir"]))
+        guardian = raw.get("guardian_pid")
+        return _ServerState(
+            pid=int(raw["pid"]),
+            port=int(raw["port"]),
+            data_dir=str(raw["data_dir"]),
+            guardian_pid=None if guardian is None else int(guardian),
+        )
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError):
@@ -203,7 +212,13 @@ def _read_state(files: LiteServerFiles) -> _ServerState | None:
 
 def _write_state(files: LiteServerFiles, state: _ServerState) -> None:
     tmp = files.state.with_name(files.state.name + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"pid": state.pid, "port": state.port, "data_dir": state.data_dir}))
+    record = {
+        "pid": state.pid,
+        "port": state.port,
+        "data_dir": state.data_dir,
+        "guardian_pid": state.guardian_pid,
+    }
+    tmp.write_text(json.dumps(record))
     os.replace(tmp, files.state)
 
 
@@ -269,8 +284,10 @@ def _start(files: LiteServerFiles, timeout_s: float) -> int:
                 start_new_session=True,  # its own process group: a worker's Ctrl+C does not stop it
             )
         if _wait_answering(proc, port, timeout_s):
-            _write_state(files, _ServerState(pid=proc.pid, port=port, data_dir=str(files.data_dir)))
-            _start_guardian(files, proc.pid)
+            state = _ServerState(pid=proc.pid, port=port, data_dir=str(files.data_dir))
+            _write_state(files, state)  # first: the guardian watches the recorded server
+            guardian_pid = _start_guardian(files, proc.pid)
+            _write_state(files, replace(state, guardian_pid=guardian_pid))
             return port
         log_tail = _read_log_tail(files.log, log_offset)
         if proc.poll() is None:
@@ -287,16 +304,28 @@ def _start(files: LiteServerFiles, timeout_s: float) -> int:
     )
 
 
-def _start_guardian(files: LiteServerFiles, server_pid: int) -> None:
+def _start_guardian(files: LiteServerFiles, server_pid: int) -> int:
     """Start the process that stops the server once its last user is gone (detached, like the server)."""
     with open(files.log, "ab") as log:
-        subprocess.Popen(
+        return subprocess.Popen(
             [sys.executable, "-m", "worker.milvus.lite_guardian", str(server_pid), str(files.data_dir)],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-        )
+        ).pid
+
+
+def _stop_guardian(pid: int | None) -> None:
+    """End the guardian of a server stopped by its last user: it has nothing left to watch."""
+    if pid is None:
+        return
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return
+    if b"worker.milvus.lite_guardian" in cmdline:  # still the guardian: pids get reused
+        _terminate(pid, grace_s=2.0)
 
 
 def _wait_answering(proc: subprocess.Popen[bytes], port: int, timeout_s: float) -> bool:
