@@ -127,13 +127,29 @@ def _search(
         )
         return list(results[0])
 
+    # A collection is released by a server restart or a rename: load it first rather than let the
+    # search fail (pymilvus logs every failed call with a traceback, even one that is retried).
+    if _released(client, physical, timeout_s):
+        client.load_collection(physical, timeout=timeout_s)
     try:
         return call()
     except MilvusException as exc:
         if exc.code != _NOT_LOADED_CODE:
             raise
-    client.load_collection(physical, timeout=timeout_s)  # released by a server restart or a rename
+    client.load_collection(physical, timeout=timeout_s)  # released between the check and the search
     return call()
+
+
+def _released(client: MilvusClient, physical: str, timeout_s: float) -> bool:
+    """Return whether ``physical`` exists but is not loaded (a failed check counts as loaded)."""
+    from pymilvus.client.types import LoadState
+    from pymilvus.exceptions import MilvusException
+
+    try:
+        state = client.get_load_state(physical, timeout=timeout_s).get("state")
+    except MilvusException:
+        return False
+    return state in (LoadState.NotLoad, LoadState.Loading)
 
 
 def _still(client: MilvusClient, collection: str, physical: str, timeout_s: float) -> bool:
