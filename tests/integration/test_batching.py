@@ -19,12 +19,14 @@ import redis
 
 from producer import EmbeddingClient, Job
 from producer.errors import DeadlineExceededError, InvalidInputError, OverloadedError, ResultTimeoutError
+from producer.protocol.names import queue_for_model
 from tests.support.models import build_model
 from tests.support.workers import WorkerProcess, start_worker, stop_worker
 from worker.encoding.encoder import StaticEncoder
 
 pytestmark = pytest.mark.integration
 
+BATCH_MAX_TEXTS = 4
 WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "cats", "sleep"]
 
 
@@ -175,12 +177,21 @@ def test_a_stalled_queue_refuses_batched_requests_past_the_depth_limit(
     encoder = StaticEncoder.from_pretrained(model)
     broker = redis.Redis.from_url(redis_url)
     accepted: list[tuple[Job, str]] = []
-    with EmbeddingClient(redis_url, model=model, max_queue_depth=10, worker_wait_s=None) as client:
+    with EmbeddingClient(
+        redis_url, model=model, max_queue_depth=10, worker_wait_s=None, batch_max_texts=BATCH_MAX_TEXTS
+    ) as client:
         client.embed_queries(["warm-up"]).result(timeout_s=30)
-        with _paused(own_model_worker, broker), pytest.raises(OverloadedError, match="retry later"):
-            for number in range(1000):
-                accepted.append((client.embed_queries([f"text {number}"]), f"text {number}"))
-        assert len(accepted) <= 10 + 2  # two batches sent (max in flight), then at most 10 waiting
+        with _paused(own_model_worker, broker):
+            with pytest.raises(OverloadedError, match="retry later") as refused:
+                for number in range(1000):
+                    accepted.append((client.embed_queries([f"text {number}"]), f"text {number}"))
+            # Sent while the worker is stopped: in the queue list, or taken and not yet acknowledged.
+            batch_tasks_sent = broker.llen(queue_for_model(model)) + broker.hlen("unacked")
+        # The refusal comes at the limit, and while the worker is stopped the client has sent at most
+        # its two batches in flight; how many requests each carries depends on the sender's timing.
+        assert re.match(r"10 requests of this client wait to be sent", str(refused.value))
+        assert batch_tasks_sent <= 2
+        assert len(accepted) <= 10 + 2 * BATCH_MAX_TEXTS
         for job, text in accepted:
             assert np.array_equal(job.result(timeout_s=30), encoder.encode([text]))
     broker.close()
