@@ -23,10 +23,9 @@ from producer.client import EmbeddingClient
 from tests.support.corpora import write_jsonl_corpus
 from tests.support.workers import WorkerProcess
 from worker.encoding.encoder import StaticEncoder
-from worker.milvus.lite_server import stop_lite_server
 from worker.milvus.sink import MilvusSink, open_sink
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("lite_server_stopped_after_module")]
 
 DOCS = 3_000
 
@@ -35,12 +34,6 @@ DOCS = 3_000
 def client(worker: WorkerProcess) -> Iterator[EmbeddingClient]:
     with EmbeddingClient.from_settings(worker.settings) as embedding_client:
         yield embedding_client
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _stop_lite_server(worker: WorkerProcess) -> Iterator[None]:
-    yield
-    stop_lite_server(worker.settings.milvus_uri)
 
 
 def _sink(worker: WorkerProcess, collection: str) -> MilvusSink:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,18 +11,11 @@ import pytest
 from producer.backfill import BackfillOptions, run_backfill
 from producer.client import EmbeddingClient
 from tests.support.workers import WorkerProcess
-from worker.milvus.lite_server import stop_lite_server
 from worker.milvus.sink import open_sink
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("lite_server_stopped_after_module")]
 
 GOOD = 300
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _stop_lite_server(worker: WorkerProcess) -> Iterator[None]:
-    yield
-    stop_lite_server(worker.settings.milvus_uri)
 
 
 def _nested(depth: int) -> dict[str, Any]:

@@ -15,23 +15,16 @@ from producer.client import EmbeddingClient
 from producer.protocol.names import PRESENCE_TTL_S
 from tests.support.corpora import write_jsonl_corpus
 from tests.support.workers import WorkerProcess, start_worker, stop_worker
-from worker.milvus.lite_server import stop_lite_server
 from worker.milvus.sink import open_sink
 from worker.queue.fleet import usable_cpus
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("lite_server_stopped_after_module")]
 
 
 @pytest.fixture(scope="module")
 def client(worker: WorkerProcess) -> Iterator[EmbeddingClient]:
     with EmbeddingClient.from_settings(worker.settings) as embedding_client:
         yield embedding_client
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _stop_lite_server(worker: WorkerProcess) -> Iterator[None]:
-    yield
-    stop_lite_server(worker.settings.milvus_uri)
 
 
 def test_producers_count_the_pool_processes_of_workers_as_they_come_and_go(

@@ -13,22 +13,15 @@ from producer.backfill.idset import SeenIds, SyncManifest
 from producer.client import EmbeddingClient
 from tests.support.workers import WorkerProcess
 from worker.cli.deletes import delete_missing
-from worker.milvus.lite_server import stop_lite_server
 from worker.milvus.sink import open_sink
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("lite_server_stopped_after_module")]
 
 
 @pytest.fixture(scope="module")
 def client(worker: WorkerProcess) -> Iterator[EmbeddingClient]:
     with EmbeddingClient.from_settings(worker.settings) as embedding_client:
         yield embedding_client
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _stop_lite_server(worker: WorkerProcess) -> Iterator[None]:
-    yield
-    stop_lite_server(worker.settings.milvus_uri)
 
 
 def _write(path: Path, docs: dict[str, str], bad_line_at: int | None = None) -> Path:

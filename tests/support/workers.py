@@ -19,6 +19,7 @@ import redis
 
 from producer.protocol.names import presence_key
 from producer.settings import Settings, load_settings
+from worker.milvus.lite_server import stop_lite_server
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EMBEDQ = Path(sys.executable).with_name("embedq")
@@ -141,3 +142,10 @@ def worker(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         yield process
     finally:
         stop_worker(process)
+
+
+@pytest.fixture(scope="module")
+def lite_server_stopped_after_module(worker: WorkerProcess) -> Iterator[None]:
+    """Stop the session worker's shared Lite server once the module's tests are done with it."""
+    yield
+    stop_lite_server(worker.settings.milvus_uri)
