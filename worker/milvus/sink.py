@@ -1,19 +1,20 @@
 """MilvusSink: one Milvus (or Milvus Lite) collection holding one model's vectors.
 
-The collection records the model id and dimension it was created for (a collection property), and
-every sink checks them before use, so vectors of two models never mix. Writes are upserts keyed by
+The collection records the model id, dimension and fingerprint it was created for (a collection
+property, see ``model_record``), and every sink checks them before use, so vectors of two models
+never mix, even two models under one name. Writes are upserts keyed by
 document id, so a retried task writes the same rows again instead of duplicating them.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
+from functools import partial
 from typing import Any, Literal, TypeVar
 
 import grpc
@@ -33,6 +34,7 @@ from worker.milvus.column_upsert import ColumnUpsert
 from worker.milvus.connection import connect_milvus, describe_error, is_out_of_space, is_transient
 from worker.milvus.content import with_hash
 from worker.milvus.lite_server import LiteWriteLock, ensure_lite_server, is_lite_path
+from worker.milvus.model_record import ModelRecord, adopt, check_same_model, recorded_model
 from worker.milvus.rows import Rows, build_rows, checked_ids
 from worker.milvus.schema import (
     HNSW_PARAMS,
@@ -73,6 +75,8 @@ class MilvusSink:
         write_lock: AbstractContextManager[object] | None = None,
         timeout_s: float = 30.0,
         max_request_bytes: int = 16 * 1024 * 1024,
+        fingerprint: str | None = None,
+        revision: str | None = None,
     ) -> None:
         if not _COLLECTION_NAME.match(collection):
             raise ConfigError(
@@ -87,6 +91,10 @@ class MilvusSink:
         self.collection = collection
         self.model_id = model_id
         self.dim = dim
+        self.fingerprint = fingerprint
+        self.revision = revision
+        self.record: ModelRecord | None = None
+        """The collection's model record, once checked (its ``collection_uuid`` identifies it)."""
         self.timeout_s = timeout_s
         self.max_request_bytes = max_request_bytes
         self._server_kind = server_kind
@@ -294,9 +302,21 @@ class MilvusSink:
             self.client.load_collection(self.collection, timeout=self.timeout_s)
             return call()
 
+    def collection_uuid(self) -> str | None:
+        """Return the identity of the collection as it is now (None: it does not exist); never creates it.
+
+        A collection dropped and created again has another uuid, so a backfill's saved progress can
+        tell it from the one it wrote to.
+        """
+        if not self.exists():
+            self._ready = False
+            return None
+        self.ensure_collection()
+        return None if self.record is None else self.record.collection_uuid
+
     def _create_collection(self) -> None:
         schema = collection_schema(self.model_id, self.dim)
-        record = json.dumps({"model_id": self.model_id, "dim": self.dim})
+        record = ModelRecord.new(self.model_id, self.dim, self.fingerprint, self.revision).encode()
         try:
             with self._write_guard():
                 self.client.create_collection(
@@ -319,27 +339,24 @@ class MilvusSink:
         description = self.client.describe_collection(self.collection, timeout=self.timeout_s)
         self._fields = list(description.get("fields", []))
         fields = {field["name"]: field for field in self._fields}
-        try:
-            record = json.loads(description.get("properties", {})[MODEL_PROPERTY])
-            recorded_model, recorded_dim = str(record["model_id"]), int(record["dim"])
-        except (KeyError, TypeError, ValueError):
-            raise ConfigError(
-                f"collection {self.collection!r} exists but was not created by embedq (it records no model): "
-                "choose another collection name"
-            ) from None
-        schema_dim = int(fields.get(VECTOR_FIELD, {}).get("params", {}).get("dim", recorded_dim))
-        if (recorded_model, recorded_dim) != (self.model_id, self.dim) or schema_dim != self.dim:
-            raise ModelMismatchError(
-                f"collection {self.collection!r} holds vectors of model {recorded_model!r} "
-                f"(dim {schema_dim}), but this worker encodes with model {self.model_id!r} (dim {self.dim}): "
-                f"use another collection name for {self.model_id!r}, or drop {self.collection!r} to "
-                "re-embed everything with it"
-            )
+        recorded = recorded_model(self.collection, description)
+        schema_dim = int(fields.get(VECTOR_FIELD, {}).get("params", {}).get("dim", recorded.dim))
+        ours = ModelRecord(self.model_id, self.dim, self.fingerprint, self.revision)
+        check_same_model(self.collection, recorded, schema_dim, ours)
+        if recorded.collection_uuid is None or (recorded.fingerprint is None and self.fingerprint):
+            with self._write_guard():
+                adopt(self.client, self.collection, recorded, ours, timeout_s=self.timeout_s)
+            stored = self.client.describe_collection(self.collection, timeout=self.timeout_s)
+            # Read back: if another worker adopted it at the same moment with other files, the record
+            # that stayed wins and this sink is refused.
+            recorded = recorded_model(self.collection, stored)
+            check_same_model(self.collection, recorded, schema_dim, ours)
         missing = sorted({ID_FIELD, VECTOR_FIELD, TEXT_FIELD, METADATA_FIELD} - fields.keys())
         if missing:
             raise ConfigError(
                 f"collection {self.collection!r} lacks the fields {missing}: choose another collection name"
             )
+        self.record = recorded
 
     def _ensure_vector_index(self) -> None:
         if self._has_vector_index():
@@ -392,20 +409,19 @@ class MilvusSink:
 
 
 def open_sink(
-    uri: str, token: str | None, collection: str, model_id: str, dim: int, *, timeout_s: float = 30.0
+    uri: str,
+    token: str | None,
+    collection: str,
+    model_id: str,
+    dim: int,
+    *,
+    timeout_s: float = 30.0,
+    fingerprint: str | None = None,
+    revision: str | None = None,
 ) -> MilvusSink:
     """Connect and return a sink; a Lite path is served by one shared Lite server with serialised writes."""
+    sink = partial(MilvusSink, fingerprint=fingerprint, revision=revision, timeout_s=timeout_s)
     if is_lite_path(uri):
         client = connect_milvus(ensure_lite_server(uri), None, timeout_s=timeout_s)
-        return MilvusSink(
-            client,
-            collection,
-            model_id,
-            dim,
-            server_kind="lite",
-            write_lock=LiteWriteLock(uri),
-            timeout_s=timeout_s,
-        )
-    return MilvusSink(
-        connect_milvus(uri, token, timeout_s=timeout_s), collection, model_id, dim, timeout_s=timeout_s
-    )
+        return sink(client, collection, model_id, dim, server_kind="lite", write_lock=LiteWriteLock(uri))
+    return sink(connect_milvus(uri, token, timeout_s=timeout_s), collection, model_id, dim)

@@ -19,7 +19,14 @@ from producer.protocol.names import PRESENCE_TTL_S, bulk_queue_for_model, presen
 from producer.settings import Settings
 from worker.queue.batch_task import register_batch_task
 from worker.queue.broker_checks import check_broker_at_start
-from worker.queue.fleet import advertise_pool, pool_identity, pool_processes, usable_cpus
+from worker.queue.fleet import (
+    advertise_pool,
+    check_fleet_model,
+    other_models,
+    pool_identity,
+    pool_processes,
+    usable_cpus,
+)
 from worker.queue.guard import install_message_guard
 from worker.queue.sentinel import install_sentinel_guard
 from worker.queue.tasks import CollectionSinks, Encoder, Sink, TextLimits, register_tasks
@@ -36,6 +43,7 @@ class PresenceStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery shi
 
     requires = ("celery.worker.consumer.tasks:Tasks",)
     presence: ClassVar[WorkerPresence]
+    fingerprint: ClassVar[str]
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
@@ -71,10 +79,22 @@ class PresenceStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery shi
             with broker_client(app) as client:
                 for key in self._keys:
                     client.set(key, value, ex=PRESENCE_TTL_S)
-                pool = PoolPresence(
-                    pool_identity(self._consumer), pool_processes(self._consumer), usable_cpus()
-                )
+                identity = pool_identity(self._consumer)
+                pool = PoolPresence(identity, pool_processes(self._consumer), usable_cpus(), self.fingerprint)
                 advertise_pool(client, self._queues, pool)
+                # Two workers started at the same moment both passed the start check: say so loudly.
+                others = (
+                    other_models(client, self._queues, self.fingerprint, identity) if self.fingerprint else []
+                )
+            if others:
+                logger.error(
+                    "other workers on %s serve model %r from other files: %s (this one: fingerprint %s); "
+                    "stop all but one kind",
+                    self._queues[0],
+                    self.presence.model,
+                    ", ".join(others),
+                    self.fingerprint[:12],
+                )
         except BrokerUnavailableError as exc:
             logger.warning("could not refresh the worker presence key: %s", exc)
 
@@ -84,10 +104,29 @@ def model_queues(model_id: str) -> tuple[str, str]:
     return queue_for_model(model_id), bulk_queue_for_model(model_id)
 
 
-def _open_sink(uri: str, token: str | None, collection: str, model_id: str, dim: int) -> Sink:
+def _open_sink(
+    uri: str,
+    token: str | None,
+    fingerprint: str | None,
+    revision: str | None,
+    collection: str,
+    model_id: str,
+    dim: int,
+) -> Sink:
     from worker.milvus.sink import open_sink  # pymilvus loads in the pool process that first upserts
 
-    return open_sink(uri, token, collection, model_id, dim)
+    return open_sink(uri, token, collection, model_id, dim, fingerprint=fingerprint, revision=revision)
+
+
+def _check_fleet_at_start(app: Celery, encoder: Encoder) -> None:
+    """Refuse to start beside live workers serving other files under this model's name."""
+    if not encoder.fingerprint:
+        return
+    try:
+        with broker_client(app) as client:
+            check_fleet_model(client, model_queues(encoder.model_id), encoder.model_id, encoder.fingerprint)
+    except BrokerUnavailableError:
+        pass  # not reachable yet: Celery waits for it; the presence refresh reports a mixed fleet
 
 
 def build_worker_app(settings: Settings, encoder: Encoder, queues: Sequence[str] | None = None) -> Celery:
@@ -114,10 +153,22 @@ def build_worker_app(settings: Settings, encoder: Encoder, queues: Sequence[str]
         app,
         encoder,
         limits,
-        CollectionSinks(partial(_open_sink, settings.milvus_uri, settings.milvus_token)),
+        CollectionSinks(
+            partial(
+                _open_sink,
+                settings.milvus_uri,
+                settings.milvus_token,
+                encoder.fingerprint or None,
+                getattr(encoder, "revision", None),
+            )
+        ),
     )
     register_batch_task(app, encoder, limits)
-    step = type("PresenceStep", (PresenceStep,), {"presence": WorkerPresence(encoder.model_id, encoder.dim)})
+    attributes = {
+        "presence": WorkerPresence(encoder.model_id, encoder.dim),
+        "fingerprint": encoder.fingerprint,
+    }
+    step = type("PresenceStep", (PresenceStep,), attributes)
     app.steps["consumer"].add(step)
     return app
 
@@ -148,6 +199,7 @@ def run_worker(
     app = build_worker_app(settings, encoder, queues)
     try:
         check_broker_at_start(app, settings)
+        _check_fleet_at_start(app, encoder)
     except BaseException:
         observability.close()  # frees the metrics port of a worker that will not start
         raise

@@ -1,13 +1,19 @@
-"""A worker's pool record (producer.protocol.fleet): written next to its presence key, same TTL."""
+"""A worker's pool record (producer.protocol.fleet): written next to its presence key, same TTL.
+
+The record carries the fingerprint of the worker's model files, so a worker refuses to start on a
+queue whose live workers serve other files under the same model name.
+"""
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from typing import Any
 
-from producer.protocol.fleet import PoolPresence, pool_key, pool_set_key
-from producer.protocol.names import PRESENCE_TTL_S
+from producer.errors import ModelMismatchError
+from producer.protocol.fleet import PoolPresence, live_pools, pool_key, pool_set_key
+from producer.protocol.names import PRESENCE_TTL_S, short_fingerprint
 
 
 def pool_identity(consumer: Any) -> str:
@@ -42,3 +48,45 @@ def advertise_pool(redis: Any, queues: Sequence[str], presence: PoolPresence) ->
         pipe.set(pool_key(queue, presence.hostname), presence.encode(), ex=PRESENCE_TTL_S)
         pipe.sadd(pool_set_key(queue), presence.hostname)
     pipe.execute()
+
+
+def other_models(
+    redis: Any, queues: Sequence[str], fingerprint: str, own_hostname: str | None = None
+) -> list[str]:
+    """Return the live workers on ``queues`` whose model files differ from ``fingerprint``, as hostnames.
+
+    Workers of an earlier version (no fingerprint advertised) are not counted: they cannot be told apart.
+    """
+    found = []
+    for queue in queues:
+        for pool in live_pools(redis, queue):
+            if pool.fingerprint and pool.fingerprint != fingerprint and pool.hostname != own_hostname:
+                found.append(f"{pool.hostname} (fingerprint {short_fingerprint(pool.fingerprint)})")
+    return sorted(set(found))
+
+
+def check_fleet_model(
+    redis: Any,
+    queues: Sequence[str],
+    model_id: str,
+    fingerprint: str,
+    *,
+    wait_s: float = PRESENCE_TTL_S + 1.0,
+    poll_s: float = 0.5,
+) -> None:
+    """Refuse to start beside live workers that serve other files under the same model name.
+
+    A worker stopped just now leaves its pool key for up to the presence TTL: such keys are waited
+    out (``wait_s``) before refusing, since a live worker refreshes its key well within that time.
+    """
+    deadline = time.monotonic() + wait_s
+    while others := other_models(redis, queues, fingerprint):
+        if time.monotonic() >= deadline:
+            raise ModelMismatchError(
+                f"other workers on queue {queues[0]} serve a model named {model_id!r} from other files: "
+                f"{', '.join(others)}; this worker's model {model_id!r} has fingerprint "
+                f"{short_fingerprint(fingerprint)}. One queue must serve one model, or a query could be "
+                "answered with either's vectors: use the same model files on every worker of this "
+                "queue (stop the others before switching), or give this model its own name"
+            )
+        time.sleep(poll_s)

@@ -30,6 +30,8 @@ class Encoder(Protocol):
     """What the tasks need of a loaded model (worker.encoding.encoder.StaticEncoder)."""
 
     model_id: str
+    fingerprint: str
+    """Hash of the model's files ("" when unknown); see worker.encoding.fingerprint."""
 
     @property
     def dim(self) -> int:
