@@ -15,17 +15,25 @@ from producer.celery_config import broker_client, build_celery_app
 from producer.errors import BrokerUnavailableError
 from producer.protocol.fleet import PoolPresence
 from producer.protocol.messages import WorkerPresence
-from producer.protocol.names import PRESENCE_TTL_S, bulk_queue_for_model, presence_key, queue_for_model
+from producer.protocol.names import (
+    PRESENCE_TTL_S,
+    bulk_queue_for_model,
+    presence_key,
+    queue_for_model,
+    short_fingerprint,
+)
 from producer.settings import Settings
 from worker.queue.batch_task import register_batch_task
 from worker.queue.broker_checks import check_broker_at_start
 from worker.queue.fleet import (
     advertise_pool,
     check_fleet_model,
+    describe_pools,
     other_models,
     pool_identity,
     pool_processes,
     usable_cpus,
+    withdraw_pool,
 )
 from worker.queue.guard import install_message_guard
 from worker.queue.sentinel import install_sentinel_guard
@@ -68,10 +76,17 @@ class PresenceStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery shi
         self._timer_entry = consumer.timer.call_repeatedly(PRESENCE_TTL_S / 3, self._refresh, (consumer.app,))
 
     def stop(self, consumer: Any) -> None:
-        """Stop refreshing; the key expires within the TTL unless another worker keeps it."""
+        """Stop refreshing and withdraw this worker's pool record; the shared presence key expires."""
         if self._timer_entry is not None:
             self._timer_entry.cancel()
             self._timer_entry = None
+        if self._consumer is None or not self._queues:
+            return
+        try:
+            with broker_client(consumer.app) as client:
+                withdraw_pool(client, self._queues, pool_identity(self._consumer))
+        except BrokerUnavailableError:
+            pass  # the record expires within the presence TTL
 
     def _refresh(self, app: Celery) -> None:
         value = self.presence.encode()
@@ -84,7 +99,7 @@ class PresenceStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery shi
                 advertise_pool(client, self._queues, pool)
                 # Two workers started at the same moment both passed the start check: say so loudly.
                 others = (
-                    other_models(client, self._queues, self.fingerprint, identity) if self.fingerprint else []
+                    other_models(client, self._queues, self.fingerprint, identity) if self.fingerprint else {}
                 )
             if others:
                 logger.error(
@@ -92,8 +107,8 @@ class PresenceStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery shi
                     "stop all but one kind",
                     self._queues[0],
                     self.presence.model,
-                    ", ".join(others),
-                    self.fingerprint[:12],
+                    describe_pools(others),
+                    short_fingerprint(self.fingerprint),
                 )
         except BrokerUnavailableError as exc:
             logger.warning("could not refresh the worker presence key: %s", exc)

@@ -50,19 +50,36 @@ def advertise_pool(redis: Any, queues: Sequence[str], presence: PoolPresence) ->
     pipe.execute()
 
 
+def withdraw_pool(redis: Any, queues: Sequence[str], hostname: str) -> None:
+    """Delete the worker's pool key on each of ``queues`` (it stops), so a successor need not wait."""
+    pipe = redis.pipeline()
+    for queue in queues:
+        pipe.delete(pool_key(queue, hostname))
+        pipe.srem(pool_set_key(queue), hostname)
+    pipe.execute()
+
+
 def other_models(
     redis: Any, queues: Sequence[str], fingerprint: str, own_hostname: str | None = None
-) -> list[str]:
-    """Return the live workers on ``queues`` whose model files differ from ``fingerprint``, as hostnames.
+) -> dict[str, PoolPresence]:
+    """Return the live workers on ``queues`` whose model files differ from ``fingerprint``, by pool key.
 
     Workers of an earlier version (no fingerprint advertised) are not counted: they cannot be told apart.
     """
-    found = []
-    for queue in queues:
-        for pool in live_pools(redis, queue):
-            if pool.fingerprint and pool.fingerprint != fingerprint and pool.hostname != own_hostname:
-                found.append(f"{pool.hostname} (fingerprint {short_fingerprint(pool.fingerprint)})")
-    return sorted(set(found))
+    return {
+        pool_key(queue, pool.hostname): pool
+        for queue in queues
+        for pool in live_pools(redis, queue)
+        if pool.fingerprint and pool.fingerprint != fingerprint and pool.hostname != own_hostname
+    }
+
+
+def describe_pools(pools: dict[str, PoolPresence]) -> str:
+    """Return the workers as named in messages: hostname and short fingerprint."""
+    names = {
+        f"{pool.hostname} (fingerprint {short_fingerprint(pool.fingerprint)})" for pool in pools.values()
+    }
+    return ", ".join(sorted(names))
 
 
 def check_fleet_model(
@@ -72,21 +89,27 @@ def check_fleet_model(
     fingerprint: str,
     *,
     wait_s: float = PRESENCE_TTL_S + 1.0,
-    poll_s: float = 0.5,
+    poll_s: float = 0.2,
 ) -> None:
     """Refuse to start beside live workers that serve other files under the same model name.
 
-    A worker stopped just now leaves its pool key for up to the presence TTL: such keys are waited
-    out (``wait_s``) before refusing, since a live worker refreshes its key well within that time.
+    A worker stopped just now leaves its pool key for up to the presence TTL. A live worker resets
+    its key's TTL every third of it, a stopped one does not: the check refuses as soon as one of
+    the keys is seen refreshed, and starts if they all expire (``wait_s`` at most).
     """
     deadline = time.monotonic() + wait_s
-    while others := other_models(redis, queues, fingerprint):
-        if time.monotonic() >= deadline:
+    others = other_models(redis, queues, fingerprint)
+    remaining_ms = {key: int(redis.pttl(key)) for key in others}
+    while others:
+        refreshed = any(int(redis.pttl(key)) > remaining_ms[key] for key in others)
+        if refreshed or time.monotonic() >= deadline:
             raise ModelMismatchError(
                 f"other workers on queue {queues[0]} serve a model named {model_id!r} from other files: "
-                f"{', '.join(others)}; this worker's model {model_id!r} has fingerprint "
+                f"{describe_pools(others)}; this worker's model {model_id!r} has fingerprint "
                 f"{short_fingerprint(fingerprint)}. One queue must serve one model, or a query could be "
                 "answered with either's vectors: use the same model files on every worker of this "
                 "queue (stop the others before switching), or give this model its own name"
             )
         time.sleep(poll_s)
+        others = other_models(redis, queues, fingerprint)
+        remaining_ms = {key: min(remaining_ms.get(key, 1 << 62), int(redis.pttl(key))) for key in others}
