@@ -298,10 +298,15 @@ class UpsertResult:
     written: int
     unchanged: int = 0
     """Rows skipped because their stored content hash matched (sent only when not zero)."""
+    milvus: str | None = None
+    """Where the worker writes (its Milvus URI without credentials; a Lite path made absolute).
+    Sent only in answer to a request with no documents (a target probe), which older producers never send."""
+    collection_uuid: str | None = None
+    """The collection's identity (``""``: it does not exist); sent with ``milvus``."""
 
     def encode(self) -> dict[str, Any]:
         """Return the msgpack-safe task result."""
-        encoded = {
+        encoded: dict[str, Any] = {
             "v": WIRE_VERSION,
             "model": self.model,
             "collection": self.collection,
@@ -309,6 +314,9 @@ class UpsertResult:
         }
         if self.unchanged:
             encoded["unchanged"] = self.unchanged
+        if self.milvus is not None:
+            encoded["milvus"] = self.milvus
+            encoded["collection_uuid"] = self.collection_uuid or ""
         return encoded
 
     @classmethod
@@ -316,9 +324,16 @@ class UpsertResult:
         """Rebuild a result from a task result; raise MessageDecodeError if malformed."""
         what = "UpsertResult"
         fields = _fields(
-            payload, what, frozenset({"model", "collection", "written"}), optional=frozenset({"unchanged"})
+            payload,
+            what,
+            frozenset({"model", "collection", "written"}),
+            optional=frozenset({"unchanged", "milvus", "collection_uuid"}),
         )
         written = _typed(fields, "written", int, what)
+        milvus = _typed(fields, "milvus", str, what) if "milvus" in fields else None
+        collection_uuid = (
+            _typed(fields, "collection_uuid", str, what) if "collection_uuid" in fields else None
+        )
         unchanged = _typed(fields, "unchanged", int, what) if "unchanged" in fields else 0
         if written < 0 or unchanged < 0:
             raise MessageDecodeError(f"{what} counts must not be negative, got {written} and {unchanged}")
@@ -327,4 +342,6 @@ class UpsertResult:
             collection=_typed(fields, "collection", str, what),
             written=written,
             unchanged=unchanged,
+            milvus=milvus,
+            collection_uuid=collection_uuid,
         )

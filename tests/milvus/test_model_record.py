@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from pymilvus import MilvusClient
 
-from producer.errors import ModelMismatchError
+from producer.errors import ModelMismatchError, SinkUnavailableError
 from tests.support.milvus import DIM
 from worker.milvus.model_record import ModelRecord
 from worker.milvus.schema import MODEL_PROPERTY, collection_schema
@@ -83,3 +83,14 @@ def test_the_collection_identity_changes_when_it_is_dropped_and_made_again(
     assert sink.collection_uuid() is None
     _write(sink)
     assert sink.collection_uuid() not in (None, first)
+
+
+def test_a_collection_dropped_under_an_open_sink_is_a_retry_that_creates_it_again(
+    milvus_client: MilvusClient, collection_name: str
+) -> None:
+    sink = MilvusSink(milvus_client, collection_name, MODEL, DIM, fingerprint=FILES_A)
+    _write(sink)
+    milvus_client.drop_collection(collection_name)
+    with pytest.raises(SinkUnavailableError, match="dropped while in use"):
+        _write(sink)
+    assert _write(sink) == 1 and sink.count() == 1

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from functools import partial
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import grpc
@@ -30,6 +31,7 @@ from producer.errors import (
     PermanentError,
     SinkUnavailableError,
 )
+from producer.redaction import redact_url
 from worker.milvus.column_upsert import ColumnUpsert
 from worker.milvus.connection import connect_milvus, describe_error, is_out_of_space, is_transient
 from worker.milvus.content import with_hash
@@ -57,6 +59,7 @@ T = TypeVar("T")
 
 _COLLECTION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
 _NOT_LOADED_CODE = 101
+_COLLECTION_MISSING_CODE = 100
 _CONCURRENT_CREATE_WAIT_S = 10.0  # how long to wait for a collection another client is creating
 _COLUMN_CHECK_ROWS = 8  # rows compared with pymilvus' own request before the column-wise path is used
 
@@ -77,6 +80,7 @@ class MilvusSink:
         max_request_bytes: int = 16 * 1024 * 1024,
         fingerprint: str | None = None,
         revision: str | None = None,
+        location: str = "",
     ) -> None:
         if not _COLLECTION_NAME.match(collection):
             raise ConfigError(
@@ -93,6 +97,8 @@ class MilvusSink:
         self.dim = dim
         self.fingerprint = fingerprint
         self.revision = revision
+        self.location = location
+        """Where this sink writes, as users see it: the URI without credentials, a Lite path made absolute."""
         self.record: ModelRecord | None = None
         """The collection's model record, once checked (its ``collection_uuid`` identifies it)."""
         self.timeout_s = timeout_s
@@ -395,6 +401,12 @@ class MilvusSink:
             raise
         except (MilvusException, grpc.RpcError, OSError) as exc:
             detail = describe_error(exc)
+            if isinstance(exc, MilvusException) and exc.code == _COLLECTION_MISSING_CODE:
+                self._ready = False  # dropped since this sink checked it: the next call sets it up again
+                raise SinkUnavailableError(
+                    f"collection {self.collection!r} was dropped while in use, so Milvus could not {action} "
+                    "it: the request can be retried (it creates the collection again)"
+                ) from exc
             if is_out_of_space(exc):
                 raise SinkUnavailableError(
                     f"Milvus is out of disk space and could not {action} collection {self.collection!r} "
@@ -420,7 +432,10 @@ def open_sink(
     revision: str | None = None,
 ) -> MilvusSink:
     """Connect and return a sink; a Lite path is served by one shared Lite server with serialised writes."""
-    sink = partial(MilvusSink, fingerprint=fingerprint, revision=revision, timeout_s=timeout_s)
+    location = str(Path(uri).expanduser().resolve()) if is_lite_path(uri) else redact_url(uri)
+    sink = partial(
+        MilvusSink, fingerprint=fingerprint, revision=revision, timeout_s=timeout_s, location=location
+    )
     if is_lite_path(uri):
         client = connect_milvus(ensure_lite_server(uri), None, timeout_s=timeout_s)
         return sink(client, collection, model_id, dim, server_kind="lite", write_lock=LiteWriteLock(uri))

@@ -98,6 +98,13 @@ class Sink(Protocol):
     def stored_hashes(self, ids: Sequence[str]) -> dict[str, str]:
         """Return the content hash recorded for each of ``ids`` that exists."""
 
+    def collection_uuid(self) -> str | None:
+        """Return the collection's identity as it is now (None: it does not exist); never create it."""
+
+    @property
+    def location(self) -> str:
+        """Where the sink writes, as shown to users (no credentials)."""
+
     def close(self) -> None:
         """Release the connection."""
 
@@ -159,6 +166,8 @@ def upsert_request(
     With ``request.skip_unchanged``, rows whose recorded content hash matches are left alone.
     """
     _check_model(encoder, request.model)
+    if not request.ids:
+        return _describe_target(encoder, sinks, request.collection)
     texts = validate_texts(request.texts, max_texts=limits.max_texts, max_text_chars=limits.max_text_chars)
     hashes = [content_hash(encoder.model_id, t, m) for t, m in zip(texts, request.metadata, strict=True)]
     sink = sinks.get(request.collection, encoder.model_id, encoder.dim)
@@ -189,6 +198,21 @@ def upsert_request(
     return UpsertResult(
         model=encoder.model_id, collection=request.collection, written=written, unchanged=unchanged
     )
+
+
+def _describe_target(encoder: Encoder, sinks: CollectionSinks, collection: str) -> UpsertResult:
+    """Answer a request with no documents: where this worker writes and which collection is there now.
+
+    A backfill asks before skipping the chunks it saved as done, so that progress saved against a
+    collection since dropped (or against another Milvus) is not taken for rows that exist.
+    """
+    sink = sinks.get(collection, encoder.model_id, encoder.dim)
+    try:
+        uuid = sink.collection_uuid()
+    except SinkUnavailableError:
+        sinks.discard(collection)
+        raise
+    return UpsertResult(encoder.model_id, collection, 0, milvus=sink.location, collection_uuid=uuid or "")
 
 
 def _task_body(kind: Kind, encoder: Encoder, limits: TextLimits) -> Callable[..., dict[str, Any]]:
