@@ -185,10 +185,13 @@ def _check_saved_progress(
         on_notice(notice)
 
 
-def _remember_target(client: EmbeddingClient, collection: str, run: _Run) -> None:
-    """Record which collection this run's chunks went to, if that was not known when it began."""
+def _remember_target(client: EmbeddingClient, collection: str, run: _Run, *, complete: bool) -> None:
+    """Record which collection a complete run's chunks went to, if that was not known when it began.
+
+    After an incomplete run (Milvus down, say) the next run asks before skipping anything anyway.
+    """
     state = run.state
-    if state.target is not None or not run.written:
+    if state.target is not None or not run.written or not complete:
         return
     try:
         state.reconcile(probe_target(client, collection))
@@ -245,7 +248,7 @@ def run_backfill(
                 "transient error (Milvus or the workers down); fix it and run the same command to resume"
             )
         status = "done" if state.all_confirmed(None if shard is None else shard.owns) else "failed"
-        _remember_target(client, options.collection, run)
+        _remember_target(client, options.collection, run, complete=status == "done")
     except EmbedqError:
         status = "failed"
         raise
