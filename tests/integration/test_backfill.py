@@ -24,7 +24,6 @@ from producer.client import EmbeddingClient
 from tests.support.corpora import write_jsonl_corpus
 from tests.support.workers import WorkerProcess
 from worker.encoding.encoder import StaticEncoder
-from worker.milvus.content import RESERVED_METADATA_KEYS
 from worker.milvus.sink import MilvusSink, open_sink
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("lite_server_stopped_after_module")]
