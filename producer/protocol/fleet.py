@@ -40,6 +40,8 @@ class PoolPresence:
     cpus: int | None = None  # None: not said (a record of an earlier version)
     fingerprint: str | None = None
     """The fingerprint of the model files the worker loaded (None: a worker of an earlier version)."""
+    started_at: float | None = None
+    """When the worker started (epoch s): of two serving other files under one name, the later stops."""
 
     @property
     def runnable(self) -> int:
@@ -53,6 +55,7 @@ class PoolPresence:
             "processes": self.processes,
             "cpus": self.cpus,
             "fingerprint": self.fingerprint,
+            "started_at": self.started_at,
         }
         return cast(bytes, msgpack.packb({key: value for key, value in fields.items() if value is not None}))
 
@@ -77,7 +80,14 @@ class PoolPresence:
             raise MessageDecodeError(
                 f"PoolPresence.fingerprint must be a string, got {type(fingerprint).__name__}"
             )
-        return cls(hostname, processes, cpus, fingerprint)
+        started_at = payload.get("started_at")
+        if started_at is not None and (
+            isinstance(started_at, bool) or not isinstance(started_at, int | float)
+        ):
+            raise MessageDecodeError(
+                f"PoolPresence.started_at must be a number, got {type(started_at).__name__}"
+            )
+        return cls(hostname, processes, cpus, fingerprint, None if started_at is None else float(started_at))
 
 
 def live_pools(redis: Any, queue: str) -> list[PoolPresence]:

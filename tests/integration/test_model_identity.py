@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ import pytest
 from producer.client import EmbeddingClient
 from producer.errors import ModelMismatchError
 from producer.protocol.documents import Document
+from producer.protocol.names import PRESENCE_TTL_S
 from producer.settings import load_settings
 from tests.support.models import build_model
 from tests.support.waiting import wait_until
@@ -74,3 +76,33 @@ def test_other_files_under_one_model_name_neither_join_the_queue_nor_write_into_
 
     assert isinstance(refused.error, ModelMismatchError)
     assert files_a[:12] in str(refused.error) and files_b[:12] in str(refused.error)
+
+
+def test_of_two_workers_started_at_once_with_other_files_one_stops_with_exit_2(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Both pass the start check (neither advertises yet); their first presence refreshes settle it."""
+    hosts = [tmp_path / "host-a", tmp_path / "host-b"]
+    for seed, host in enumerate(hosts):
+        build_model(host / MODEL, seed=seed)
+    env = {**os.environ, "EMBEDQ_BROKER_URL": redis_url, "EMBEDQ_MODEL": MODEL, "EMBEDQ_CONCURRENCY": "1"}
+    env["EMBEDQ_MILVUS_URI"] = str(tmp_path / "embedq.db")
+    logs = [(tmp_path / f"{host.name}.log").open("wb") for host in hosts]
+    workers = [
+        subprocess.Popen([str(EMBEDQ), "worker"], cwd=host, env=env, stdout=log, stderr=subprocess.STDOUT)
+        for host, log in zip(hosts, logs, strict=True)
+    ]
+    try:
+        wait_until(lambda: any(w.poll() is not None for w in workers), "one worker to stop", START_TIMEOUT_S)
+        time.sleep(PRESENCE_TTL_S / 3 + 1)  # another refresh: the other one stays
+        codes = sorted(w.poll() is None or w.returncode for w in workers)
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.terminate()
+                w.wait(30)
+        for log in logs:
+            log.close()
+    assert codes == [True, 2]
+    stopped = next(host for host, w in zip(hosts, workers, strict=True) if w.returncode == 2)
+    assert "this worker stops (exit code 2)" in (tmp_path / f"{stopped.name}.log").read_text()

@@ -10,7 +10,7 @@ import pytest
 
 from producer.errors import ModelMismatchError
 from producer.protocol.fleet import PoolPresence, pool_key, pool_set_key
-from worker.queue.fleet import advertise_pool, check_fleet_model, withdraw_pool
+from worker.queue.fleet import advertise_pool, check_fleet_model, started_later, withdraw_pool
 
 QUEUES = ("embedq.m", "embedq.m.bulk")
 OURS, THEIRS = "0" * 64, "f" * 64
@@ -57,3 +57,16 @@ def test_a_stopping_worker_withdraws_its_record(fake_redis: fakeredis.FakeRedis)
     advertise_pool(fake_redis, QUEUES, PoolPresence("w1@a/1", 2, 2, THEIRS))
     withdraw_pool(fake_redis, QUEUES, "w1@a/1")
     check_fleet_model(fake_redis, QUEUES, "m", OURS, wait_s=0)
+
+
+def test_of_two_workers_that_both_passed_the_start_check_the_later_one_stops() -> None:
+    earlier = {"k": PoolPresence("w1@a/1", 2, 2, THEIRS, started_at=100.0)}
+    later = {"k": PoolPresence("w2@b/2", 2, 2, THEIRS, started_at=200.0)}
+    assert started_later(earlier, 150.0, "w9@z/9")
+    assert not started_later(later, 150.0, "w9@z/9")
+    tie = {"k": PoolPresence("w1@a/1", 2, 2, THEIRS, started_at=150.0)}
+    assert started_later(tie, 150.0, "w2@b/2") != started_later(
+        {"k": PoolPresence("w2@b/2", 2, 2, OURS, started_at=150.0)}, 150.0, "w1@a/1"
+    )
+    record = PoolPresence("w1@a/1", 2, 2, THEIRS, started_at=1.5)
+    assert PoolPresence.decode(record.encode()) == record

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import time
 from collections.abc import Sequence
 from functools import partial
 from typing import Any, ClassVar
@@ -12,7 +14,7 @@ from celery import Celery, bootsteps, signals
 from kombu.entity import Exchange, Queue
 
 from producer.celery_config import broker_client, build_celery_app
-from producer.errors import BrokerUnavailableError
+from producer.errors import EXIT_PERMANENT, BrokerUnavailableError
 from producer.protocol.fleet import PoolPresence
 from producer.protocol.messages import WorkerPresence
 from producer.protocol.names import (
@@ -32,6 +34,7 @@ from worker.queue.fleet import (
     other_models,
     pool_identity,
     pool_processes,
+    started_later,
     usable_cpus,
     withdraw_pool,
 )
@@ -52,6 +55,9 @@ class PresenceStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery shi
     requires = ("celery.worker.consumer.tasks:Tasks",)
     presence: ClassVar[WorkerPresence]
     fingerprint: ClassVar[str]
+    started_at: ClassVar[float]
+    refused: ClassVar[str | None] = None
+    """Why this worker stopped itself: it joined a queue served by other files under its model name."""
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
@@ -95,23 +101,31 @@ class PresenceStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery shi
                 for key in self._keys:
                     client.set(key, value, ex=PRESENCE_TTL_S)
                 identity = pool_identity(self._consumer)
-                pool = PoolPresence(identity, pool_processes(self._consumer), usable_cpus(), self.fingerprint)
+                pool = PoolPresence(
+                    identity, pool_processes(self._consumer), usable_cpus(), self.fingerprint, self.started_at
+                )
                 advertise_pool(client, self._queues, pool)
-                # Two workers started at the same moment both passed the start check: say so loudly.
+                # Two workers started at the same moment both passed the start check: the later one stops.
                 others = (
                     other_models(client, self._queues, self.fingerprint, identity) if self.fingerprint else {}
                 )
             if others:
-                logger.error(
-                    "other workers on %s serve model %r from other files: %s (this one: fingerprint %s); "
-                    "stop all but one kind",
-                    self._queues[0],
-                    self.presence.model,
-                    describe_pools(others),
-                    short_fingerprint(self.fingerprint),
-                )
+                self._mixed_fleet(others, identity)
         except BrokerUnavailableError as exc:
             logger.warning("could not refresh the worker presence key: %s", exc)
+
+    def _mixed_fleet(self, others: dict[str, PoolPresence], identity: str) -> None:
+        message = (
+            f"other workers on {self._queues[0]} serve model {self.presence.model!r} from other files: "
+            f"{describe_pools(others)}; this one has fingerprint {short_fingerprint(self.fingerprint)}"
+        )
+        if not started_later(others, self.started_at, identity):
+            logger.error("%s; they started after this one and stop themselves", message)
+            return
+        if type(self).refused is None:
+            type(self).refused = message
+            logger.critical("%s; they started first, so this worker stops (exit code 2)", message)
+            os.kill(os.getpid(), signal.SIGTERM)  # Celery's warm shutdown: tasks running now finish
 
 
 def model_queues(model_id: str) -> tuple[str, str]:
@@ -182,6 +196,8 @@ def build_worker_app(settings: Settings, encoder: Encoder, queues: Sequence[str]
     attributes = {
         "presence": WorkerPresence(encoder.model_id, encoder.dim),
         "fingerprint": encoder.fingerprint,
+        "started_at": time.time(),
+        "refused": None,
     }
     step = type("PresenceStep", (PresenceStep,), attributes)
     app.steps["consumer"].add(step)
@@ -251,5 +267,7 @@ def run_worker(
     finally:
         signals.worker_shutdown.disconnect(remember_exit_code)
         observability.close()
+    if any(getattr(step, "refused", None) for step in app.steps["consumer"]):
+        return EXIT_PERMANENT  # it stopped itself: it served other files under a queue's model name
     code = exit_codes[-1] if exit_codes else None
     return code if isinstance(code, int) else 0

@@ -74,6 +74,11 @@ def other_models(
     }
 
 
+def started_later(others: dict[str, PoolPresence], started_at: float, hostname: str) -> bool:
+    """Whether this worker started after one of ``others`` (ties: by hostname): then it is the one to stop."""
+    return any((pool.started_at or 0.0, pool.hostname) < (started_at, hostname) for pool in others.values())
+
+
 def describe_pools(pools: dict[str, PoolPresence]) -> str:
     """Return the workers as named in messages: hostname and short fingerprint."""
     names = {
