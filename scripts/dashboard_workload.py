@@ -158,20 +158,24 @@ class Mix:
             status = http(f"{self.gateway_url}/v1/jobs/no-such-job")
         self.count(f"gateway {status}")
 
-    def refused(self) -> None:
-        """Send requests the worker refuses, each counted under its error class."""
-        too_long = EmbedRequest(self.client.model, "document", ("fine", "x" * (self.max_text_chars + 1)))
-        other = EmbedRequest("org/other-model", "document", ("hello",))
-        for request in (too_long, other):
-            sent = self.client.app.send_task(
-                TASK_EMBED_DOCUMENTS, args=[request.encode()], queue=self.client.queue
-            )
-            try:
-                self.client.job(sent.id).result(timeout_s=30)
-            except EmbedqError as exc:
-                self.count(type(exc).__name__)
-        with contextlib.suppress(EmbedqError):  # a deadline already past when the worker takes it
-            self.client.embed_queries([self.text()], timeout_s=0.001).result(timeout_s=30)
+    def refused(self, request: EmbedRequest) -> None:
+        """Send a request the worker refuses; its error is counted by class."""
+        sent = self.client.app.send_task(
+            TASK_EMBED_DOCUMENTS, args=[request.encode()], queue=self.client.queue
+        )
+        self.client.job(sent.id).result(timeout_s=30)
+
+    def too_long(self) -> None:
+        """Send a text over the worker's limit (InvalidInputError)."""
+        self.refused(EmbedRequest(self.client.model, "document", ("fine", "x" * (self.max_text_chars + 1))))
+
+    def other_model(self) -> None:
+        """Send a request naming a model the worker does not serve (ModelMismatchError)."""
+        self.refused(EmbedRequest("org/other-model", "document", ("hello",)))
+
+    def expired(self) -> None:
+        """Send a query whose deadline has passed when the worker takes it (DeadlineExceededError)."""
+        self.client.embed_queries([self.text()], timeout_s=0.001).result(timeout_s=30)
 
     def start(self) -> list[threading.Thread]:
         """Start every kind of traffic."""
@@ -181,7 +185,9 @@ class Mix:
             self.every(1.0, self.small_documents),
             self.every(20.0, self.bulk_documents),
             self.every(0.05, self.gateway),
-            self.every(3.0, self.refused),
+            self.every(2.0, self.too_long),
+            self.every(5.0, self.other_model),
+            self.every(9.0, self.expired),
         ]
 
 
@@ -269,24 +275,39 @@ def run_workload(args: argparse.Namespace, tmp: Path, binary: str) -> list[str]:
     gateway_url = f"http://127.0.0.1:{gateway_port}"
     jobs = {"embedq-worker": [f"127.0.0.1:{metrics_port}"], "embedq-gateway": [f"127.0.0.1:{gateway_port}"]}
     try:
-        with (
-            embedq_process(worker_args, env, tmp / "worker.log") as worker,
-            embedq_process(["serve", "--port", str(gateway_port)], env, tmp / "gateway.log") as gateway,
-        ):
+        with embedq_process(worker_args, env, tmp / "worker.log") as worker:
             wait_for(f"http://127.0.0.1:{metrics_port}/ready", "the worker", worker, tmp / "worker.log")
-            wait_for(f"{gateway_url}/ready", "the gateway", gateway, tmp / "gateway.log")
-            with prometheus(binary, jobs, tmp / "prometheus", interval_s=args.scrape_interval_s) as server:
-                print(f"worker :{metrics_port}, gateway :{gateway_port}, Prometheus {server.url}", flush=True)
-                with EmbeddingClient(broker_url) as client:
-                    idle = stat_panels_without_value(server, client, args.scrape_interval_s)
-                    print(f"stat panels without a value before any failure or upsert: {idle or 'none'}")
-                    start, end, outcomes = send_mix(args, client, gateway_url, texts, corpus, env)
-                print(f"sent: {dict(sorted(outcomes.items()))}", flush=True)
-                time.sleep(2 * args.scrape_interval_s)  # the window's last scrape
-                command = f"python -m scripts.dashboard_workload --duration-s {args.duration_s:g}"
-                return idle + draw(server.url, (start, end), args.out, command)
+            gateway_context = embedq_process(["serve", "--port", str(gateway_port)], env, tmp / "gateway.log")
+            with gateway_context as gateway:
+                # /health, not /ready: a 503 while it looks for the worker would show on the dashboard
+                wait_for(f"{gateway_url}/health", "the gateway", gateway, tmp / "gateway.log")
+                return observe(args, binary, jobs, tmp, broker_url, gateway_url, texts, corpus, env)
     finally:
         broker.stop()
+
+
+def observe(
+    args: argparse.Namespace,
+    binary: str,
+    jobs: dict[str, list[str]],
+    tmp: Path,
+    broker_url: str,
+    gateway_url: str,
+    texts: list[str],
+    corpus: Path,
+    env: dict[str, str],
+) -> list[str]:
+    """Scrape with Prometheus while the mix runs, then draw; return the queries with no data."""
+    with prometheus(binary, jobs, tmp / "prometheus", interval_s=args.scrape_interval_s) as server:
+        print(f"scraping {jobs} with Prometheus {server.url}", flush=True)
+        with EmbeddingClient(broker_url) as client:
+            idle = stat_panels_without_value(server, client, args.scrape_interval_s)
+            print(f"stat panels without a value before any failure or upsert: {idle or 'none'}")
+            start, end, outcomes = send_mix(args, client, gateway_url, texts, corpus, env)
+        print(f"sent: {dict(sorted(outcomes.items()))}", flush=True)
+        time.sleep(2 * args.scrape_interval_s)  # the window's last scrape
+        command = f"python -m scripts.dashboard_workload --duration-s {args.duration_s:g}"
+        return idle + draw(server.url, (start, end), args.out, command)
 
 
 def main() -> int:
