@@ -1,7 +1,7 @@
 """What worker metrics cost: docs/s of a worker with --metrics-port next to one without, in one run.
 
 Usage: python -m bench.bench_metrics [--redis-url redis://localhost:6379] [--rounds 9]
-                                      [--requests 400] [--docs 10000] [--scrape-interval-s 15]
+                                      [--requests 2000] [--docs 30000] [--scrape-interval-s 15] [--aa]
 
 Two `run_worker` processes (prefork, concurrency 2) run side by side on the same Redis, each
 serving the bundled model on a queue of its own (a symlinked model folder gives a distinct model
@@ -20,13 +20,18 @@ Printed per load: each round's docs/s and on/off ratio, the load average; then t
 interquartile range and range of the per-round ratios, the verdict on the median (target >= 0.97x)
 and whether the spread is too wide for a 3% margin to be resolved at all; and the same for docs
 per worker CPU-second (parent and pool processes), which the shared machine's noise disturbs less
-than wall time.
+than wall time. The default segment sizes give each mode about a CPU-second per round: psutil
+reads CPU time in 10 ms ticks per process, so much smaller segments blur the CPU ratio (the
+bench says so when they do). With --aa both workers run with metrics off: the ratios it prints
+are the bench's own bias and spread on this machine (two workers, two queues, the order), the
+yardstick for a real run's difference.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import statistics
 import sys
@@ -46,6 +51,7 @@ from worker.ports import free_port
 SMALL_TEXTS_PER_REQUEST = 4
 BULK_TEXTS_PER_TASK = 1000
 TARGET_RATIO = 0.97
+MIN_CPU_S_PER_MODE = 1.0  # below this, clock-tick resolution blurs the CPU ratio by over 3%
 
 
 def _model_alias(tmp: Path, name: str) -> str:
@@ -114,11 +120,12 @@ def _segment(
     clients: dict[str, EmbeddingClient],
     workers: dict[str, WorkerProcess],
     tally: Tally,
-    metrics_port: int,
+    metrics_port: int | None,
     scrape_interval_s: float,
 ) -> None:
     # The scraper thread starts before the clock and is joined after it: only its scrapes are timed.
-    with scraping(metrics_port, scrape_interval_s) if mode == "on" else contextlib.nullcontext():
+    scraper = scraping(metrics_port, scrape_interval_s) if mode == "on" and metrics_port else None
+    with scraper or contextlib.nullcontext():
         cpu_before = workers[mode].cpu_s()
         start = time.perf_counter()
         tally.docs += run(clients[mode])
@@ -127,7 +134,10 @@ def _segment(
 
 
 def spread(values: list[float]) -> str:
-    """Median, interquartile range and full range of ``values``."""
+    """Median, interquartile range and full range of ``values`` (NaNs left out)."""
+    values = [value for value in values if not math.isnan(value)]
+    if len(values) < 2:
+        return "too few rounds with a ratio"
     low, _, high = statistics.quantiles(values, n=4, method="inclusive")
     return (
         f"median {statistics.median(values):.3f}x, interquartile {low:.3f}-{high:.3f},"
@@ -150,7 +160,7 @@ def _measure(
     clients: dict[str, EmbeddingClient],
     workers: dict[str, WorkerProcess],
     rounds: int,
-    metrics_port: int,
+    metrics_port: int | None,
     scrape_interval_s: float,
 ) -> None:
     """Rounds of four segments in ABBA order (off on on off, then on off off on): a drift of the
@@ -160,6 +170,7 @@ def _measure(
     """
     ratios: list[float] = []
     cpu_ratios: list[float] = []
+    cpu_seconds: list[float] = []
     medians: dict[str, list[float]] = {"off": [], "on": []}
     for round_index in range(rounds):
         first, second = ("off", "on") if round_index % 2 == 0 else ("on", "off")
@@ -168,9 +179,11 @@ def _measure(
             _segment(mode, run, clients, workers, tallies[mode], metrics_port, scrape_interval_s)
         off, on = tallies["off"], tallies["on"]
         ratios.append(on.docs_per_s() / off.docs_per_s())
-        cpu_ratios.append(off.cpu_s_per_kdoc() / on.cpu_s_per_kdoc())
+        # A mode that used less than one clock tick of CPU has no ratio (segments far too small).
+        cpu_ratios.append(off.cpu_s / on.cpu_s * on.docs / off.docs if off.cpu_s and on.cpu_s else math.nan)
         medians["off"].append(off.docs_per_s())
         medians["on"].append(on.docs_per_s())
+        cpu_seconds.append(min(off.cpu_s, on.cpu_s))
         print(
             f"   round {round_index + 1} ({first} {second} {second} {first}): docs/s off {off.docs_per_s():>8,.0f}"
             f" on {on.docs_per_s():>8,.0f}  on/off {ratios[-1]:.3f}x | worker CPU s per 1000 docs"
@@ -178,14 +191,28 @@ def _measure(
             f" | load average {os.getloadavg()[0]:.1f}",
             flush=True,
         )
+    # Without a metrics port (--aa) both workers run with metrics off: there is no target to judge.
+    judged = (
+        f"target >= {TARGET_RATIO}x: {verdict(ratios)}"
+        if metrics_port
+        else "A/A: the bench's own bias and spread"
+    )
     print(
         f"   {name}: docs/s median off {statistics.median(medians['off']):,.0f},"
         f" on {statistics.median(medians['on']):,.0f}\n"
-        f"   {name}: docs/s on/off per round: {spread(ratios)}; target >= {TARGET_RATIO}x: {verdict(ratios)}\n"
+        f"   {name}: docs/s on/off per round: {spread(ratios)}; {judged}\n"
         f"   {name}: worker docs per CPU-second on/off per round: {spread(cpu_ratios)}"
         " (CPU of the worker and its pool processes)",
         flush=True,
     )
+    if statistics.median(cpu_seconds) < MIN_CPU_S_PER_MODE:
+        # psutil reads CPU time in clock ticks (10 ms) per process: three processes per worker.
+        print(
+            f"   {name}: each mode used only {statistics.median(cpu_seconds):.2f} CPU-s per round (median):"
+            f" the 10 ms ticks alone make the CPU ratio uncertain by about"
+            f" {3 * 0.01 / statistics.median(cpu_seconds):.0%}; use more --requests/--docs per segment",
+            flush=True,
+        )
 
 
 _COUNTING_COST = """
@@ -234,9 +261,15 @@ def main() -> None:
     )
     parser.add_argument("--redis-url")
     parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--requests", type=int, default=400, help="small jobs per segment")
-    parser.add_argument("--docs", type=int, default=10_000, help="bulk paragraphs per segment")
+    parser.add_argument("--requests", type=int, default=2000, help="small jobs per segment")
+    parser.add_argument("--docs", type=int, default=30_000, help="bulk paragraphs per segment")
     parser.add_argument("--scrape-interval-s", type=float, default=15.0)
+    parser.add_argument(
+        "--aa",
+        action="store_true",
+        help="calibration: both workers with metrics off; the on/off ratios then show the bench's own"
+        " bias and spread, which a real run's difference must exceed to mean anything",
+    )
     args = parser.parse_args()
     corpus = paragraphs(args.docs)[: args.docs]
     with (
@@ -245,17 +278,22 @@ def main() -> None:
         tempfile.TemporaryDirectory() as tmp,
     ):
         log_dir = Path(tmp)
-        metrics_port = free_port()
+        metrics_port = None if args.aa else free_port()
         off_model = _model_alias(log_dir, "metrics-off")
         on_model = _model_alias(log_dir, "metrics-on")
-        on_env = {"EMBEDQ_METRICS_PORT": str(metrics_port)}
+        on_env = {} if metrics_port is None else {"EMBEDQ_METRICS_PORT": str(metrics_port)}
         workers = {
             "off": start_worker(db_url, log_dir, "off", model=off_model, concurrency=2, extra_env={}),
             "on": start_worker(db_url, log_dir, "on", model=on_model, concurrency=2, extra_env=on_env),
         }
+        mode_note = (
+            "A/A calibration: metrics OFF in both workers ('on' is only a name here)"
+            if args.aa
+            else f"metrics scraped every {args.scrape_interval_s:g} s while the metrics-on worker works"
+        )
         print(
             f"corpus: {len(corpus):,} stdlib docstring paragraphs; redis {db_url}; two workers, concurrency 2 each; "
-            f"metrics scraped every {args.scrape_interval_s:g} s while the metrics-on worker works",
+            + mode_note,
             flush=True,
         )
         clients = {
@@ -298,9 +336,12 @@ def main() -> None:
                 metrics_port,
                 args.scrape_interval_s,
             )
-            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
-                body = response.read()
-            print(f"\n/metrics of the metrics-on worker at the end: {len(body):,} bytes", flush=True)
+            if metrics_port is not None:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{metrics_port}/metrics", timeout=5
+                ) as response:
+                    body = response.read()
+                print(f"\n/metrics of the metrics-on worker at the end: {len(body):,} bytes", flush=True)
             on_us, off_us, scrape_ms = counting_cost()
             print(
                 "\n3. the counting calls of one request alone (queue wait, encode, request; multiprocess mode),"
