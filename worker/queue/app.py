@@ -65,6 +65,7 @@ class PresenceStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery shi
         self._keys: list[str] = []
         self._queues: list[str] = []
         self._consumer: Any = None
+        self._reachable = False
 
     def start(self, consumer: Any) -> None:
         """Advertise the model's queues it consumes now and every third of the presence TTL."""
@@ -82,11 +83,17 @@ class PresenceStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery shi
         self._timer_entry = consumer.timer.call_repeatedly(PRESENCE_TTL_S / 3, self._refresh, (consumer.app,))
 
     def stop(self, consumer: Any) -> None:
-        """Stop refreshing and withdraw this worker's pool record; the shared presence key expires."""
+        """Stop refreshing (also when the broker connection is lost); the keys expire within the TTL."""
         if self._timer_entry is not None:
             self._timer_entry.cancel()
             self._timer_entry = None
-        if self._consumer is None or not self._queues:
+
+    def shutdown(self, consumer: Any) -> None:
+        """At worker shutdown, withdraw this worker's pool record, so a successor need not wait it out.
+
+        Only after a refresh that reached the broker: a broker that is down is not waited for here.
+        """
+        if not (self._reachable and self._queues and self._consumer is not None):
             return
         try:
             with broker_client(consumer.app) as client:
@@ -109,9 +116,11 @@ class PresenceStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery shi
                 others = (
                     other_models(client, self._queues, self.fingerprint, identity) if self.fingerprint else {}
                 )
+            self._reachable = True
             if others:
                 self._mixed_fleet(others, identity)
         except BrokerUnavailableError as exc:
+            self._reachable = False
             logger.warning("could not refresh the worker presence key: %s", exc)
 
     def _mixed_fleet(self, others: dict[str, PoolPresence], identity: str) -> None:
