@@ -97,6 +97,7 @@ def delete_missing(
 def _delete_missing(settings: Settings, collection: str, seen: SeenIds, manifest: SyncManifest | None) -> int:
     from worker.milvus.aliases import errors
     from worker.milvus.catalog import collection_model
+    from worker.milvus.passages import delete_documents, delete_rows_of_missing_documents, has_passages
     from worker.milvus.sync import count_rows, delete_ids, delete_missing_ids
 
     access = open_milvus(settings)
@@ -108,6 +109,18 @@ def _delete_missing(settings: Settings, collection: str, seen: SeenIds, manifest
             return delete_ids(access.client, physical, ids, access.write_guard, timeout_s=timeout_s)
 
         with errors(f"delete the ids missing from {collection!r}"):
+            if has_passages(access.client, physical, timeout_s=timeout_s):
+                # Rows are passages <id>#<k>: documents are compared, not row ids.
+                if manifest is not None and manifest.exists():
+                    return sum(
+                        delete_documents(
+                            access.client, physical, batch, access.write_guard, timeout_s=timeout_s
+                        )
+                        for batch in manifest.missing(seen.ids, DELETE_BATCH)
+                    )
+                return delete_rows_of_missing_documents(
+                    access.client, physical, seen.ids.known, delete, timeout_s=timeout_s
+                )
             if manifest is not None and manifest.exists():
                 return sum(delete(batch) for batch in manifest.missing(seen.ids, DELETE_BATCH))
             # Every id of the file is stored now: as many rows as ids means none is missing.

@@ -68,6 +68,7 @@ def search_command(args: argparse.Namespace, settings: Settings) -> int:
                 top_k=args.top_k,
                 filter_expr=filter_expr,
                 output_fields=fields,
+                group_by_document=args.group_by_document,
             )
         finally:
             access.close()

@@ -33,6 +33,7 @@ from worker.milvus.column_upsert import ColumnUpsert
 from worker.milvus.connection import connect_milvus, describe_error, is_out_of_space, is_transient
 from worker.milvus.content import with_hash
 from worker.milvus.lite_server import LiteWriteLock, ensure_lite_server, is_lite_path
+from worker.milvus.passages import StoredDocument, delete_documents, grouped_search, stored_documents
 from worker.milvus.rows import Rows, build_rows, checked_ids
 from worker.milvus.schema import (
     HNSW_PARAMS,
@@ -200,10 +201,12 @@ class MilvusSink:
         *,
         consistency_level: str = "Bounded",
         filter: str = "",
+        group_by_document: bool = False,
     ) -> list[SearchHit]:
         """Return the ``top_k`` nearest documents to ``vector``, most similar first.
 
         ``filter`` is a Milvus boolean expression on the stored fields, e.g. ``metadata["lang"] == "en"``.
+        ``group_by_document``: the best passage of each of the ``top_k`` nearest documents.
         """
         query = np.asarray(vector, dtype=np.float32)
         if query.shape != (self.dim,):
@@ -217,20 +220,27 @@ class MilvusSink:
         if unknown:
             raise InvalidInputError(f"unknown output fields {unknown}: choose from {list(SEARCHABLE_FIELDS)}")
         fields = list(output_fields)
-        results = self._read(
-            "search",
-            lambda: self.client.search(
-                self.collection,
-                data=[query.tolist()],
-                filter=filter,
-                limit=top_k,
-                output_fields=fields,
-                search_params={"metric_type": METRIC, "params": {"ef": max(64, top_k)}},
-                consistency_level=consistency_level,
-                timeout=self.timeout_s,
-            ),
-        )
-        return [search_hit(raw, fields) for raw in results[0]]
+        asked = sorted({*fields, METADATA_FIELD}) if group_by_document else fields
+
+        def run(limit: int) -> list[dict[str, Any]]:
+            results = self._read(
+                "search",
+                lambda: self.client.search(
+                    self.collection,
+                    data=[query.tolist()],
+                    filter=filter,
+                    limit=limit,
+                    output_fields=asked,
+                    search_params={"metric_type": METRIC, "params": {"ef": max(64, limit)}},
+                    consistency_level=consistency_level,
+                    timeout=self.timeout_s,
+                ),
+            )
+            return list(results[0])
+
+        if not group_by_document:
+            return [search_hit(raw, fields) for raw in run(top_k)]
+        return [search_hit(raw, fields, document=doc_id) for doc_id, raw in grouped_search(run, top_k)]
 
     def count(self) -> int:
         """Return the exact number of rows (strong consistency: every acknowledged write is counted)."""
@@ -247,12 +257,31 @@ class MilvusSink:
         return int(rows[0]["count(*)"])
 
     def delete(self, ids: Sequence[str]) -> int:
-        """Delete rows by id; return the number of ids Milvus reports deleted (Lite and server alike)."""
+        """Delete documents by id, with their passages; return the rows Milvus reports deleted."""
+        unique_ids = list(dict.fromkeys(checked_ids(ids)))
+        if not unique_ids:
+            return 0
+        self._ensure_ready()
+        with self._errors("delete from", InvalidInputError):
+            return delete_documents(
+                self.client, self.collection, unique_ids, self._write_guard(), timeout_s=self.timeout_s
+            )
+
+    def delete_rows(self, ids: Sequence[str]) -> int:
+        """Delete rows by exact id (a passage alone, say); return the number Milvus reports deleted."""
         unique_ids = list(dict.fromkeys(checked_ids(ids)))
         if not unique_ids:
             return 0
         self._ensure_ready()
         return self.delete_where(id_filter(unique_ids))
+
+    def stored_documents(self, document_ids: Sequence[str]) -> dict[str, StoredDocument]:
+        """Return how each of ``document_ids`` that exists is stored: passages (count, hash), a plain row."""
+        checked = checked_ids(document_ids)
+        return self._read(
+            "look up rows of",
+            lambda: stored_documents(self.client, self.collection, checked, timeout_s=self.timeout_s),
+        )
 
     def delete_where(self, filter_expr: str) -> int:
         """Delete the rows matching a filter expression; return the number Milvus reports deleted."""

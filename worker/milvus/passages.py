@@ -1,0 +1,203 @@
+"""Long documents stored as passages: rows ``<id>#<k>`` (k from 0) whose metadata names their document.
+
+Each passage row's metadata holds the user's metadata plus ``_parent`` (the document id),
+``_passage`` (k) and ``_passages`` (how many passages the document has), so filters
+(``metadata["_parent"] == "doc-7"``) and JSON output show them. With splitting on, every document
+is stored as passages, a short one as the single row ``<id>#0``: the ids of a document depend only
+on its passage count, which row ``#0`` records, so finding a document's rows (to replace or delete
+them) is one primary-key lookup, never a scan of the JSON metadata.
+
+Milvus groups search results only on a scalar field (Milvus Lite 3.2.2 refuses a JSON key: "type
+JSON which is not supported for group_by"; the 2.3 server predates grouping), and a collection's
+fields are fixed at creation; so the best passage per document is picked here, from a search
+that fetches several hits per wanted document.
+
+No pymilvus import at module level: the worker's tasks import the naming rules before any
+connection is needed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from worker.milvus.content import HASH_KEY
+from worker.milvus.schema import ID_FIELD, MAX_TOP_K, METADATA_FIELD
+from worker.milvus.sync import LOOKUP_BATCH, delete_ids, id_filter, iterate_rows
+
+if TYPE_CHECKING:
+    from pymilvus import MilvusClient
+
+PARENT_KEY, PASSAGE_KEY, PASSAGE_COUNT_KEY = "_parent", "_passage", "_passages"
+PASSAGE_KEYS = frozenset({PARENT_KEY, PASSAGE_KEY, PASSAGE_COUNT_KEY})
+SPLIT_KEY = "_embedq_split"
+"""Mixed into a split document's content hash only (never stored): the split parameters."""
+GROUP_FETCH_FACTOR = 8  # hits fetched per wanted document before grouping; widened when not enough
+
+
+def passage_id(document_id: str, index: int) -> str:
+    """Return the row id of passage ``index`` of ``document_id``."""
+    return f"{document_id}#{index}"
+
+
+def passage_metadata(metadata: dict[str, Any], document_id: str, index: int, count: int) -> dict[str, Any]:
+    """Return a passage row's metadata: the document's, plus its document id, place and count."""
+    return {**metadata, PARENT_KEY: document_id, PASSAGE_KEY: index, PASSAGE_COUNT_KEY: count}
+
+
+def split_hash_metadata(metadata: dict[str, Any], max_tokens: int, overlap_tokens: int) -> dict[str, Any]:
+    """Return the metadata a split document's content hash is computed on (so new split options re-split)."""
+    return {**metadata, SPLIT_KEY: [max_tokens, overlap_tokens]}
+
+
+def document_of(row_id: str, metadata: dict[str, Any] | None) -> str:
+    """Return the id of the document a row belongs to: its ``_parent``, else the row's own id."""
+    parent = (metadata or {}).get(PARENT_KEY)
+    return parent if isinstance(parent, str) else row_id
+
+
+@dataclass(frozen=True)
+class StoredDocument:
+    """How a document is stored: row ``<id>#0``'s content hash and passage count, and a plain ``<id>`` row."""
+
+    content_hash: str | None = None
+    passages: int = 0
+    plain_row: bool = False
+
+
+def stored_documents(
+    client: MilvusClient, collection: str, document_ids: Sequence[str], *, timeout_s: float
+) -> dict[str, StoredDocument]:
+    """Return how each of ``document_ids`` that exists is stored (one query per 500 documents)."""
+    found: dict[str, StoredDocument] = {}
+    unique = list(dict.fromkeys(document_ids))
+    step = LOOKUP_BATCH // 2
+    for start in range(0, len(unique), step):
+        part = unique[start : start + step]
+        wanted = set(part)
+        rows = client.query(
+            collection,
+            filter=id_filter([*part, *(passage_id(doc_id, 0) for doc_id in part)]),
+            output_fields=[ID_FIELD, METADATA_FIELD],
+            consistency_level="Strong",
+            timeout=timeout_s,
+        )
+        for row in rows:
+            row_id, metadata = str(row[ID_FIELD]), row.get(METADATA_FIELD) or {}
+            parent, count, recorded = (metadata.get(key) for key in (PARENT_KEY, PASSAGE_COUNT_KEY, HASH_KEY))
+            if isinstance(parent, str) and parent in wanted and row_id == passage_id(parent, 0):
+                before = found.get(parent, StoredDocument())
+                found[parent] = StoredDocument(
+                    recorded if isinstance(recorded, str) else None,
+                    count if isinstance(count, int) and count > 0 else 1,
+                    before.plain_row,
+                )
+            if row_id in wanted:
+                before = found.get(row_id, StoredDocument())
+                found[row_id] = StoredDocument(before.content_hash, before.passages, plain_row=True)
+    return found
+
+
+def document_row_ids(document_ids: Iterable[str], stored: dict[str, StoredDocument]) -> list[str]:
+    """Return every row id the documents have: their own ids and their stored passages."""
+    ids: list[str] = []
+    for doc_id in document_ids:
+        known = stored.get(doc_id, StoredDocument())
+        ids.extend([doc_id] if known.plain_row else [])
+        ids.extend(passage_id(doc_id, k) for k in range(known.passages))
+    return ids
+
+
+def stale_row_ids(document_id: str, passages: int, stored: StoredDocument | None) -> list[str]:
+    """Return the rows left over once ``document_id`` is stored as ``passages`` passages."""
+    if stored is None:
+        return []
+    plain = [document_id] if stored.plain_row else []
+    return plain + [passage_id(document_id, k) for k in range(passages, stored.passages)]
+
+
+def delete_documents(
+    client: MilvusClient,
+    collection: str,
+    document_ids: Sequence[str],
+    write_guard: AbstractContextManager[object],
+    *,
+    timeout_s: float,
+) -> int:
+    """Delete documents with all their passages; return how many rows Milvus reports deleted."""
+    deleted = 0
+    for start in range(0, len(document_ids), LOOKUP_BATCH):
+        part = list(document_ids[start : start + LOOKUP_BATCH])
+        stored = stored_documents(client, collection, part, timeout_s=timeout_s)
+        ids = document_row_ids(part, stored)
+        for cut in range(0, len(ids), LOOKUP_BATCH):
+            batch = ids[cut : cut + LOOKUP_BATCH]
+            deleted += delete_ids(client, collection, batch, write_guard, timeout_s=timeout_s)
+    return deleted
+
+
+def has_passages(client: MilvusClient, collection: str, *, timeout_s: float) -> bool:
+    """Return whether any row of ``collection`` is a passage (one query, at most one row)."""
+    rows = client.query(
+        collection,
+        filter=f'{METADATA_FIELD}["{PARENT_KEY}"] >= ""',
+        output_fields=[ID_FIELD],
+        limit=1,
+        consistency_level="Strong",
+        timeout=timeout_s,
+    )
+    return bool(rows)
+
+
+def delete_rows_of_missing_documents(
+    client: MilvusClient,
+    collection: str,
+    known: Callable[[list[str]], set[str]],
+    delete: Callable[[list[str]], int],
+    *,
+    timeout_s: float,
+) -> int:
+    """Delete the rows whose document ``known`` does not hold; stream the collection once.
+
+    ``known(ids)`` returns those of ``ids`` the source holds (an on-disk set). Memory stays at one
+    page of rows. Used where rows and documents differ (passages), so ids cannot be compared directly.
+    """
+    deleted = 0
+    for batch in iterate_rows(client, collection, [ID_FIELD, METADATA_FIELD], timeout_s=timeout_s):
+        documents = {
+            str(row[ID_FIELD]): document_of(str(row[ID_FIELD]), row.get(METADATA_FIELD)) for row in batch
+        }
+        present = known(sorted(set(documents.values())))
+        missing = [row_id for row_id, doc_id in documents.items() if doc_id not in present]
+        for start in range(0, len(missing), LOOKUP_BATCH):
+            deleted += delete(missing[start : start + LOOKUP_BATCH])
+    return deleted
+
+
+def grouped_search(
+    search: Callable[[int], list[dict[str, Any]]], top_k: int
+) -> list[tuple[str, dict[str, Any]]]:
+    """Return up to ``top_k`` (document id, best raw hit) pairs, best first.
+
+    ``search(limit)`` returns raw pymilvus hits (with the metadata field), most similar first. It is
+    asked for several hits per wanted document, and again for more while too few documents came
+    back and Milvus could still give more.
+    """
+    limit = min(MAX_TOP_K, top_k * GROUP_FETCH_FACTOR)
+    while True:
+        raw = search(limit)
+        best: dict[str, dict[str, Any]] = {}
+        for hit in raw:
+            metadata = (hit.get("entity") or {}).get(METADATA_FIELD)
+            best.setdefault(document_of(str(hit["id"]), metadata), hit)
+        if len(best) >= top_k or len(raw) < limit or limit >= MAX_TOP_K:
+            return list(best.items())[:top_k]
+        limit = min(MAX_TOP_K, limit * 4)
+
+
+def parent_filter(document_id: str) -> str:
+    """Return the filter expression matching the passages of one document."""
+    return f'{METADATA_FIELD}["{PARENT_KEY}"] == {json.dumps(document_id, ensure_ascii=False)}'
