@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 
 PARENT_KEY, PASSAGE_KEY, PASSAGE_COUNT_KEY = "_parent", "_passage", "_passages"
 PASSAGE_KEYS = frozenset({PARENT_KEY, PASSAGE_KEY, PASSAGE_COUNT_KEY})
+PASSAGES_PROPERTY = "embedq.passages"
+"""Collection property set to "1" once passages are written to it: documents and rows then differ."""
 SPLIT_KEY = "_embedq_split"
 """Mixed into a split document's content hash only (never stored): the split parameters."""
 GROUP_FETCH_FACTOR = 8  # hits fetched per wanted document before grouping; widened when not enough
@@ -140,16 +142,23 @@ def delete_documents(
 
 
 def has_passages(client: MilvusClient, collection: str, *, timeout_s: float) -> bool:
-    """Return whether any row of ``collection`` is a passage (one query, at most one row)."""
-    rows = client.query(
-        collection,
-        filter=f'{METADATA_FIELD}["{PARENT_KEY}"] >= ""',
-        output_fields=[ID_FIELD],
-        limit=1,
-        consistency_level="Strong",
-        timeout=timeout_s,
-    )
-    return bool(rows)
+    """Return whether ``collection`` is marked as holding passages (a property: no scan of the rows).
+
+    Asking the rows instead (``metadata["_parent"] >= ""``, limit 1) reads every row's JSON when
+    there is none: about 6 s for 100,000 rows on Milvus Lite.
+    """
+    properties = client.describe_collection(collection, timeout=timeout_s).get("properties", {})
+    return bool(properties.get(PASSAGES_PROPERTY) == "1")
+
+
+def mark_passages(
+    client: MilvusClient, collection: str, write_guard: AbstractContextManager[object], *, timeout_s: float
+) -> None:
+    """Mark ``collection`` as holding passages (before the first passage is written)."""
+    if has_passages(client, collection, timeout_s=timeout_s):
+        return
+    with write_guard:
+        client.alter_collection_properties(collection, properties={PASSAGES_PROPERTY: "1"}, timeout=timeout_s)
 
 
 def delete_rows_of_missing_documents(

@@ -33,7 +33,14 @@ from worker.milvus.column_upsert import ColumnUpsert
 from worker.milvus.connection import connect_milvus, describe_error, is_out_of_space, is_transient
 from worker.milvus.content import with_hash
 from worker.milvus.lite_server import LiteWriteLock, ensure_lite_server, is_lite_path
-from worker.milvus.passages import StoredDocument, delete_documents, grouped_search, stored_documents
+from worker.milvus.passages import (
+    StoredDocument,
+    delete_documents,
+    grouped_search,
+    has_passages,
+    mark_passages,
+    stored_documents,
+)
 from worker.milvus.rows import Rows, build_rows, checked_ids
 from worker.milvus.schema import (
     HNSW_PARAMS,
@@ -57,6 +64,7 @@ T = TypeVar("T")
 _COLLECTION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
 _NOT_LOADED_CODE = 101
 _CONCURRENT_CREATE_WAIT_S = 10.0  # how long to wait for a collection another client is creating
+_PASSAGES_RECHECK_S = 30.0  # how long a sink trusts "this collection holds no passages"
 _COLUMN_CHECK_ROWS = 8  # rows compared with pymilvus' own request before the column-wise path is used
 
 
@@ -96,6 +104,8 @@ class MilvusSink:
         self._fields: list[dict[str, Any]] = []
         self._column_upsert: ColumnUpsert | None = None
         self._column_checked = False
+        self._has_passages = False
+        self._passages_checked_at = -_PASSAGES_RECHECK_S
 
     @property
     def server_kind(self) -> ServerKind:
@@ -261,11 +271,31 @@ class MilvusSink:
         unique_ids = list(dict.fromkeys(checked_ids(ids)))
         if not unique_ids:
             return 0
-        self._ensure_ready()
+        if not self.has_passages():
+            return self.delete_rows(unique_ids)
         with self._errors("delete from", InvalidInputError):
             return delete_documents(
                 self.client, self.collection, unique_ids, self._write_guard(), timeout_s=self.timeout_s
             )
+
+    def has_passages(self) -> bool:
+        """Return whether documents are stored as passages here (its property; "no" is re-read every 30 s)."""
+        now = time.monotonic()
+        if not self._has_passages and now - self._passages_checked_at >= _PASSAGES_RECHECK_S:
+            self._ensure_ready()
+            with self._errors("describe", ConfigError):
+                self._has_passages = has_passages(self.client, self.collection, timeout_s=self.timeout_s)
+            self._passages_checked_at = now
+        return self._has_passages
+
+    def mark_passages(self) -> None:
+        """Record that this collection holds passages (before the first one is written)."""
+        if self._has_passages:
+            return
+        self._ensure_ready()
+        with self._errors("mark", InvalidInputError):
+            mark_passages(self.client, self.collection, self._write_guard(), timeout_s=self.timeout_s)
+        self._has_passages = True
 
     def delete_rows(self, ids: Sequence[str]) -> int:
         """Delete rows by exact id (a passage alone, say); return the number Milvus reports deleted."""

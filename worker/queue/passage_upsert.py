@@ -71,6 +71,9 @@ class PassageSink(Protocol):
     def delete_rows(self, ids: Sequence[str]) -> int:
         """Delete rows by exact id."""
 
+    def mark_passages(self) -> None:
+        """Record that the collection holds passages."""
+
 
 def encode_counting(
     encoder: Any, model: str, texts: Sequence[str]
@@ -120,6 +123,7 @@ def upsert_passages(
     if not changed:
         return PassageWrite(0, len(order), 0, None)
     passages = encoder.split([texts[index] for index in changed], spec)
+    sink.mark_passages()
     ids: list[str] = []
     rows_texts: list[str] = []
     rows_metadata: list[dict[str, Any]] = []

@@ -25,7 +25,7 @@ from producer.protocol.names import TASK_FOR_KIND, TASK_UPSERT_DOCUMENTS, Kind, 
 from producer.protocol.texts import validate_texts
 from worker.metrics.recording import encode_observed, record_milvus_upsert, record_request, token_total
 from worker.milvus.content import content_hash
-from worker.milvus.passages import StoredDocument
+from worker.milvus.passages import StoredDocument, passage_id
 from worker.queue.passage_upsert import SplittingEncoder, encode_counting, upsert_passages
 
 
@@ -105,6 +105,9 @@ class Sink(Protocol):
     def delete_rows(self, ids: Sequence[str]) -> int:
         """Delete rows by exact id."""
 
+    def mark_passages(self) -> None:
+        """Record that the collection holds passages (before the first one is written)."""
+
     def close(self) -> None:
         """Release the connection."""
 
@@ -180,6 +183,11 @@ def upsert_request(
             stored = sink.stored_hashes(request.ids)
             rows = [row for row in rows if stored.get(request.ids[row]) != hashes[row]]
         written = 0
+        if rows and _holds_passages(sink):
+            # Documents stored as passages before: their passages go, so each is stored one way only.
+            written_ids = [request.ids[row] for row in rows]
+            stored_as = sink.stored_documents(written_ids)
+            sink.delete_rows([passage_id(d, k) for d, how in stored_as.items() for k in range(how.passages)])
         if rows:
             vectors, tokens, truncated = encode_counting(
                 encoder, encoder.model_id, [texts[row] for row in rows]
@@ -206,6 +214,12 @@ def upsert_request(
         truncated=truncated,
         max_tokens=getattr(encoder, "max_length", None) if truncated else None,
     )
+
+
+def _holds_passages(sink: Sink) -> bool:
+    """Whether the sink's collection holds passages (a sink without the notion, a test double: no)."""
+    check = getattr(sink, "has_passages", None)
+    return bool(check()) if callable(check) else False
 
 
 def _upsert_split(
