@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from worker.milvus.content import HASH_KEY
 from worker.milvus.schema import ID_FIELD, MAX_TOP_K, METADATA_FIELD
-from worker.milvus.sync import LOOKUP_BATCH, delete_ids, id_filter, iterate_rows
+from worker.milvus.sync import ITERATOR_BATCH, LOOKUP_BATCH, delete_ids, id_filter
 
 if TYPE_CHECKING:
     from pymilvus import MilvusClient
@@ -175,15 +175,34 @@ def delete_rows_of_missing_documents(
     page of rows. Used where rows and documents differ (passages), so ids cannot be compared directly.
     """
     deleted = 0
-    for batch in iterate_rows(client, collection, [ID_FIELD, METADATA_FIELD], timeout_s=timeout_s):
-        documents = {
-            str(row[ID_FIELD]): document_of(str(row[ID_FIELD]), row.get(METADATA_FIELD)) for row in batch
-        }
-        present = known(sorted(set(documents.values())))
-        missing = [row_id for row_id, doc_id in documents.items() if doc_id not in present]
-        for start in range(0, len(missing), LOOKUP_BATCH):
-            deleted += delete(missing[start : start + LOOKUP_BATCH])
+    iterator = client.query_iterator(
+        collection,
+        batch_size=ITERATOR_BATCH,
+        output_fields=[ID_FIELD, METADATA_FIELD],
+        timeout=timeout_s,
+        # Every acknowledged write is seen, including the column-wise upserts pymilvus did not send.
+        consistency_level="Strong",
+    )
+    try:
+        while batch := iterator.next():
+            deleted += _delete_page(list(batch), known, delete)
+    finally:
+        iterator.close()
     return deleted
+
+
+def _delete_page(
+    batch: list[dict[str, Any]], known: Callable[[list[str]], set[str]], delete: Callable[[list[str]], int]
+) -> int:
+    """Delete the rows of one page whose document ``known`` lacks; return the count deleted."""
+    documents = {
+        str(row[ID_FIELD]): document_of(str(row[ID_FIELD]), row.get(METADATA_FIELD)) for row in batch
+    }
+    present = known(sorted(set(documents.values())))
+    missing = [row_id for row_id, doc_id in documents.items() if doc_id not in present]
+    return sum(
+        delete(missing[start : start + LOOKUP_BATCH]) for start in range(0, len(missing), LOOKUP_BATCH)
+    )
 
 
 def grouped_search(
