@@ -19,14 +19,16 @@ connection is needed.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from producer.errors import SinkUnavailableError
 from worker.milvus.content import HASH_KEY
 from worker.milvus.schema import ID_FIELD, MAX_TOP_K, METADATA_FIELD
-from worker.milvus.sync import ITERATOR_BATCH, LOOKUP_BATCH, delete_ids, id_filter
+from worker.milvus.sync import ITERATOR_BATCH, LOOKUP_BATCH, count_rows, delete_ids, id_filter
 
 if TYPE_CHECKING:
     from pymilvus import MilvusClient
@@ -37,6 +39,8 @@ PASSAGES_PROPERTY = "embedq.passages"
 """Collection property set to "1" once passages are written to it: documents and rows then differ."""
 SPLIT_KEY = "_embedq_split"
 """Mixed into a split document's content hash only (never stored): the split parameters."""
+_ITERATOR_ATTEMPTS = 8
+_ITERATOR_RETRY_S = 0.5
 GROUP_FETCH_FACTOR = 8  # hits fetched per wanted document before grouping; widened when not enough
 
 
@@ -175,20 +179,28 @@ def delete_rows_of_missing_documents(
     page of rows. Used where rows and documents differ (passages), so ids cannot be compared directly.
     """
     deleted = 0
-    iterator = client.query_iterator(
-        collection,
-        batch_size=ITERATOR_BATCH,
-        output_fields=[ID_FIELD, METADATA_FIELD],
-        timeout=timeout_s,
-        # Every acknowledged write is seen, including the column-wise upserts pymilvus did not send.
-        consistency_level="Strong",
+    for attempt in range(_ITERATOR_ATTEMPTS):
+        expected = count_rows(client, collection, timeout_s=timeout_s)
+        seen = 0
+        iterator = client.query_iterator(
+            collection, batch_size=ITERATOR_BATCH, output_fields=[ID_FIELD, METADATA_FIELD], timeout=timeout_s
+        )
+        try:
+            while batch := iterator.next():
+                seen += len(batch)
+                deleted += _delete_page(list(batch), known, delete)
+        finally:
+            iterator.close()
+        # The Milvus 2.3 server's iterator reads a snapshot that may miss the last seconds of
+        # writes (pymilvus falls back to a client-side timestamp): read again until every row
+        # counted before the pass was seen (rows already deleted are not read twice).
+        if seen >= expected:
+            return deleted
+        time.sleep(_ITERATOR_RETRY_S * (attempt + 1))
+    raise SinkUnavailableError(
+        f"Milvus listed fewer rows of {collection!r} than it counts, {_ITERATOR_ATTEMPTS} times: "
+        "run the command again in a minute"
     )
-    try:
-        while batch := iterator.next():
-            deleted += _delete_page(list(batch), known, delete)
-    finally:
-        iterator.close()
-    return deleted
 
 
 def _delete_page(
