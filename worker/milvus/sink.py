@@ -8,7 +8,6 @@ document id, so a retried task writes the same rows again instead of duplicating
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import re
 import time
@@ -43,18 +42,16 @@ from worker.milvus.passages import (
 )
 from worker.milvus.rows import Rows, build_rows, checked_ids
 from worker.milvus.schema import (
-    HNSW_PARAMS,
     ID_FIELD,
     MAX_TOP_K,
     METADATA_FIELD,
     METRIC,
-    MODEL_PROPERTY,
     SEARCHABLE_FIELDS,
     TEXT_FIELD,
     VECTOR_FIELD,
-    collection_schema,
 )
 from worker.milvus.search import SearchHit, search_hit
+from worker.milvus.setup import check_recorded_model, create_collection, ensure_vector_index
 from worker.milvus.sync import id_filter, stored_hashes
 
 log = logging.getLogger(__name__)
@@ -63,7 +60,6 @@ T = TypeVar("T")
 
 _COLLECTION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
 _NOT_LOADED_CODE = 101
-_CONCURRENT_CREATE_WAIT_S = 10.0  # how long to wait for a collection another client is creating
 _PASSAGES_RECHECK_S = 30.0  # how long a sink trusts "this collection holds no passages"
 _COLUMN_CHECK_ROWS = 8  # rows compared with pymilvus' own request before the column-wise path is used
 
@@ -124,11 +120,12 @@ class MilvusSink:
     def ensure_collection(self) -> None:
         """Create the collection on first use, or check that it holds this model; then load it."""
         with self._errors("open", ConfigError):
-            if not self.client.has_collection(self.collection, timeout=self.timeout_s):
-                self._create_collection()
-            self._check_recorded_model()
-            self._ensure_vector_index()
-            self.client.load_collection(self.collection, timeout=self.timeout_s)
+            client, name, guard, timeout_s = self.client, self.collection, self._write_guard(), self.timeout_s
+            if not client.has_collection(name, timeout=timeout_s):
+                create_collection(client, name, self.model_id, self.dim, guard, timeout_s=timeout_s)
+            self._fields = check_recorded_model(client, name, self.model_id, self.dim, timeout_s=timeout_s)
+            ensure_vector_index(client, name, lambda: self.server_kind == "lite", guard, timeout_s=timeout_s)
+            client.load_collection(name, timeout=timeout_s)
         self._ready = True
 
     def upsert(
@@ -352,78 +349,6 @@ class MilvusSink:
                     raise
             self.client.load_collection(self.collection, timeout=self.timeout_s)
             return call()
-
-    def _create_collection(self) -> None:
-        schema = collection_schema(self.model_id, self.dim)
-        record = json.dumps({"model_id": self.model_id, "dim": self.dim})
-        try:
-            with self._write_guard():
-                self.client.create_collection(
-                    self.collection,
-                    schema=schema,
-                    properties={MODEL_PROPERTY: record},
-                    timeout=self.timeout_s,
-                )
-        except MilvusException:
-            # Another process may be creating it between our check and our call: wait for that
-            # creation to finish, then the collection is verified like any existing one. (Milvus Lite
-            # refuses a second create while the first is still in progress, with "File exists".)
-            deadline = time.monotonic() + min(self.timeout_s, _CONCURRENT_CREATE_WAIT_S)
-            while not self.client.has_collection(self.collection, timeout=self.timeout_s):
-                if time.monotonic() >= deadline:
-                    raise
-                time.sleep(0.05)
-
-    def _check_recorded_model(self) -> None:
-        description = self.client.describe_collection(self.collection, timeout=self.timeout_s)
-        self._fields = list(description.get("fields", []))
-        fields = {field["name"]: field for field in self._fields}
-        try:
-            record = json.loads(description.get("properties", {})[MODEL_PROPERTY])
-            recorded_model, recorded_dim = str(record["model_id"]), int(record["dim"])
-        except (KeyError, TypeError, ValueError):
-            raise ConfigError(
-                f"collection {self.collection!r} exists but was not created by embedq (it records no model): "
-                "choose another collection name"
-            ) from None
-        schema_dim = int(fields.get(VECTOR_FIELD, {}).get("params", {}).get("dim", recorded_dim))
-        if (recorded_model, recorded_dim) != (self.model_id, self.dim) or schema_dim != self.dim:
-            raise ModelMismatchError(
-                f"collection {self.collection!r} holds vectors of model {recorded_model!r} "
-                f"(dim {schema_dim}), but this worker encodes with model {self.model_id!r} (dim {self.dim}): "
-                f"use another collection name for {self.model_id!r}, or drop {self.collection!r} to "
-                "re-embed everything with it"
-            )
-        missing = sorted({ID_FIELD, VECTOR_FIELD, TEXT_FIELD, METADATA_FIELD} - fields.keys())
-        if missing:
-            raise ConfigError(
-                f"collection {self.collection!r} lacks the fields {missing}: choose another collection name"
-            )
-
-    def _ensure_vector_index(self) -> None:
-        if self._has_vector_index():
-            return
-        # Milvus Lite builds HNSW only when faiss is installed; AUTOINDEX is its fallback.
-        candidates = [("HNSW", HNSW_PARAMS)]
-        if self.server_kind == "lite":
-            candidates.append(("AUTOINDEX", {}))
-        for attempt, (index_type, params) in enumerate(candidates, start=1):
-            index_params = self.client.prepare_index_params()
-            index_params.add_index(VECTOR_FIELD, index_type=index_type, metric_type=METRIC, params=params)
-            try:
-                with self._write_guard():
-                    self.client.create_index(self.collection, index_params, timeout=self.timeout_s)
-                return
-            except MilvusException as exc:
-                if self._has_vector_index():
-                    return  # another process created it first
-                if is_transient(exc) or attempt == len(candidates):
-                    raise
-
-    def _has_vector_index(self) -> bool:
-        return bool(
-            self.client.list_indexes(self.collection, field_name=VECTOR_FIELD, timeout=self.timeout_s)
-        )
 
     def _write_guard(self) -> AbstractContextManager[object]:
         return self._write_lock if self._write_lock is not None else contextlib.nullcontext()
