@@ -11,7 +11,7 @@ from tokenizers import Tokenizer
 from producer.errors import InvalidInputError
 from tests.support.models import CORPUS, build_model
 from worker.encoding import StaticEncoder
-from worker.encoding.splitting import SplitSpec, split_texts, token_windows
+from worker.encoding.splitting import SplitSpec, split_texts, token_windows, tokenizer_with_offsets
 
 LONG = " ".join(CORPUS[:7] * 3)  # about 250 tokens of real sentences
 
@@ -75,7 +75,7 @@ def test_passages_are_slices_of_the_text_at_token_boundaries_with_the_overlap(en
 def test_unicode_text_is_cut_at_character_offsets(tmp_path: Path) -> None:
     tokenizer = Tokenizer.from_file(str(build_model(tmp_path / "m") / "tokenizer.json"))
     text = "Déjà vu — über café. " * 30
-    passages = split_texts(tokenizer, [text], SplitSpec(16, 4))[0]
+    passages = split_texts(tokenizer_with_offsets(tokenizer), [text], SplitSpec(16, 4))[0]
     assert len(passages) > 1 and all(passage in text for passage in passages)
 
 
@@ -92,3 +92,12 @@ def test_encoding_counts_the_texts_cut_at_max_length(encoder: StaticEncoder) -> 
     assert 0 < counts[0] <= 64
     plain, plain_counts = encoder.encode_with_token_counts([LONG, "The quick brown fox", "fox " * 64])
     assert (plain == vectors).all() and (plain_counts == counts).all()
+
+
+def test_the_encoder_splits_as_the_full_tokenizer_does(encoder: StaticEncoder) -> None:
+    # The encoder counts tokens with its fast tokenizer and takes offsets from the ASCII path (no
+    # normaliser): the passages must be those of the model's own tokenizer.
+    full = tokenizer_with_offsets(Tokenizer.from_file(str(encoder.source_dir / "tokenizer.json")))
+    texts = [LONG, "Déjà vu — über café. " * 30, "The quick brown fox", LONG.upper(), ""]
+    spec = SplitSpec(24, 6)
+    assert encoder.split(texts, spec) == split_texts(full, texts, spec)

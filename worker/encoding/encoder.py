@@ -319,7 +319,12 @@ class StaticEncoder:
                 f"--split-tokens {spec.max_tokens} is more than model {self.model_id!r} reads "
                 f"(max_length {self.max_length} tokens): use --split-tokens {self.max_length} or less"
             )
-        return split_texts(self._tokenizer, _check_texts(texts), spec)
+        texts = _check_texts(texts)
+        encodings = self._run_tokenizer(texts, None)
+        counts = encodings[1].tolist() if isinstance(encodings, tuple) else [len(e) for e in encodings]
+        return split_texts(
+            lambda long: self._text_tokenizer.encode_batch(long, offsets=True), texts, spec, counts
+        )
 
     def _encode_distinct(
         self, texts: Sequence[str], limit: int | None, do_normalize: bool, batch_size: int

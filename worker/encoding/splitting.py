@@ -9,7 +9,7 @@ no I/O, no queue, no Milvus.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from tokenizers import Encoding, Tokenizer
@@ -80,7 +80,26 @@ def split_encoding(text: str, encoding: Encoding, spec: SplitSpec) -> list[str]:
     return [text[offsets[start][0] : offsets[end - 1][1]] for start, end in windows]
 
 
-def split_texts(tokenizer: Tokenizer, texts: Sequence[str], spec: SplitSpec) -> list[list[str]]:
-    """Return each text's passages; a text of at most ``spec.max_tokens`` tokens is one passage, itself."""
-    encodings = tokenizer.encode_batch(list(texts), add_special_tokens=False)
-    return [split_encoding(text, encoding, spec) for text, encoding in zip(texts, encodings, strict=True)]
+def split_texts(
+    encode: Callable[[Sequence[str]], list[Encoding]],
+    texts: Sequence[str],
+    spec: SplitSpec,
+    token_counts: Sequence[int] | None = None,
+) -> list[list[str]]:
+    """Return each text's passages; a text of at most ``spec.max_tokens`` tokens is one passage, itself.
+
+    ``encode`` tokenizes with character offsets. Given ``token_counts`` (from a tokenizer without
+    offsets, cheaper), only the texts longer than ``spec.max_tokens`` are tokenized again.
+    """
+    long = [i for i in range(len(texts)) if token_counts is None or token_counts[i] > spec.max_tokens]
+    passages = [[text] for text in texts]
+    if long:
+        encodings = encode([texts[i] for i in long])
+        for index, encoding in zip(long, encodings, strict=True):
+            passages[index] = split_encoding(texts[index], encoding, spec)
+    return passages
+
+
+def tokenizer_with_offsets(tokenizer: Tokenizer) -> Callable[[Sequence[str]], list[Encoding]]:
+    """Return ``encode(texts)`` by ``tokenizer``, without special tokens, with character offsets."""
+    return lambda texts: tokenizer.encode_batch(list(texts), add_special_tokens=False)
