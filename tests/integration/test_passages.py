@@ -86,6 +86,14 @@ def test_a_daily_sync_of_passages_leaves_no_stale_rows(
     assert long_passages <= after
     assert deleted == len([row_id for row_id in first if row_id.startswith(("long-2#", "short-4#"))])
 
+    # Without the sync manifest (a first sync from another directory), the collection is read and
+    # its rows compared by document: short-0 goes, every passage of the kept documents stays.
+    (tmp_path / "articles.sqlite").unlink()
+    day3 = {k: v for k, v in day2.items() if k != "short-0"}
+    summary, deleted = _sync(client, worker, _write(tmp_path / "day3.jsonl", day3), "articles", 128)
+    assert (summary.written, summary.unchanged, deleted) == (0, len(day3), 1)
+    assert _ids(worker, "articles") == after - {"short-0#0"}
+
 
 def test_a_backfill_without_splitting_says_how_many_documents_it_truncated(
     worker: WorkerProcess, client: EmbeddingClient, tmp_path: Path
