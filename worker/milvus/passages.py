@@ -12,66 +12,37 @@ JSON which is not supported for group_by"; the 2.3 server predates grouping), an
 fields are fixed at creation; so the best passage per document is picked here, from a search
 that fetches several hits per wanted document.
 
-No pymilvus import at module level: the worker's tasks import the naming rules before any
-connection is needed.
+The naming rules, free of pymilvus, are in ``worker.milvus.passage_rows``.
 """
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from producer.errors import SinkUnavailableError
 from worker.milvus.content import HASH_KEY
+from worker.milvus.passage_rows import (
+    PARENT_KEY,
+    PASSAGE_COUNT_KEY,
+    StoredDocument,
+    document_of,
+    document_row_ids,
+    passage_id,
+)
 from worker.milvus.schema import ID_FIELD, MAX_TOP_K, METADATA_FIELD
 from worker.milvus.sync import ITERATOR_BATCH, LOOKUP_BATCH, count_rows, delete_ids, id_filter
 
 if TYPE_CHECKING:
     from pymilvus import MilvusClient
 
-PARENT_KEY, PASSAGE_KEY, PASSAGE_COUNT_KEY = "_parent", "_passage", "_passages"
-PASSAGE_KEYS = frozenset({PARENT_KEY, PASSAGE_KEY, PASSAGE_COUNT_KEY})
 PASSAGES_PROPERTY = "embedq.passages"
 """Collection property set to "1" once passages are written to it: documents and rows then differ."""
-SPLIT_KEY = "_embedq_split"
-"""Mixed into a split document's content hash only (never stored): the split parameters."""
 _ITERATOR_ATTEMPTS = 8
 _ITERATOR_RETRY_S = 0.5
 GROUP_FETCH_FACTOR = 8  # hits fetched per wanted document before grouping; widened when not enough
-
-
-def passage_id(document_id: str, index: int) -> str:
-    """Return the row id of passage ``index`` of ``document_id``."""
-    return f"{document_id}#{index}"
-
-
-def passage_metadata(metadata: dict[str, Any], document_id: str, index: int, count: int) -> dict[str, Any]:
-    """Return a passage row's metadata: the document's, plus its document id, place and count."""
-    return {**metadata, PARENT_KEY: document_id, PASSAGE_KEY: index, PASSAGE_COUNT_KEY: count}
-
-
-def split_hash_metadata(metadata: dict[str, Any], max_tokens: int, overlap_tokens: int) -> dict[str, Any]:
-    """Return the metadata a split document's content hash is computed on (so new split options re-split)."""
-    return {**metadata, SPLIT_KEY: [max_tokens, overlap_tokens]}
-
-
-def document_of(row_id: str, metadata: dict[str, Any] | None) -> str:
-    """Return the id of the document a row belongs to: its ``_parent``, else the row's own id."""
-    parent = (metadata or {}).get(PARENT_KEY)
-    return parent if isinstance(parent, str) else row_id
-
-
-@dataclass(frozen=True)
-class StoredDocument:
-    """How a document is stored: row ``<id>#0``'s content hash and passage count, and a plain ``<id>`` row."""
-
-    content_hash: str | None = None
-    passages: int = 0
-    plain_row: bool = False
 
 
 def stored_documents(
@@ -105,24 +76,6 @@ def stored_documents(
                 before = found.get(row_id, StoredDocument())
                 found[row_id] = StoredDocument(before.content_hash, before.passages, plain_row=True)
     return found
-
-
-def document_row_ids(document_ids: Iterable[str], stored: dict[str, StoredDocument]) -> list[str]:
-    """Return every row id the documents have: their own ids and their stored passages."""
-    ids: list[str] = []
-    for doc_id in document_ids:
-        known = stored.get(doc_id, StoredDocument())
-        ids.extend([doc_id] if known.plain_row else [])
-        ids.extend(passage_id(doc_id, k) for k in range(known.passages))
-    return ids
-
-
-def stale_row_ids(document_id: str, passages: int, stored: StoredDocument | None) -> list[str]:
-    """Return the rows left over once ``document_id`` is stored as ``passages`` passages."""
-    if stored is None:
-        return []
-    plain = [document_id] if stored.plain_row else []
-    return plain + [passage_id(document_id, k) for k in range(passages, stored.passages)]
 
 
 def delete_documents(
@@ -236,8 +189,3 @@ def grouped_search(
         if len(best) >= top_k or len(raw) < limit or limit >= MAX_TOP_K:
             return list(best.items())[:top_k]
         limit = min(MAX_TOP_K, limit * 4)
-
-
-def parent_filter(document_id: str) -> str:
-    """Return the filter expression matching the passages of one document."""
-    return f'{METADATA_FIELD}["{PARENT_KEY}"] == {json.dumps(document_id, ensure_ascii=False)}'

@@ -32,8 +32,8 @@ from worker.milvus.column_upsert import ColumnUpsert
 from worker.milvus.connection import connect_milvus, describe_error, is_out_of_space, is_transient
 from worker.milvus.content import with_hash
 from worker.milvus.lite_server import LiteWriteLock, ensure_lite_server, is_lite_path
+from worker.milvus.passage_rows import StoredDocument
 from worker.milvus.passages import (
-    StoredDocument,
     delete_documents,
     grouped_search,
     has_passages,

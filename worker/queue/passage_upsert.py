@@ -20,7 +20,7 @@ from producer.protocol.messages import UpsertRequest
 from worker.encoding.splitting import SplitSpec
 from worker.metrics.recording import encode_observed, observe_encode
 from worker.milvus.content import content_hash
-from worker.milvus.passages import (
+from worker.milvus.passage_rows import (
     PASSAGE_KEY,
     StoredDocument,
     passage_id,

@@ -25,7 +25,7 @@ from producer.protocol.names import TASK_FOR_KIND, TASK_UPSERT_DOCUMENTS, Kind, 
 from producer.protocol.texts import validate_texts
 from worker.metrics.recording import encode_observed, record_milvus_upsert, record_request, token_total
 from worker.milvus.content import content_hash
-from worker.milvus.passages import StoredDocument, passage_id
+from worker.milvus.passage_rows import StoredDocument, passage_id
 from worker.queue.passage_upsert import SplittingEncoder, encode_counting, upsert_passages
 
 
