@@ -190,6 +190,12 @@ def reindex_command(args: argparse.Namespace, settings: Settings) -> int:
         )
         with BackfillProgressBar(f"{source.name} -> {target}") as bar:
             summary = run_backfill(client, options, on_progress=bar.update, seen=seen)
+        if summary.truncated:
+            note(
+                f"{summary.truncated} rows were longer than model {model!r} reads "
+                f"({summary.max_tokens} tokens) and were truncated: a backfill of the source file "
+                "with --split-tokens stores them as passages"
+            )
         # Rows left in the target by an earlier, different attempt are not in the source: remove them.
         # The source lists rows (passages included), so rows are compared, not documents.
         stale = delete_missing(served, target, summary, seen, None, by_row=True)
