@@ -26,6 +26,7 @@ from producer.errors import (
 )
 from producer.job import Job, JobStatus, ResultReader
 from producer.limits import document_problem
+from producer.payload_store import offload_large
 from producer.protocol.batches import TASK_EMBED_BATCH, BatchItem, BatchRequest
 from producer.protocol.documents import Document
 from producer.protocol.messages import EmbedRequest, UpsertRequest, WorkerPresence
@@ -39,6 +40,7 @@ from producer.protocol.names import (
     presence_key,
     queue_for_model,
 )
+from producer.protocol.payloads import INLINE_MAX_BYTES
 from producer.protocol.texts import validate_texts
 from producer.settings import Settings, allow_evicting_broker, check_model_id, redact_url
 
@@ -89,6 +91,7 @@ class EmbeddingClient:
         batch_max_in_flight: int = 2,
         request_timeout_s: float | None = None,
         allow_evicting_broker: bool | None = None,
+        inline_max_bytes: int | None = INLINE_MAX_BYTES,
     ) -> None:
         """Connect by URLs (a Celery app of its own) or through ``app``; ``model`` None is the bundled one.
 
@@ -105,6 +108,10 @@ class EmbeddingClient:
         are unanswered and ``batch_wait_ms`` passed since the last one; results come back through
         one pub/sub listener. ``request_timeout_s`` is the default deadline of a request: a worker
         drops it unencoded if it is still queued then (None: no deadline).
+
+        A request larger than ``inline_max_bytes`` of msgpack (a bulk task) is stored on the broker
+        beside its message, which carries a reference (None: always inline; workers of this
+        version read both).
         """
         if (app is None) == (broker_url is None):
             raise ConfigError("pass either broker_url (and optionally result_backend) or a Celery app")
@@ -147,6 +154,7 @@ class EmbeddingClient:
             )
         )
         self._request_timeout_s = request_timeout_s
+        self._inline_max_bytes = inline_max_bytes
         self._checked_at: dict[str, float] = {}
 
     @classmethod
@@ -350,6 +358,7 @@ class EmbeddingClient:
             [(request_id(), request.encode(), texts)],
             f"texts in {len(items)} requests",
             self.queue,
+            offload=False,  # small by construction, and waited on by callers: one round trip less
         )
 
     def submit_upsert(
@@ -396,6 +405,8 @@ class EmbeddingClient:
         what: str,
         queue: str,
         deadline_s: float | None = None,
+        *,
+        offload: bool = True,
     ) -> None:
         """Publish ``(task id, request, item count)`` tasks on ``queue`` in one connection.
 
@@ -403,8 +414,10 @@ class EmbeddingClient:
         """
         expires = None if deadline_s is None else datetime.fromtimestamp(deadline_s, UTC)
         try:
+            inline_max = self._inline_max_bytes if offload else None
+            sent = offload_large(self.app, tasks, inline_max, deadline_s)
             with self.app.producer_or_acquire() as producer:
-                for task_id, payload, count in tasks:
+                for task_id, payload, count in sent:
                     self.app.send_task(
                         task_name,
                         args=[payload],
