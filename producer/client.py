@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import time
+from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from functools import partial
+from itertools import accumulate
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -56,15 +58,14 @@ def split_batches(texts: Sequence[str], max_texts: int, max_chars: int) -> list[
     A batch always holds at least one text, so a single text longer than ``max_chars`` is its own batch.
     """
     batches: list[Sequence[str]] = []
+    ends = list(accumulate(map(len, texts)))  # ends[i]: characters in texts[: i + 1]
     start = 0
-    chars = 0
-    for index, text in enumerate(texts):
-        if index > start and (index - start >= max_texts or chars + len(text) > max_chars):
-            batches.append(texts[start:index])
-            start, chars = index, 0
-        chars += len(text)
-    if start < len(texts):
-        batches.append(texts[start:])
+    while start < len(texts):
+        before = ends[start - 1] if start else 0
+        stop = bisect_right(ends, before + max_chars, start, min(start + max_texts, len(texts)))
+        stop = max(stop, start + 1)
+        batches.append(texts[start:stop])
+        start = stop
     return batches
 
 
