@@ -416,12 +416,14 @@ class EmbeddingClient:
         expires = None if deadline_s is None else datetime.fromtimestamp(deadline_s, UTC)
         try:
             inline_max = self._inline_max_bytes if offload else None
-            sent = offload_large(self.app, tasks, inline_max, deadline_s)
             with self.app.producer_or_acquire() as producer:
-                for task_id, payload, count in sent:
+                for task_id, payload, count in tasks:
+                    # Stored and published one task at a time: workers start on the first
+                    # while the next is packed.
+                    argument = offload_large(self.app, task_id, payload, inline_max, deadline_s)
                     self.app.send_task(
                         task_name,
-                        args=[payload],
+                        args=[argument],
                         task_id=task_id,
                         queue=queue,
                         producer=producer,

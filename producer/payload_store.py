@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from celery import Celery
@@ -12,40 +12,31 @@ from celery import Celery
 from producer.celery_config import broker_client
 from producer.protocol.payloads import PAYLOAD_TTL_S, PayloadRef, pack_payload, payload_key
 
-Task = tuple[str, Mapping[str, Any], int]
-"""(task id, request map, item count) as the client publishes it."""
-
 
 def offload_large(
-    app: Celery, tasks: Sequence[Task], inline_max_bytes: int | None, deadline_s: float | None = None
-) -> list[tuple[str, Any, int]]:
-    """Return the tasks, each request above ``inline_max_bytes`` stored on the broker and sent as a ref.
+    app: Celery,
+    task_id: str,
+    request: Mapping[str, Any],
+    inline_max_bytes: int | None,
+    deadline_s: float | None = None,
+) -> Mapping[str, Any]:
+    """Return the task argument for ``request``: itself, or, above ``inline_max_bytes``, a stored ref.
 
-    All stores go in one pipeline, before any message is published: a worker that takes the
-    message always finds its request (and a replica that has the message has the request too).
-    ``inline_max_bytes`` None keeps every request inline. A request with a deadline (epoch s) is
-    kept a minute past it (a worker drops it unencoded after), else :data:`PAYLOAD_TTL_S`.
+    The request is stored before its message is published (the caller's order), so a worker that
+    takes the message finds it, and a replica that has the message has the request too. A request
+    with a deadline (epoch s) is kept a minute past it (a worker drops it unencoded after), else
+    :data:`PAYLOAD_TTL_S`. ``inline_max_bytes`` None keeps every request inline.
     """
     if inline_max_bytes is None:
-        return [(task_id, request, count) for task_id, request, count in tasks]
-    out: list[tuple[str, Any, int]] = []
-    stored: list[tuple[str, bytes]] = []
-    for task_id, request, count in tasks:
-        raw = pack_payload(request)
-        if len(raw) <= inline_max_bytes:
-            out.append((task_id, request, count))
-            continue
-        ref = PayloadRef(key=payload_key(task_id), size=len(raw))
-        stored.append((ref.key, raw))
-        out.append((task_id, ref.encode(), count))
-    if stored:
-        ttl_s = PAYLOAD_TTL_S if deadline_s is None else max(1, math.ceil(deadline_s - time.time()) + 60)
-        with broker_client(app) as client:
-            pipe = client.pipeline(transaction=False)
-            for key, raw in stored:
-                pipe.set(key, raw, ex=ttl_s)
-            pipe.execute()
-    return out
+        return request
+    raw = pack_payload(request)
+    if len(raw) <= inline_max_bytes:
+        return request
+    ref = PayloadRef(key=payload_key(task_id), size=len(raw))
+    ttl_s = PAYLOAD_TTL_S if deadline_s is None else max(1, math.ceil(deadline_s - time.time()) + 60)
+    with broker_client(app) as client:
+        client.set(ref.key, raw, ex=ttl_s)
+    return ref.encode()
 
 
 def read_payload(app: Celery, ref: PayloadRef) -> bytes | None:
