@@ -36,9 +36,7 @@ def resolve_arguments(task: Task, args: tuple[Any, ...]) -> tuple[Any, ...]:
     raw = read_payload(task.app, ref)
     if raw is None:
         if task.backend.get_task_meta(task.request.id).get("status") in READY_STATES:
-            log.info(
-                "task %s: its request was already answered; dropping the redelivered message", task.request.id
-            )
+            log.info("task %s was already answered: dropping its redelivered message", task.request.id)
             raise Ignore()
         raise MessageDecodeError(
             f"the request of task {task.request.id} is no longer on the broker (key {ref.key}): it expired "
