@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from itertools import filterfalse
 
 from producer.errors import InvalidInputError
 
@@ -30,8 +31,7 @@ def _all_fine(texts: Sequence[object], max_text_chars: int) -> bool:
     strings: Sequence[str] = texts  # type: ignore[assignment]  # every item's type is str
     if max(map(len, strings)) > max_text_chars:
         return False
-    joined = "".join(strings)
-    return joined.isascii() or _SURROGATE.search(joined) is None
+    return not any(_SURROGATE.search(text) for text in filterfalse(str.isascii, strings))
 
 
 def validate_texts(texts: object, *, max_texts: int | None, max_text_chars: int) -> Sequence[str]:
