@@ -604,6 +604,12 @@ def run_benchmarks(args: argparse.Namespace) -> None:
                 Contender(f"queue, concurrency 2, {size}/task", _queue_run(sized), workers["c2"])
             )
         mid = task_sizes[len(task_sizes) // 2]
+        # The same tasks with their texts inside the message (the path before requests were stored
+        # beside their messages): the parent process decodes and pipes every byte.
+        inline = stack.enter_context(EmbeddingClient(db_url, max_texts_per_task=mid, inline_max_bytes=None))
+        contenders.append(
+            Contender(f"queue, concurrency 2, {mid}/task, texts inline", _queue_run(inline), workers["c2"])
+        )
         for name, label in (("c1", "concurrency 1"), ("c2-tok1", "concurrency 2, tokenizer 1 thread")):
             other = stack.enter_context(
                 EmbeddingClient(db_url, model=workers[name].model, max_texts_per_task=mid)
