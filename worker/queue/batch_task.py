@@ -104,6 +104,9 @@ def store_outcomes(app: Celery, outcomes: list[ItemOutcome], reply_to: str | Non
     """Store each outcome under its id as Celery would (readable by id), then notify ``reply_to``."""
     backend = app.backend
     stored: list[tuple[str, bytes]] = []
+    # Celery's record of a result: the same for every item of the batch but its result and id
+    # (built once per state: its date and task lookups cost more than encoding the vectors).
+    metas: dict[str, dict[str, Any]] = {}
     try:
         pipe = backend.client.pipeline(transaction=False)
         for outcome in outcomes:
@@ -112,8 +115,10 @@ def store_outcomes(app: Celery, outcomes: list[ItemOutcome], reply_to: str | Non
             else:
                 state, value = "FAILURE", backend.prepare_exception(outcome.error)
                 expires = backend.failure_expires
-            meta = backend._get_result_meta(value, state, None, None)
-            meta["task_id"] = outcome.item_id
+            shared = metas.get(state)
+            if shared is None:
+                shared = metas[state] = backend._get_result_meta(None, state, None, None)
+            meta = {**shared, "result": value, "task_id": outcome.item_id}
             raw = backend.encode(meta)
             key = backend.get_key_for_task(outcome.item_id)
             if expires:
