@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -46,6 +47,8 @@ from producer.protocol.names import Kind
 logger = logging.getLogger(__name__)
 
 _QUEUE_CHECK_TTL_S = 0.25
+_TIMEOUT_TICK_S = 0.25
+"""Requests time out in buckets of this width: one loop timer per bucket instead of one per request."""
 _RECONNECT_PAUSE_S = 0.5
 
 
@@ -61,14 +64,18 @@ class BatchedResult:
 class _Waiting:
     """One request waiting for its notice."""
 
-    __slots__ = ("future", "model", "registered", "sent_at", "texts")
+    __slots__ = ("future", "model", "registered", "sent_at", "texts", "tick", "timeout_s")
 
-    def __init__(self, future: asyncio.Future[BatchedResult], texts: int, model: str) -> None:
+    def __init__(
+        self, future: asyncio.Future[BatchedResult], texts: int, model: str, tick: int, timeout_s: float
+    ) -> None:
         self.future = future
         self.registered = time.monotonic()
         self.sent_at = 0.0
         self.texts = texts
         self.model = model
+        self.tick = tick  # the timeout bucket it is in
+        self.timeout_s = timeout_s
 
 
 class _ModelQueue:
@@ -98,6 +105,7 @@ class LoopBatcher:
         self.channel = reply_channel(request_id())
         self._queues: dict[str, _ModelQueue] = {}
         self._waiting: dict[str, _Waiting] = {}
+        self._timeouts: dict[int, set[str]] = {}  # tick -> ids of the requests timing out at its end
         self._sender = ThreadPoolExecutor(1, thread_name_prefix="embedq-gateway-sender")
         self._listener: asyncio.Task[None] | None = None
         self._subscribed: asyncio.Future[None] | None = None
@@ -123,27 +131,34 @@ class LoopBatcher:
         loop = asyncio.get_running_loop()
         item = BatchItem(request_id(), kind, tuple(texts), time.time() + timeout_s)
         future: asyncio.Future[BatchedResult] = loop.create_future()
-        self._waiting[item.id] = _Waiting(future, len(texts), client.model)
+        tick = math.ceil((loop.time() + timeout_s) / _TIMEOUT_TICK_S)
+        bucket = self._timeouts.get(tick)
+        if bucket is None:
+            bucket = self._timeouts[tick] = set()
+            loop.call_at(tick * _TIMEOUT_TICK_S, self._time_out, tick)
+        bucket.add(item.id)
+        self._waiting[item.id] = _Waiting(future, len(texts), client.model, tick, timeout_s)
         queue.pending.append(item)
         queue.pending_texts += len(texts)
         queue.pending_chars += sum(map(len, texts))
         self._schedule(queue, loop)
-        timer = loop.call_at(loop.time() + timeout_s, self._time_out, item.id, timeout_s)
         try:
             return await future
         finally:
-            timer.cancel()
             self._waiting.pop(item.id, None)
+            bucket.discard(item.id)
 
-    def _time_out(self, item_id: str, timeout_s: float) -> None:
-        waiting = self._waiting.pop(item_id, None)
-        if waiting is not None and not waiting.future.done():
-            waiting.future.set_exception(
-                ResultTimeoutError(
-                    f"request {item_id} is not done after {timeout_s:g} s; it may still complete: "
-                    "retry, or start more workers"
+    def _time_out(self, tick: int) -> None:
+        """Fail the requests of bucket ``tick`` still waiting with ResultTimeoutError."""
+        for item_id in self._timeouts.pop(tick, ()):
+            waiting = self._waiting.pop(item_id, None)
+            if waiting is not None and not waiting.future.done():
+                waiting.future.set_exception(
+                    ResultTimeoutError(
+                        f"request {item_id} is not done after {waiting.timeout_s:g} s; it may still "
+                        "complete: retry, or start more workers"
+                    )
                 )
-            )
 
     async def _check_queue(self, queue: _ModelQueue) -> None:
         """Raise NoWorkerError or OverloadedError as the client would; one check per queue every 0.25 s."""
