@@ -16,7 +16,7 @@ import pytest
 
 from producer.batching import BatchLimits
 from producer.celery_config import build_celery_app
-from producer.errors import InvalidInputError, ResultTimeoutError
+from producer.errors import BrokerUnavailableError, InvalidInputError, ResultTimeoutError
 from producer.protocol.batches import BatchItem, encode_notice
 from producer.protocol.messages import EmbedResult
 from producer.settings import Settings
@@ -89,6 +89,38 @@ def test_each_request_gets_its_own_vectors_or_its_own_error_and_a_silent_batch_t
         client.sent.clear()
         with pytest.raises(ResultTimeoutError, match=r"not done after 0\.3 s"):
             await batcher.embed(client, "query", ["never answered"], timeout_s=0.3)
+        await batcher.close()
+
+    asyncio.run(scenario())
+    app.close()
+
+
+class FailingClient(FakeClient):
+    """A client whose broker refuses the first send."""
+
+    def send_batch(self, reply_to: str, items: Sequence[BatchItem]) -> None:
+        super().send_batch(reply_to, items)
+        if len(self.sent) == 1:
+            raise BrokerUnavailableError("the broker at redis://x does not answer")
+
+
+def test_a_failed_send_fails_its_requests_and_frees_its_slot_for_the_next_batch() -> None:
+    app = build_celery_app(Settings(broker_url="redis://127.0.0.1:1/0"), "tests-batcher")
+    redis = fakeredis.aioredis.FakeRedis()
+    client = FailingClient()
+
+    async def scenario() -> None:
+        batcher = LoopBatcher(app, redis, BatchLimits(wait_ms=1, max_in_flight=1), max_queue_depth=100)
+        with pytest.raises(BrokerUnavailableError):
+            await batcher.embed(client, "document", ["lost"], timeout_s=5.0)
+        started = asyncio.get_running_loop().time()
+        second = asyncio.ensure_future(batcher.embed(client, "document", ["kept"], timeout_s=5.0))
+        while len(client.sent) < 2:
+            await asyncio.sleep(0.005)
+        # Sent at once: the failed batch no longer counts as one in flight (else: a second's wait).
+        assert asyncio.get_running_loop().time() - started < 0.5
+        await answer(redis, app, *client.sent[1], fail=None)
+        np.testing.assert_array_equal((await second).vectors, vector_of("kept"))
         await batcher.close()
 
     asyncio.run(scenario())

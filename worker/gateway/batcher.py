@@ -239,14 +239,15 @@ class LoopBatcher:
                 waiting.sent_at = sent_at
         loop = asyncio.get_running_loop()
         sending = loop.run_in_executor(self._sender, queue.client.send_batch, self.channel, batch)
-        sending.add_done_callback(lambda done: self._sent(done, batch))
+        sending.add_done_callback(lambda done: self._sent(done, queue, batch))
 
-    def _sent(self, done: asyncio.Future[None], batch: list[BatchItem]) -> None:
+    def _sent(self, done: asyncio.Future[None], queue: _ModelQueue, batch: list[BatchItem]) -> None:
         if done.cancelled():
             return
         exc = done.exception()
         if exc is None:
             return
+        self._answered(queue)  # no notice will come for it: let the next batch leave
         error = exc if isinstance(exc, EmbedqError) else EmbedqError(f"sending the batch failed: {exc!r}")
         if not isinstance(exc, EmbedqError):
             logger.error("sending a batch failed: %r", exc)
@@ -306,6 +307,8 @@ class LoopBatcher:
                 with contextlib.suppress(RedisError, OSError):
                     await pubsub.aclose()
                 pubsub = await self._resubscribe()
+            except Exception:  # a bad notice must not stop the answers to every later request
+                logger.exception("handling a result notice on %s failed", self.channel)
         with contextlib.suppress(RedisError, OSError):
             await pubsub.aclose()
 
@@ -333,12 +336,18 @@ class LoopBatcher:
                 model = waiting.model
                 self._complete(waiting, outcome_of(decode(stored)))
         queue = None if model is None else self._queues.get(model)
-        if queue is not None and queue.in_flight:
-            queue.in_flight.popleft()
-            if queue.flush is not None:  # it may wait for this very notice
-                queue.flush.cancel()
-                queue.flush = None
-            self._schedule(queue, asyncio.get_running_loop())
+        if queue is not None:
+            self._answered(queue)
+
+    def _answered(self, queue: _ModelQueue) -> None:
+        """Count one batch of ``queue`` as answered; the next one may leave."""
+        if not queue.in_flight:
+            return
+        queue.in_flight.popleft()
+        if queue.flush is not None:  # it may wait for this very answer
+            queue.flush.cancel()
+            queue.flush = None
+        self._schedule(queue, asyncio.get_running_loop())
 
     def _complete(self, waiting: _Waiting, outcome: TaskOutcome) -> None:
         """Resolve one request's future with its vectors or its own error."""
