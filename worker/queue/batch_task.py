@@ -31,8 +31,9 @@ from producer.errors import (
 )
 from producer.protocol.batches import TASK_EMBED_BATCH, BatchItem, BatchRequest, encode_notice
 from producer.protocol.messages import EmbedResult
+from producer.protocol.names import VECTOR_DTYPE
 from producer.protocol.texts import validate_texts
-from worker.metrics.recording import encode_observed, record_request, token_total
+from worker.metrics.recording import encode_observed, record_request
 from worker.queue.tasks import EmbedTask, Encoder, TextLimits, check_model
 
 QueueDepth = Callable[[], int | None]
@@ -86,17 +87,26 @@ def run_batch(
         if all_texts
         else (np.zeros((0, encoder.dim), np.float32), None)
     )
+    # Converted once for the whole batch, then sliced per item (a numpy call per item costs more).
+    dim = int(vectors.shape[1])
+    raw = np.ascontiguousarray(vectors, dtype=VECTOR_DTYPE).tobytes()
+    counts: list[int] | None = None if tokens is None else tokens.tolist()
+    row_bytes = dim * np.dtype(VECTOR_DTYPE).itemsize
     start = 0
     for item, texts in accepted:
         item_id, end = item.id, start + len(texts)
-        part = vectors[start:end]
-        item_tokens = token_total(None if tokens is None else tokens[start:end])
+        part_tokens = None if counts is None else counts[start:end]
+        item_tokens = 0 if part_tokens is None else sum(part_tokens)
         record_request(encoder.model_id, item.kind, "ok", len(texts), item_tokens, request_id=item_id)
-        part_tokens = None if tokens is None else tokens[start:end].tolist()
-        start = end
-        outcomes[item_id] = ItemOutcome(
-            item_id, result=EmbedResult.from_array(encoder.model_id, part, part_tokens).encode()
+        result = EmbedResult(
+            model=encoder.model_id,
+            dim=dim,
+            count=end - start,
+            vectors=raw[start * row_bytes : end * row_bytes],
+            tokens=None if part_tokens is None else tuple(part_tokens),
         )
+        start = end
+        outcomes[item_id] = ItemOutcome(item_id, result=result.encode())
     return [outcomes[item.id] for item in batch.items]
 
 
