@@ -30,8 +30,6 @@ from worker.gateway.errors import ApiError
 from worker.gateway.presence import ServedModel
 
 _LIVE_MODELS_TTL_S = 1.0
-_BULK_MIN_TEXTS = 256
-"""As EmbeddingClient's default ``bulk_min_texts``: requests this large go to the bulk queue, unbatched."""
 _PRESENCE_PATTERN = presence_key(QUEUE_PREFIX + "*")
 
 
@@ -197,7 +195,7 @@ class Backend:
         """
         client = self.client(model)
         started = time.perf_counter()
-        if self._batcher is not None and self._batched(texts):
+        if self._batcher is not None and self._batched(client, texts):
             # Small requests are coalesced on the event loop: no thread, no Job, one future each.
             checked = validate_texts(texts, max_texts=None, max_text_chars=self.settings.max_text_chars)
             if not checked:
@@ -212,13 +210,13 @@ class Backend:
         tokens = sum(job.token_counts) if job.token_counts is not None else 0
         return Embedded(vectors, tokens, enqueued - started, time.perf_counter() - enqueued)
 
-    def _batched(self, texts: Sequence[str]) -> bool:
+    def _batched(self, client: EmbeddingClient, texts: Sequence[str]) -> bool:
         """Whether a request of ``texts`` is coalesced (the client's rule: small, for the fast queue)."""
         settings = self.settings
         return (
             settings.batch_wait_ms is not None
             and len(texts) <= min(settings.batch_max_texts, settings.max_texts_per_request)
-            and len(texts) < _BULK_MIN_TEXTS
+            and client.queue_for(len(texts)) == client.queue  # not a bulk request
             and sum(map(len, texts)) <= settings.batch_max_chars
         )
 
