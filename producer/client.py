@@ -262,6 +262,10 @@ class EmbeddingClient:
                 )
             time.sleep(_WORKER_POLL_S)
 
+    def check_queue(self, queue: str) -> None:
+        """Raise NoWorkerError if no worker serves ``queue``, OverloadedError if it is too deep (blocks)."""
+        self._check_queue(queue)
+
     def _check_queue(self, queue: str) -> None:
         """Raise NoWorkerError if no worker serves ``queue``, OverloadedError if it is too deep."""
         if not self._broker_checked:
@@ -350,6 +354,13 @@ class EmbeddingClient:
             )
         notice = self._batches.submit(item)
         return Job(self.reader, item.id, [item.id], self.model, notice=notice, queue_depth=self.queue_depth)
+
+    def send_batch(self, reply_to: str, items: Sequence[BatchItem]) -> None:
+        """Publish ``items`` (small requests of this model) as one batch task answered on ``reply_to``.
+
+        For callers that coalesce requests themselves (the gateway, on its event loop).
+        """
+        self._send_batch(reply_to, list(items))
 
     def _send_batch(self, reply_to: str, items: list[BatchItem]) -> None:
         request = BatchRequest(model=self.model, items=tuple(items), reply_to=reply_to)
