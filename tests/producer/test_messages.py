@@ -156,3 +156,20 @@ def test_an_upsert_result_says_where_it_writes_only_when_asked_by_a_probe() -> N
     probe_answer = UpsertResult("m", "c", 0, milvus="/data/embedq.db", collection_uuid="")
     assert UpsertResult.decode(probe_answer.encode()) == probe_answer
     assert "milvus" not in UpsertResult("m", "c", 3).encode()  # what producers of earlier versions read
+
+
+def test_split_and_truncation_fields_are_optional_and_checked() -> None:
+    from producer.protocol.messages import UpsertRequest, UpsertResult, WorkerPresence
+
+    split = UpsertRequest("m", "c", ("a",), ("text",), ({},), split=(256, 32))
+    assert UpsertRequest.decode(split.encode()) == split
+    assert "split" not in UpsertRequest("m", "c", ("a",), ("text",), ({},)).encode()
+    for bad in ([256, 256], [256], [0, -1], ["256", 0]):
+        with pytest.raises(MessageDecodeError, match="split"):
+            UpsertRequest.decode({**split.encode(), "split": bad})
+    result = UpsertResult("m", "c", 4, truncated=3, max_tokens=512, passages=0)
+    assert UpsertResult.decode(result.encode()) == result
+    assert set(UpsertResult("m", "c", 4).encode()) == {"v", "model", "collection", "written"}
+    presence = WorkerPresence("m", 256, max_length=512)
+    assert WorkerPresence.decode(presence.encode()) == presence
+    assert WorkerPresence.decode(WorkerPresence("m", 256).encode()).max_length is None

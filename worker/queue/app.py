@@ -203,7 +203,7 @@ def build_worker_app(settings: Settings, encoder: Encoder, queues: Sequence[str]
     )
     register_batch_task(app, encoder, limits)
     attributes = {
-        "presence": WorkerPresence(encoder.model_id, encoder.dim),
+        "presence": WorkerPresence(encoder.model_id, encoder.dim, getattr(encoder, "max_length", None)),
         "fingerprint": encoder.fingerprint,
         "started_at": time.time(),
         "refused": None,
