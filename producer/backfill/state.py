@@ -5,11 +5,13 @@ persistence; the Redis copy lets `embedq status JOB_ID` answer from any shell, a
 file next to the checkpoint lets it answer in the backfill's directory when Redis cannot (no broker
 URL, the key expired, or Redis restarted without persistence). A change of the
 broker's run id during a run means Redis restarted and lost the queued chunks: the run stops
-with BrokerRestartedError and the same command resumes it.
+with BrokerRestartedError and the same command resumes it. The progress is tied to its target
+(``target.py``): saved against a collection that is gone or was made again, it is discarded.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -23,6 +25,7 @@ from typing import IO, Any
 from producer.backfill import run_lock
 from producer.backfill.model import BackfillOptions, BackfillProgress, ChunkRecord
 from producer.backfill.run_lock import LOCK_TTL_S
+from producer.backfill.target import Target, target_file, target_key, void_progress_notice
 from producer.celery_config import broker_client
 from producer.client import EmbeddingClient
 from producer.errors import BrokerUnavailableError, ConfigError, EmbedqError, TransientError
@@ -90,6 +93,9 @@ class BackfillState:
         self._last_broker_check = 0.0
         self._log: IO[str] | None = None
         self._holder = run_lock.holder_name()
+        self._target_path = target_file(options.state_dir, job_id)
+        self.target: Target | None = None
+        """Where the saved chunks were written (None: not known, e.g. saved by an earlier version)."""
 
     @classmethod
     def open(
@@ -111,10 +117,64 @@ class BackfillState:
             run_lock.acquire(redis, job_id, state._holder)  # before reading what earlier runs confirmed
             state._run_id = str(redis.info("server").get("run_id"))
             saved = redis.hget(_key(job_id), "chunks")
+            saved_target = redis.get(target_key(job_id))
         for raw in json.loads(saved) if saved else []:
             record = ChunkRecord(*raw)
             state._done.setdefault(record.index, record)
+        with contextlib.suppress(OSError):
+            saved_target = state._target_path.read_text(encoding="utf-8")
+        state.target = None if saved_target is None else Target.decode(saved_target)
         return state
+
+    @property
+    def saved_chunks(self) -> int:
+        """How many chunks earlier runs (or this one) confirmed."""
+        return len(self._done)
+
+    def reconcile(self, now: Target | None) -> str | None:
+        """Check the saved chunks against where the workers write now; discard them if void.
+
+        Returns the one-line notice to show when they were discarded. ``now`` None (workers of an
+        earlier version cannot say) keeps them. Progress saved without a target (an earlier
+        version) is kept if the collection exists, discarded if it does not.
+        """
+        if now is None:
+            return None
+        saved = self.target
+        void = (saved is not None and saved != now) or not now.exists
+        notice = None
+        if void and self._done:
+            notice = void_progress_notice(self.job_id, self._collection, len(self._done), saved, now)
+            self._discard()
+        self.record_target(now if now.exists else None)
+        return notice
+
+    def record_target(self, target: Target | None) -> None:
+        """Save where this job's chunks are written, next to the checkpoint and in Redis."""
+        self.target = target
+        try:
+            if target is None:
+                self._target_path.unlink(missing_ok=True)
+            else:
+                self._target_path.write_text(target.encode(), encoding="utf-8")
+        except OSError as exc:
+            raise checkpoint_error(exc, self._target_path) from None
+        with broker_client(self._client.app) as redis:
+            if target is None:
+                redis.delete(target_key(self.job_id))
+            else:
+                redis.set(target_key(self.job_id), target.encode(), ex=STATE_TTL_S)
+
+    def _discard(self) -> None:
+        """Forget every confirmed chunk: in memory, in the checkpoint file and in Redis."""
+        self._done.clear()
+        if self._log is not None:
+            try:
+                self._log.truncate(0)
+            except OSError as exc:
+                raise checkpoint_error(exc, self._checkpoint_path) from None
+        with broker_client(self._client.app) as redis:
+            redis.hdel(_key(self.job_id), "chunks")
 
     def confirmed(self, index: int) -> ChunkRecord | None:
         """Return the record of chunk ``index`` if an earlier run or this one confirmed it."""

@@ -112,7 +112,7 @@ def backfill_command(args: argparse.Namespace, settings: Settings) -> int:
         EmbeddingClient.from_settings(served) as client,
         BackfillProgressBar(f"{args.file.name} -> {args.collection}") as bar,
     ):
-        summary = run_backfill(client, options, on_progress=bar.update, seen=seen)
+        summary = run_backfill(client, options, on_progress=bar.update, seen=seen, on_notice=note)
         deleted = None
         if seen is not None and args.delete_missing:
             deleted = delete_missing(served, args.collection, summary, seen, manifest)
