@@ -69,25 +69,30 @@ class PoolPresence:
 
 
 def live_pool_processes(redis: Any, queue: str) -> int:
-    """Return the runnable pool processes of the live workers advertising a pool on ``queue`` (0: none).
+    """Return the runnable pool processes of the live workers advertising a pool on ``queue`` (0: none)."""
+    return sum(pool.runnable for pool in live_pools(redis, queue))
+
+
+def live_pools(redis: Any, queue: str) -> list[PoolPresence]:
+    """Return the pool records of the live workers advertising a pool on ``queue`` (empty: none).
 
     Hostnames whose key expired (the worker stopped or lost the broker) are dropped from the set.
     """
     members = redis.smembers(pool_set_key(queue))
     hostnames = sorted(name.decode() if isinstance(name, bytes) else str(name) for name in members)
     if not hostnames:
-        return 0
+        return []
     values: list[bytes | None] = redis.mget([pool_key(queue, name) for name in hostnames])
-    total = 0
+    pools = []
     gone = []
     for name, raw in zip(hostnames, values, strict=True):
         if raw is None:
             gone.append(name)
             continue
         try:
-            total += PoolPresence.decode(raw).runnable
+            pools.append(PoolPresence.decode(raw))
         except MessageDecodeError:
             continue  # a foreign value: not a pool this producer can count
     if gone:
         redis.srem(pool_set_key(queue), *gone)
-    return total
+    return pools
