@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
-from celery import Celery, Task
+from celery import Celery, Task, states
 
 from producer.errors import (
     MessageDecodeError,
@@ -24,6 +24,7 @@ from producer.protocol.names import TASK_FOR_KIND, TASK_UPSERT_DOCUMENTS, Kind, 
 from producer.protocol.texts import validate_texts
 from worker.metrics.recording import encode_observed, record_milvus_upsert, record_request, token_total
 from worker.milvus.content import content_hash
+from worker.queue.payloads import forget_arguments, resolve_arguments
 
 
 class Encoder(Protocol):
@@ -71,13 +72,24 @@ class EmbedTask(Task):  # type: ignore[misc]  # Celery ships no type hints
         return ceiling_s * random.uniform(0.5, 1.0)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        """Run the task; turn a transient error into a delayed retry, let any other error fail it."""
+        """Run the task; turn a transient error into a delayed retry, let any other error fail it.
+
+        A request stored beside its message (protocol.payloads) is read first; a retry re-sends
+        the reference, so the stored request stays until the task's outcome is stored.
+        """
         try:
-            return super().__call__(*args, **kwargs)
+            return super().__call__(*resolve_arguments(self, args), **kwargs)
         except PermanentError:
             raise
         except TransientError as exc:
             raise self.retry(exc=exc, countdown=self.retry_countdown_s(self.request.retries)) from exc
+
+    def after_return(
+        self, status: str, retval: Any, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
+        """Once the outcome is stored (success or final failure), delete a request stored beside it."""
+        if status in (states.SUCCESS, states.FAILURE):
+            forget_arguments(self, tuple(args or ()))
 
 
 class Sink(Protocol):
