@@ -64,11 +64,14 @@ def _bulk_insert(
         sink.close()
         raise RuntimeError(f"bulk insert into {collection} failed: {state.state_name}: {state.failed_reason}")
     cpu_s = _server_cpu_s(pid) - cpu
-    deadline = time.monotonic() + 120  # imported segments are counted once loaded
+    deadline = time.monotonic() + 300  # imported segments are counted once indexed and loaded
     while (count := sink.count()) < rows and time.monotonic() < deadline:
         time.sleep(0.5)
+    index = utility.index_building_progress(collection, using="bench")
     print(
-        f"  {collection}: completed after {wall_s:.1f} s, {count:,} rows counted after {time.perf_counter() - started:.1f} s"
+        f"  {collection}: completed after {wall_s:.1f} s ({cpu_s / rows * 1e6:.0f} us/row of server CPU); "
+        f"{count:,} rows counted after {time.perf_counter() - started:.1f} s "
+        f"({(_server_cpu_s(pid) - cpu) / rows * 1e6:.0f} us/row); index progress {index}"
     )
     sink.close()
     return wall_s, cpu_s, count
