@@ -225,6 +225,10 @@ class EmbeddingClient:
 
         ``queue`` None accepts a worker on either of the model's queues; else one on that queue.
         """
+        return self.model_presence(queue).dim
+
+    def model_presence(self, queue: str | None = None) -> WorkerPresence:
+        """Return what a live worker of this model advertises: dimension, max_length (waits like a submit)."""
         queues = [self.queue, self.bulk_queue] if queue is None else [queue]
 
         def read(client: Any) -> bytes | None:
@@ -237,7 +241,7 @@ class EmbeddingClient:
             raise ModelMismatchError(
                 f"queue {queues[0]} is served by a worker of model {presence.model!r}, not {self.model!r}"
             )
-        return presence.dim
+        return presence
 
     def queue_for(self, text_count: int) -> str:
         """Return the queue a request of ``text_count`` texts is sent to."""
@@ -374,12 +378,18 @@ class EmbeddingClient:
         )
 
     def submit_upsert(
-        self, collection: str, documents: Sequence[Document], *, skip_unchanged: bool = False
+        self,
+        collection: str,
+        documents: Sequence[Document],
+        *,
+        skip_unchanged: bool = False,
+        split: tuple[int, int] | None = None,
     ) -> str:
         """Enqueue documents to embed and upsert into the Milvus ``collection``; return the task id.
 
         The task's result (read with ``client.reader``) is an UpsertResult with the rows written.
         With ``skip_unchanged``, documents whose stored content hash matches are not re-written.
+        With ``split`` (max tokens, overlap), each document is stored as passages ``<id>#<k>``.
         """
         if not documents:
             raise InvalidInputError("documents is empty: pass at least one document")
@@ -399,6 +409,7 @@ class EmbeddingClient:
             texts=tuple(texts),
             metadata=tuple(document.metadata for document in documents),
             skip_unchanged=skip_unchanged,
+            split=split,
         )
         self._check_queue(self.bulk_queue)
         task_id: str = uuid()

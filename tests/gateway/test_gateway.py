@@ -347,6 +347,15 @@ def test_documents_job_fills_a_collection_that_search_finds(http: Http) -> None:
         },
     ).json()
     assert [hit["id"] for hit in filtered["data"]] == ["c"]
+    grouped = http.post(
+        "/v1/search",
+        json={"collection": "gateway_docs", "query": "reset my password", "group_by_document": True},
+    ).json()
+    assert [hit["document"] for hit in grouped["data"]] == [hit["id"] for hit in found["data"]]
+    not_bool = http.post(
+        "/v1/search", json={"collection": "gateway_docs", "query": "x", "group_by_document": 1}
+    )
+    assert _error(not_bool, 400)["param"] == "group_by_document"
     missing = http.post("/v1/search", json={"collection": "no_such_collection", "query": "x"})
     assert _error(missing, 404)["code"] == "collection_not_found"
 

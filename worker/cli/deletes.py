@@ -74,6 +74,8 @@ def delete_missing(
     summary: BackfillSummary,
     seen: SeenIds,
     manifest: SyncManifest | None,
+    *,
+    by_row: bool = False,
 ) -> int | None:
     """Delete the rows of ``collection`` whose ids the backfill's file did not hold; None if unsafe.
 
@@ -82,21 +84,26 @@ def delete_missing(
     (two sorted sets on disk, no scan of Milvus); without one (the first sync, or a collection
     written by something else), the collection's ids are read range by range. The manifest then
     holds the file's ids (after a failed run: also the ids it read, which may have been written).
+    In a collection of passages, documents are compared (a row's document is its ``_parent``),
+    unless ``by_row``: the file lists rows, passages included (a reindex's dump of a collection).
     """
     if not (summary.complete and seen.complete and summary.failed == 0):
         if manifest is not None and manifest.exists():
             manifest.add(seen.ids)
         return None
     with milvus_session(settings):
-        deleted = _delete_missing(settings, collection, seen, manifest)
+        deleted = _delete_missing(settings, collection, seen, manifest, by_row)
     if manifest is not None:
         manifest.replace(seen.ids)
     return deleted
 
 
-def _delete_missing(settings: Settings, collection: str, seen: SeenIds, manifest: SyncManifest | None) -> int:
+def _delete_missing(
+    settings: Settings, collection: str, seen: SeenIds, manifest: SyncManifest | None, by_row: bool
+) -> int:
     from worker.milvus.aliases import errors
     from worker.milvus.catalog import collection_model
+    from worker.milvus.passages import delete_documents, delete_rows_of_missing_documents, has_passages
     from worker.milvus.sync import count_rows, delete_ids, delete_missing_ids
 
     access = open_milvus(settings)
@@ -108,6 +115,18 @@ def _delete_missing(settings: Settings, collection: str, seen: SeenIds, manifest
             return delete_ids(access.client, physical, ids, access.write_guard, timeout_s=timeout_s)
 
         with errors(f"delete the ids missing from {collection!r}"):
+            if not by_row and has_passages(access.client, physical, timeout_s=timeout_s):
+                # Rows are passages <id>#<k>: documents are compared, not row ids.
+                if manifest is not None and manifest.exists():
+                    return sum(
+                        delete_documents(
+                            access.client, physical, batch, access.write_guard, timeout_s=timeout_s
+                        )
+                        for batch in manifest.missing(seen.ids, DELETE_BATCH)
+                    )
+                return delete_rows_of_missing_documents(
+                    access.client, physical, seen.ids.known, delete, timeout_s=timeout_s
+                )
             if manifest is not None and manifest.exists():
                 return sum(delete(batch) for batch in manifest.missing(seen.ids, DELETE_BATCH))
             # Every id of the file is stored now: as many rows as ids means none is missing.
