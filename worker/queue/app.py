@@ -8,7 +8,7 @@ import signal
 import time
 from collections.abc import Sequence
 from functools import partial
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 from celery import Celery, bootsteps, signals
 from kombu.entity import Exchange, Queue
@@ -137,6 +137,10 @@ class PresenceStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery shi
             os.kill(os.getpid(), signal.SIGTERM)  # Celery's warm shutdown: tasks running now finish
 
 
+BULK_PREFETCH_MULTIPLIER: Final = 2
+"""Tasks each pool process of a bulk-only worker reserves: the running one and the next."""
+
+
 def model_queues(model_id: str) -> tuple[str, str]:
     """Return the model's queue of small requests and its bulk queue, in the order a worker reads them."""
     return queue_for_model(model_id), bulk_queue_for_model(model_id)
@@ -182,6 +186,12 @@ def build_worker_app(settings: Settings, encoder: Encoder, queues: Sequence[str]
         list(dict.fromkeys(aliases.get(name, name) for name in queues)) if queues else [own_queue, bulk_queue]
     )
     app.conf.task_default_queue = own_queue
+    if names == [bulk_queue]:
+        # Celery's prefetch is one number for all the queues a worker reads. A worker of bulk
+        # chunks only reserves one more per process, which runs the moment the current one ends
+        # instead of after the ack and the next fetch (round trips to the broker); a worker that
+        # also reads the queue of queries keeps 1, so a query never waits behind a reserved chunk.
+        app.conf.worker_prefetch_multiplier = BULK_PREFETCH_MULTIPLIER
     app.conf.task_queues = [
         Queue(name, Exchange(name), routing_key=name)  # type: ignore[no-untyped-call]
         for name in names
