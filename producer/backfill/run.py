@@ -23,6 +23,7 @@ from typing import Any
 from producer.backfill.fleet import pool_reader
 from producer.backfill.idset import SeenIds
 from producer.backfill.in_flight import InFlightLimit
+from producer.backfill.manifest import LocalHashes
 from producer.backfill.model import (
     DEFAULT_STATE_DIR,
     BackfillOptions,
@@ -83,9 +84,11 @@ class _Run:
     failed: int = 0
     skipped: int = 0
     errors: list[str] = field(default_factory=list)
-    # task id -> (chunk index, documents sent, records rejected before sending)
-    in_flight: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+    # task id -> (chunk index, documents sent, records rejected before sending, left out as unchanged)
+    in_flight: dict[str, tuple[int, int, int, int]] = field(default_factory=dict)
     transient_failures_in_a_row: int = 0
+    hashes: LocalHashes | None = None
+    sent_hashes: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
 
     def note_error(self, message: str) -> None:
         if len(self.errors) < _MAX_ERRORS_KEPT:
@@ -93,11 +96,12 @@ class _Run:
 
 
 def _record(run: _Run, task_id: str, outcome: TaskOutcome) -> None:
-    chunk_index, sent, rejected = run.in_flight.pop(task_id)
+    chunk_index, sent, rejected, left_out = run.in_flight.pop(task_id)
+    pairs = run.sent_hashes.pop(task_id, [])
     error = outcome.error
     if error is not None:
         # Not confirmed: a later run retries this chunk.
-        run.failed += sent + rejected
+        run.failed += sent + rejected + left_out
         run.transient_failures_in_a_row = (
             run.transient_failures_in_a_row + 1 if isinstance(error, TransientError) else 0
         )
@@ -105,10 +109,12 @@ def _record(run: _Run, task_id: str, outcome: TaskOutcome) -> None:
         return
     run.transient_failures_in_a_row = 0
     result = UpsertResult.decode(outcome.value)
+    if run.hashes is not None:
+        run.hashes.confirmed(pairs)
     run.written += result.written
-    run.unchanged += result.unchanged
+    run.unchanged += result.unchanged + left_out
     run.failed += rejected
-    run.state.confirm(ChunkRecord(chunk_index, result.written + result.unchanged, rejected))
+    run.state.confirm(ChunkRecord(chunk_index, result.written + result.unchanged + left_out, rejected))
 
 
 def _collect(client: EmbeddingClient, run: _Run, *, block: bool) -> None:
@@ -153,15 +159,21 @@ def _process_chunk(
     rejected = [record for record in chunk if isinstance(record, Rejected)]
     for record in rejected:
         run.note_error(record.reason)
-    while len(run.in_flight) >= run.limit.current():
+    pairs: list[tuple[str, str]] = []
+    left_out = 0
+    if run.hashes is not None and documents:
+        documents, pairs, left_out = run.hashes.split(documents)
+    while documents and len(run.in_flight) >= run.limit.current():
         _collect(client, run, block=True)
         report("running")
     if documents:
         task_id = client.submit_upsert(options.collection, documents, skip_unchanged=options.skip_unchanged)
-        run.in_flight[task_id] = (chunk_index, len(documents), len(rejected))
+        run.in_flight[task_id] = (chunk_index, len(documents), len(rejected), left_out)
+        run.sent_hashes[task_id] = pairs
     else:
         run.failed += len(rejected)
-        run.state.confirm(ChunkRecord(chunk_index, 0, len(rejected)))
+        run.unchanged += left_out
+        run.state.confirm(ChunkRecord(chunk_index, left_out, len(rejected)))
     _collect(client, run, block=False)
     report("running")
 
@@ -172,10 +184,13 @@ def run_backfill(
     *,
     on_progress: Callable[[BackfillProgress], None] | None = None,
     seen: SeenIds | None = None,
+    hashes: LocalHashes | None = None,
 ) -> BackfillSummary:
     """Stream ``options.path`` through the workers into ``options.collection``; resumable by job id.
 
     ``seen`` records the ids read (for deleting the rows missing from the file afterwards).
+    ``hashes`` (a sync manifest) leaves documents it knows unchanged out of the queue and records
+    the content hash of every confirmed document.
     """
     fields = FieldNames(options.id_field, options.text_field, options.metadata_fields)
     records: Iterable[Document | Rejected] = read_documents(options.path, options.format, fields)
@@ -189,7 +204,7 @@ def run_backfill(
         with broker_client(client.app) as redis:
             register_shard(redis, job_id.rsplit("-shard", 1)[0], job_id)
     state = BackfillState.open(client, job_id, options, total)
-    run = _Run(state, InFlightLimit(options.max_in_flight, pool_reader(client)))
+    run = _Run(state, InFlightLimit(options.max_in_flight, pool_reader(client)), hashes=hashes)
 
     def report(status: str) -> None:
         elapsed_s = time.monotonic() - run.started

@@ -1,0 +1,144 @@
+"""A backfill kept in step with its collection through the sync manifest.
+
+Before a run, the manifest is checked against the collection: its hashes are trusted only if
+the collection carries the mark the last complete sync sealed (generation and row count), holds
+that many rows now, and a random sample of the recorded hashes matches what Milvus stores. The
+mark is then blanked, so a run that stops half-way leaves nothing to trust. A trusted manifest
+leaves unchanged documents out of the queue and names the rows to delete; an untrusted one
+forgets its hashes, and each chunk's hashes and the missing ids are read from Milvus instead.
+A run that ends complete with every manifest id hashed and as many rows as ids seals a new mark.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from producer.settings import Settings
+from worker.cli.deletes import delete_missing, milvus_session, open_milvus
+
+if TYPE_CHECKING:
+    from producer.backfill import BackfillOptions, BackfillProgress, BackfillSummary
+    from producer.backfill.manifest import LocalHashes, SyncManifest
+    from producer.client import EmbeddingClient
+    from worker.milvus.aliases import MilvusAccess
+
+SAMPLE_CHECKED = 1000
+"""Recorded hashes compared with Milvus before a manifest is trusted (one query)."""
+
+
+def sync_backfill(
+    settings: Settings,
+    client: EmbeddingClient,
+    options: BackfillOptions,
+    manifest: SyncManifest,
+    *,
+    delete: bool,
+    on_progress: Callable[[BackfillProgress], None] | None = None,
+) -> tuple[BackfillSummary, int | None]:
+    """Run a backfill with ``manifest``; with ``delete``, delete the rows the file lacks (None: not safe)."""
+    from producer.backfill import run_backfill
+    from producer.backfill.idset import SeenIds
+
+    try:
+        with SeenIds() as seen:
+            hashes = start_sync(settings, options.collection, manifest, client.model)
+            summary = run_backfill(client, options, on_progress=on_progress, seen=seen, hashes=hashes)
+            deleted = None
+            if delete:
+                deleted = delete_missing(
+                    settings, options.collection, summary, seen, manifest, hashes.trusted
+                )
+            else:
+                manifest.add(seen.ids)
+            if summary.complete and summary.failed == 0:
+                with milvus_session(settings):
+                    seal(settings, options.collection, manifest)
+    finally:
+        manifest.close()
+    return summary, deleted
+
+
+def start_sync(settings: Settings, collection: str, manifest: SyncManifest, model_id: str) -> LocalHashes:
+    """Check ``manifest`` against ``collection``, blank the collection's mark, return the run's hashes."""
+    from producer.backfill.manifest import LocalHashes
+    from worker.milvus.aliases import errors
+    from worker.milvus.catalog import resolve
+    from worker.milvus.sync import set_sync_mark, sync_mark
+
+    trusted = False
+    with milvus_session(settings):
+        access = open_milvus(settings)
+        try:
+            with errors(f"read the sync mark of {collection!r}"):
+                physical = resolve(access.client, collection, timeout_s=access.timeout_s)
+                if physical is not None:
+                    mark = sync_mark(access.client, physical, timeout_s=access.timeout_s)
+                    trusted = bool(mark) and _matches(access, physical, manifest, mark)
+                    if mark:
+                        set_sync_mark(
+                            access.client, physical, "", access.write_guard, timeout_s=access.timeout_s
+                        )
+        finally:
+            access.close()
+    manifest.unseal(forget_hashes=not trusted)
+    return LocalHashes(manifest, model_id, trusted)
+
+
+def clear_sync_mark(settings: Settings, collection: str) -> None:
+    """Blank ``collection``'s sync mark (a write no manifest records is about to happen)."""
+    from worker.milvus.aliases import errors
+    from worker.milvus.catalog import resolve
+    from worker.milvus.sync import set_sync_mark, sync_mark
+
+    with milvus_session(settings):
+        access = open_milvus(settings)
+        try:
+            with errors(f"clear the sync mark of {collection!r}"):
+                physical = resolve(access.client, collection, timeout_s=access.timeout_s)
+                if physical is not None and sync_mark(access.client, physical, timeout_s=access.timeout_s):
+                    set_sync_mark(access.client, physical, "", access.write_guard, timeout_s=access.timeout_s)
+        finally:
+            access.close()
+
+
+def _matches(access: MilvusAccess, physical: str, manifest: SyncManifest, mark: str) -> bool:
+    from worker.milvus.sync import count_rows, stored_hashes
+
+    generation = manifest.generation()
+    ids, hashed = manifest.counts()
+    if generation is None or mark != f"{generation}:{ids}" or hashed != ids:
+        return False
+    if count_rows(access.client, physical, timeout_s=access.timeout_s) != ids:
+        return False
+    sample = manifest.sample(SAMPLE_CHECKED)
+    stored = stored_hashes(
+        access.client, physical, [doc_id for doc_id, _ in sample], timeout_s=access.timeout_s
+    )
+    return all(stored.get(doc_id) == hash_hex for doc_id, hash_hex in sample)
+
+
+def seal(settings: Settings, collection: str, manifest: SyncManifest) -> bool:
+    """Seal a new generation if the collection holds exactly the manifest's ids, all hashed."""
+    from worker.milvus.aliases import errors
+    from worker.milvus.catalog import resolve
+    from worker.milvus.sync import count_rows, set_sync_mark
+
+    ids, hashed = manifest.counts()
+    if hashed != ids or ids == 0:
+        return False
+    access = open_milvus(settings)
+    try:
+        with errors(f"seal the sync mark of {collection!r}"):
+            physical = resolve(access.client, collection, timeout_s=access.timeout_s)
+            if physical is None or count_rows(access.client, physical, timeout_s=access.timeout_s) != ids:
+                return False
+            generation = uuid.uuid4().hex
+            manifest.seal(generation)
+            set_sync_mark(
+                access.client, physical, f"{generation}:{ids}", access.write_guard, timeout_s=access.timeout_s
+            )
+    finally:
+        access.close()
+    return True
