@@ -7,8 +7,10 @@ server of the ``milvus`` wheel), one real worker (prefork, 2 processes) on a rea
 into a fresh collection, both runs being what `embedq backfill FILE --delete-missing` does:
   first   run_backfill of day-1's file (stdlib docstring paragraphs, unique ids) + delete_missing
   rerun   run_backfill of day-2's file (1% of the texts edited, 1% of the ids gone, 1% new) + delete_missing
-Removed ids come from the sync manifest the first run leaves (``--scan``: from reading the
-collection's ids, as a first sync of an existing collection does). After each rerun the collection is checked exactly: row count, no removed id left, the stored text of
+The rerun trusts the sync manifest the first run sealed: only new and changed documents go
+through the queue, removed ids come from the manifest (``--scan``: no manifest, so every chunk's
+hashes and the collection's ids are read from Milvus, as a first sync of an existing collection
+or one changed by another writer does). After each rerun the collection is checked exactly: row count, no removed id left, the stored text of
 every edited and every added document. Printed: the seconds of each run, the per-round ratio
 rerun/first (median and spread), the counts of the rerun's summary line.
 """
@@ -24,12 +26,12 @@ import time
 from pathlib import Path
 
 from bench.bench_backfill import MilvusTarget, lite_target, redis_database, server_target
-from producer.backfill import BackfillOptions, BackfillSummary, run_backfill
-from producer.backfill.idset import SeenIds, SyncManifest
+from producer.backfill import BackfillOptions, BackfillSummary
+from producer.backfill.manifest import SyncManifest
 from producer.client import EmbeddingClient
 from producer.settings import load_settings
 from tests.support.corpora import paragraphs
-from worker.cli.deletes import delete_missing
+from worker.cli.sync import sync_backfill
 
 _CHANGED = _REMOVED = _ADDED = 0.01
 
@@ -72,17 +74,14 @@ def _sync(
     options = BackfillOptions(
         path, collection, chunk_size=chunk_size, max_in_flight=4, state_dir=state, skip_unchanged=True
     )
+    # What `embedq backfill FILE --delete-missing` runs; without the manifest, a fresh one each run.
+    name = f"manifest-{collection}.sqlite" if use_manifest else f"manifest-{state.name}.sqlite"
     started = time.perf_counter()
-    manifest = SyncManifest(state.parent / f"manifest-{collection}.sqlite")
-    with SeenIds(state.parent) as seen:
-        summary = run_backfill(client, options, seen=seen)
-        backfill_s = time.perf_counter() - started
-        deleted = delete_missing(settings, collection, summary, seen, manifest if use_manifest else None)
-    total_s = time.perf_counter() - started
-    print(
-        f"    {collection}: backfill {backfill_s:.1f} s, delete-missing {total_s - backfill_s:.1f} s",
-        flush=True,
+    summary, deleted = sync_backfill(
+        settings, client, options, SyncManifest(state.parent / name), delete=True
     )
+    total_s = time.perf_counter() - started
+    print(f"    {collection}: {total_s:.1f} s", flush=True)
     return total_s, summary, deleted
 
 
@@ -172,7 +171,7 @@ def main() -> None:
     parser.add_argument(
         "--scan",
         action="store_true",
-        help="no sync manifest: find removed ids by reading the collection's ids",
+        help="no sync manifest: every chunk's hashes and the removed ids read from Milvus",
     )
     args = parser.parse_args()
     print(

@@ -17,9 +17,13 @@ RESERVED_METADATA_KEYS = frozenset({HASH_KEY})
 
 def content_hash(model_id: str, text: str, metadata: dict[str, Any]) -> str:
     """Return the hash a row records: model, text and metadata (without reserved keys), hex."""
-    visible = {key: value for key, value in metadata.items() if key not in RESERVED_METADATA_KEYS}
+    if metadata:
+        visible = {key: value for key, value in metadata.items() if key not in RESERVED_METADATA_KEYS}
+        meta_json = json.dumps(visible, sort_keys=True, ensure_ascii=False, allow_nan=False)
+    else:
+        meta_json = "{}"  # what json.dumps({}) gives, without its cost on every plain document
     digest = hashlib.sha256()
-    for part in (model_id, text, json.dumps(visible, sort_keys=True, ensure_ascii=False, allow_nan=False)):
+    for part in (model_id, text, meta_json):
         encoded = part.encode("utf-8", "surrogatepass")
         digest.update(len(encoded).to_bytes(8, "little"))
         digest.update(encoded)
