@@ -139,6 +139,7 @@ class SyncManifest:
         if self._db is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path)
+            self._db.execute("PRAGMA journal_mode=WAL")  # a chunk's commit is not an fsync
             self._db.execute("PRAGMA synchronous=NORMAL")
             for statement in _SCHEMA:
                 self._db.execute(statement)
@@ -166,6 +167,8 @@ class LocalHashes:
     manifest: SyncManifest
     model_id: str
     trusted: bool
+    fresh: bool = False
+    """The collection did not exist when the run started: no row can be missing from the file."""
 
     def split(self, documents: Sequence[Document]) -> tuple[list[Document], list[tuple[str, str]], int]:
         """Return the documents to send, their (id, hash) pairs, and how many were left out as unchanged."""

@@ -76,6 +76,8 @@ def delete_missing(
     seen: SeenIds,
     manifest: SyncManifest | None,
     manifest_trusted: bool = False,
+    *,
+    fresh: bool = False,
 ) -> int | None:
     """Delete the rows of ``collection`` whose ids the backfill's file did not hold; None if unsafe.
 
@@ -84,13 +86,16 @@ def delete_missing(
     ids to delete are the manifest's ids the file lacks (two sorted sets on disk, no scan of
     Milvus); otherwise the collection's ids are read range by range. The manifest then holds the
     file's ids (after a failed run: also the ids it read, which may have been written).
+    ``fresh``: the collection did not exist before this backfill, so no row can be missing.
     """
     if not (summary.complete and seen.complete and summary.failed == 0):
         if manifest is not None:
             manifest.add(seen.ids)
         return None
-    with milvus_session(settings):
-        deleted = _delete_missing(settings, collection, seen, manifest if manifest_trusted else None)
+    deleted = 0
+    if not fresh:
+        with milvus_session(settings):
+            deleted = _delete_missing(settings, collection, seen, manifest if manifest_trusted else None)
     if manifest is not None:
         manifest.replace(seen.ids)
     return deleted

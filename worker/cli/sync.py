@@ -1,8 +1,10 @@
 """A backfill kept in step with its collection through the sync manifest.
 
 Before a run, the manifest is checked against the collection: its hashes are trusted only if
-the collection carries the mark the last complete sync sealed (generation and row count), holds
-that many rows now, and a random sample of the recorded hashes matches what Milvus stores. The
+the collection carries the mark the last complete sync sealed (generation, ids, and on Milvus
+Lite the write count of its write lock), still holds that many rows (a server: one count; Lite:
+no write since, as a count scans the collection there, over a second per 100,000 rows), and a
+random sample of the recorded hashes matches what Milvus stores. The
 mark is then blanked, so a run that stops half-way leaves nothing to trust. A trusted manifest
 leaves unchanged documents out of the queue and names the rows to delete; an untrusted one
 forgets its hashes, and each chunk's hashes and the missing ids are read from Milvus instead.
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
 
 from producer.settings import Settings
@@ -48,7 +51,7 @@ def sync_backfill(
             deleted = None
             if delete:
                 deleted = delete_missing(
-                    settings, options.collection, summary, seen, manifest, hashes.trusted
+                    settings, options.collection, summary, seen, manifest, hashes.trusted, fresh=hashes.fresh
                 )
             else:
                 manifest.add(seen.ids)
@@ -81,12 +84,12 @@ def start_sync(settings: Settings, collection: str, manifest: SyncManifest, mode
                     trusted = bool(mark) and _matches(access, physical, manifest, mark)
                     if mark:
                         set_sync_mark(
-                            access.client, physical, "", access.write_guard, timeout_s=access.timeout_s
+                            access.client, physical, "", _uncounted(access), timeout_s=access.timeout_s
                         )
         finally:
             access.close()
     manifest.unseal(forget_hashes=not trusted)
-    return LocalHashes(manifest, model_id, trusted)
+    return LocalHashes(manifest, model_id, trusted, fresh=physical is None)
 
 
 def clear_sync_mark(settings: Settings, collection: str) -> None:
@@ -101,25 +104,47 @@ def clear_sync_mark(settings: Settings, collection: str) -> None:
             with errors(f"clear the sync mark of {collection!r}"):
                 physical = resolve(access.client, collection, timeout_s=access.timeout_s)
                 if physical is not None and sync_mark(access.client, physical, timeout_s=access.timeout_s):
-                    set_sync_mark(access.client, physical, "", access.write_guard, timeout_s=access.timeout_s)
+                    set_sync_mark(access.client, physical, "", _uncounted(access), timeout_s=access.timeout_s)
         finally:
             access.close()
 
 
 def _matches(access: MilvusAccess, physical: str, manifest: SyncManifest, mark: str) -> bool:
+    """Whether the collection is as the manifest's last seal left it (see the module docstring)."""
     from worker.milvus.sync import count_rows, stored_hashes
 
     generation = manifest.generation()
     ids, hashed = manifest.counts()
-    if generation is None or mark != f"{generation}:{ids}" or hashed != ids:
+    if generation is None or hashed != ids or mark != _mark(generation, ids, _writes(access)):
         return False
-    if count_rows(access.client, physical, timeout_s=access.timeout_s) != ids:
+    # Milvus Lite: the write count of its lock file stands for the row count (a scan there).
+    if _writes(access) is None and count_rows(access.client, physical, timeout_s=access.timeout_s) != ids:
         return False
     sample = manifest.sample(SAMPLE_CHECKED)
     stored = stored_hashes(
         access.client, physical, [doc_id for doc_id, _ in sample], timeout_s=access.timeout_s
     )
     return all(stored.get(doc_id) == hash_hex for doc_id, hash_hex in sample)
+
+
+def _mark(generation: str, ids: int, writes: int | None) -> str:
+    return f"{generation}:{ids}" if writes is None else f"{generation}:{ids}:{writes}"
+
+
+def _writes(access: MilvusAccess) -> int | None:
+    """Return the writes counted by a Lite database's write lock; None for a Milvus server."""
+    from worker.milvus.lite_server import LiteWriteLock
+
+    guard = access.write_guard
+    return guard.writes() if isinstance(guard, LiteWriteLock) else None
+
+
+def _uncounted(access: MilvusAccess) -> AbstractContextManager[object]:
+    """Return the write guard for the sync mark itself (not a write to the rows: not counted)."""
+    from worker.milvus.lite_server import LiteWriteLock
+
+    guard = access.write_guard
+    return guard.uncounted() if isinstance(guard, LiteWriteLock) else guard
 
 
 def seal(settings: Settings, collection: str, manifest: SyncManifest, *, count: bool = True) -> bool:
@@ -145,9 +170,8 @@ def seal(settings: Settings, collection: str, manifest: SyncManifest, *, count: 
                 return False
             generation = uuid.uuid4().hex
             manifest.seal(generation)
-            set_sync_mark(
-                access.client, physical, f"{generation}:{ids}", access.write_guard, timeout_s=access.timeout_s
-            )
+            mark = _mark(generation, ids, _writes(access))
+            set_sync_mark(access.client, physical, mark, _uncounted(access), timeout_s=access.timeout_s)
     finally:
         access.close()
     return True
