@@ -84,11 +84,15 @@ class _Run:
     failed: int = 0
     skipped: int = 0
     errors: list[str] = field(default_factory=list)
-    # task id -> (chunk index, documents sent, records rejected before sending, left out as unchanged)
-    in_flight: dict[str, tuple[int, int, int, int]] = field(default_factory=dict)
+    # task id -> the chunks it carries: (chunk index, documents sent, records rejected, left out unchanged)
+    in_flight: dict[str, list[tuple[int, int, int, int]]] = field(default_factory=dict)
     transient_failures_in_a_row: int = 0
     hashes: LocalHashes | None = None
     sent_hashes: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    # With local hashes, the few documents left to send from several chunks go as one task.
+    pending: list[Document] = field(default_factory=list)
+    pending_parts: list[tuple[int, int, int, int]] = field(default_factory=list)
+    pending_hashes: list[tuple[str, str]] = field(default_factory=list)
 
     def note_error(self, message: str) -> None:
         if len(self.errors) < _MAX_ERRORS_KEPT:
@@ -96,25 +100,30 @@ class _Run:
 
 
 def _record(run: _Run, task_id: str, outcome: TaskOutcome) -> None:
-    chunk_index, sent, rejected, left_out = run.in_flight.pop(task_id)
+    parts = run.in_flight.pop(task_id)
     pairs = run.sent_hashes.pop(task_id, [])
     error = outcome.error
     if error is not None:
-        # Not confirmed: a later run retries this chunk.
-        run.failed += sent + rejected + left_out
+        # Not confirmed: a later run retries these chunks.
+        run.failed += sum(sent + rejected + left_out for _, sent, rejected, left_out in parts)
         run.transient_failures_in_a_row = (
             run.transient_failures_in_a_row + 1 if isinstance(error, TransientError) else 0
         )
-        run.note_error(f"chunk {chunk_index} ({sent} documents): {type(error).__name__}: {error}")
+        chunks = ", ".join(str(part[0]) for part in parts)
+        sent = sum(part[1] for part in parts)
+        run.note_error(f"chunk {chunks} ({sent} documents): {type(error).__name__}: {error}")
         return
     run.transient_failures_in_a_row = 0
     result = UpsertResult.decode(outcome.value)
     if run.hashes is not None:
         run.hashes.confirmed(pairs)
     run.written += result.written
-    run.unchanged += result.unchanged + left_out
-    run.failed += rejected
-    run.state.confirm(ChunkRecord(chunk_index, result.written + result.unchanged + left_out, rejected))
+    run.unchanged += result.unchanged
+    for chunk_index, sent, rejected, left_out in parts:
+        run.unchanged += left_out
+        run.failed += rejected
+        stored = result.written + result.unchanged if len(parts) == 1 else sent
+        run.state.confirm(ChunkRecord(chunk_index, stored + left_out, rejected))
 
 
 def _collect(client: EmbeddingClient, run: _Run, *, block: bool) -> None:
@@ -159,23 +168,46 @@ def _process_chunk(
     rejected = [record for record in chunk if isinstance(record, Rejected)]
     for record in rejected:
         run.note_error(record.reason)
-    pairs: list[tuple[str, str]] = []
-    left_out = 0
     if run.hashes is not None and documents:
         documents, pairs, left_out = run.hashes.split(documents)
-    while documents and len(run.in_flight) >= run.limit.current():
-        _collect(client, run, block=True)
-        report("running")
-    if documents:
+        if documents:  # sent with the next chunks' changes, as one task
+            run.pending.extend(documents)
+            run.pending_parts.append((chunk_index, len(documents), len(rejected), left_out))
+            run.pending_hashes.extend(pairs)
+            if len(run.pending) >= options.chunk_size:
+                _send_pending(client, options, run, report)
+        else:
+            run.failed += len(rejected)
+            run.unchanged += left_out
+            run.state.confirm(ChunkRecord(chunk_index, left_out, len(rejected)))
+    elif documents:
+        _wait_for_room(client, run, report)
         task_id = client.submit_upsert(options.collection, documents, skip_unchanged=options.skip_unchanged)
-        run.in_flight[task_id] = (chunk_index, len(documents), len(rejected), left_out)
-        run.sent_hashes[task_id] = pairs
+        run.in_flight[task_id] = [(chunk_index, len(documents), len(rejected), 0)]
     else:
         run.failed += len(rejected)
-        run.unchanged += left_out
-        run.state.confirm(ChunkRecord(chunk_index, left_out, len(rejected)))
+        run.state.confirm(ChunkRecord(chunk_index, 0, len(rejected)))
     _collect(client, run, block=False)
     report("running")
+
+
+def _wait_for_room(client: EmbeddingClient, run: _Run, report: Callable[[str], None]) -> None:
+    while len(run.in_flight) >= run.limit.current():
+        _collect(client, run, block=True)
+        report("running")
+
+
+def _send_pending(
+    client: EmbeddingClient, options: BackfillOptions, run: _Run, report: Callable[[str], None]
+) -> None:
+    """Send the documents gathered from several chunks as one task (not once sending has stopped)."""
+    if not run.pending or run.transient_failures_in_a_row >= _STOP_AFTER_TRANSIENT_FAILURES:
+        return
+    _wait_for_room(client, run, report)
+    task_id = client.submit_upsert(options.collection, run.pending, skip_unchanged=options.skip_unchanged)
+    run.in_flight[task_id] = run.pending_parts
+    run.sent_hashes[task_id] = run.pending_hashes
+    run.pending, run.pending_parts, run.pending_hashes = [], [], []
 
 
 def run_backfill(
@@ -217,6 +249,7 @@ def run_backfill(
         for chunk_index, chunk in enumerate(_chunks(records, options.chunk_size)):
             if shard is None or shard.owns(chunk_index):
                 _process_chunk(client, options, run, chunk_index, chunk, report)
+        _send_pending(client, options, run, report)
         state.set_total()
         while run.in_flight:
             _collect(client, run, block=True)
