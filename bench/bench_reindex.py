@@ -143,7 +143,7 @@ def bench_kind(target: MilvusTarget, redis_url: str, args: argparse.Namespace, t
     from worker.milvus.aliases import adopt, open_access
 
     next_model = build_model(tmp / "next-model", dim=16, max_length=64)
-    texts = paragraphs(args.docs)
+    texts = paragraphs(args.docs)[: args.docs]
     corpus = _write(tmp / "docs.jsonl", {f"doc-{i}": text for i, text in enumerate(texts)})
     old_worker = start_worker(redis_url, tmp / "worker-old.log", milvus_uri=target.uri)
     new_worker = start_worker(redis_url, tmp / "worker-new.log", str(next_model), milvus_uri=target.uri)

@@ -13,11 +13,13 @@ A run that ends complete with every manifest id hashed and as many rows as ids s
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
 
+from producer.errors import EmbedqError
 from producer.settings import Settings
 from worker.cli.deletes import delete_missing, milvus_session, open_milvus
 
@@ -59,8 +61,11 @@ def sync_backfill(
                 # The collection matched the manifest at the start (trusted), or every row the file
                 # lacks was deleted: with no other writer meanwhile, it holds the manifest's ids now.
                 known = hashes.trusted or deleted is not None
-                with milvus_session(settings):
-                    seal(settings, options.collection, manifest, count=not known)
+                try:
+                    with milvus_session(settings):
+                        seal(settings, options.collection, manifest, count=not known)
+                except EmbedqError as exc:  # the run is done; the next one checks every chunk instead
+                    logging.getLogger(__name__).warning("sync manifest not sealed: %s", exc)
     finally:
         manifest.close()
     return summary, deleted
