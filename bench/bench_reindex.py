@@ -157,7 +157,7 @@ def bench_kind(target: MilvusTarget, redis_url: str, args: argparse.Namespace, t
             print(
                 f"  {target.kind}: backfill of {summary.written} documents {time.monotonic() - started:.1f} s"
             )
-        access = open_access(target.uri, None)
+        access = open_access(target.uri, None, timeout_s=600)  # a rename on Lite rewrites the collection
         try:
             started = time.monotonic()
             adopt(access, "docs")
