@@ -88,16 +88,19 @@ def _sync(
 def _check(
     uri: str, collection: str, day2: dict[str, str], removed: set[str], touched: dict[str, str], model_id: str
 ) -> None:
-    from worker.milvus.sink import open_sink
-    from worker.milvus.sync import id_filter
+    from worker.milvus.aliases import open_access
+    from worker.milvus.sync import count_rows, id_filter
 
-    sink = open_sink(uri, None, collection, model_id, 256)
+    # A connection of its own, closed after: a shared one left idle would be refused by the Lite
+    # server (too many keepalive pings) and break the next run's connections to it.
+    access = open_access(uri, None)
+    client = access.client
     try:
-        count = sink.count()
+        count = count_rows(client, collection, timeout_s=access.timeout_s)
         if count != len(day2):
             raise SystemExit(f"{collection}: {count} rows after the rerun, expected {len(day2)}")
         ids = sorted(removed)
-        left = sink.client.query(
+        left = client.query(
             collection, filter=id_filter(ids), output_fields=["id"], consistency_level="Strong"
         )
         if left:
@@ -105,7 +108,7 @@ def _check(
         wanted = sorted(touched)
         stored: dict[str, str] = {}
         for start in range(0, len(wanted), 1000):
-            rows = sink.client.query(
+            rows = client.query(
                 collection,
                 filter=id_filter(wanted[start : start + 1000]),
                 output_fields=["text"],
@@ -117,7 +120,7 @@ def _check(
                 f"{collection}: {sum(stored.get(k) != v for k, v in touched.items())} edited/added rows differ"
             )
     finally:
-        sink.close()
+        access.close()
 
 
 def bench_kind(target: MilvusTarget, redis_url: str, args: argparse.Namespace, tmp: Path) -> list[float]:
