@@ -64,6 +64,21 @@ def test_dashboard_and_alerts_name_only_metrics_that_exist() -> None:
     assert used and used <= known_metric_names(), used - known_metric_names()
 
 
+def test_promtool_parses_every_dashboard_query(tmp_path: Path) -> None:
+    # promtool has no check for a bare expression: each query becomes a recording rule of its own.
+    rules = [
+        {"record": f"dashboard:panel_{panel['id']}_{target['refId']}", "expr": target["expr"]}
+        for panel in dashboard()["panels"]
+        for target in panel["targets"]
+    ]
+    path = tmp_path / "dashboard_queries.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    command = [promtool(), "check", "rules", str(path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"{len(rules)} rules found" in done.stdout
+
+
 def test_dashboard_shows_what_operators_ask_for() -> None:
     titles = {panel["title"] for panel in dashboard()["panels"]}
     for wanted in (

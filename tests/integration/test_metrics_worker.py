@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import subprocess
 import time
 import urllib.error
 import urllib.parse
@@ -25,6 +23,7 @@ from producer.errors import InvalidInputError, ModelMismatchError
 from producer.protocol.documents import Document
 from producer.protocol.messages import EmbedRequest
 from producer.protocol.names import TASK_EMBED_DOCUMENTS, bulk_queue_for_model, queue_for_model
+from tests.support.prometheus import prometheus, prometheus_binary
 from tests.support.workers import WorkerProcess, start_worker, stop_worker
 from worker.encoding.encoder import StaticEncoder
 from worker.ports import free_port
@@ -232,46 +231,19 @@ def test_a_batch_task_log_line_lists_each_request_id_and_outcome(served: Served)
 
 
 def test_a_real_prometheus_scrapes_the_worker(served: Served, tmp_path: Path) -> None:
-    binary = shutil.which("prometheus", path=f"{os.environ.get('PATH', '')}:/usr/bin")
+    binary = prometheus_binary()
     if binary is None:
         pytest.skip("the prometheus binary is not installed (Debian package prometheus; .ci/run installs it)")
-    web_port = free_port()
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        "global: {scrape_interval: 1s, scrape_timeout: 1s}\n"
-        "scrape_configs:\n"
-        "  - job_name: embedq-worker\n"
-        f"    static_configs: [{{targets: ['127.0.0.1:{served.metrics_port}']}}]\n"
-    )
-    process = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={config}",
-            f"--storage.tsdb.path={tmp_path / 'data'}",
-            f"--web.listen-address=127.0.0.1:{web_port}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=(tmp_path / "prometheus.log").open("wb"),
-    )
-    try:
+    with prometheus(binary, {"embedq-worker": [f"127.0.0.1:{served.metrics_port}"]}, tmp_path) as server:
         samples = scrape(served.metrics_port)
         expected = sum(v for (name, _), v in samples.items() if name == "embedq_requests_total")
 
         def queried() -> float | None:
-            query = urllib.parse.urlencode({"query": "sum(embedq_requests_total)"})
-            try:
-                status, body = http_get(f"http://127.0.0.1:{web_port}/api/v1/query?{query}")
-            except OSError:
-                return None
-            result = json.loads(body)["data"]["result"] if status == 200 else []
+            result = server.instant("sum(embedq_requests_total)")
             return float(result[0]["value"][1]) if result else None
 
         wait_until(lambda: queried() == expected, "Prometheus to scrape the worker", 30)
-        _, body = http_get(f"http://127.0.0.1:{web_port}/api/v1/query?query=up")
-        assert json.loads(body)["data"]["result"][0]["value"][1] == "1"
-    finally:
-        process.terminate()
-        process.wait(10)
+        assert server.instant("up")[0]["value"][1] == "1"
 
 
 def test_ready_turns_503_while_the_broker_is_down_and_200_when_it_returns(served: Served) -> None:
