@@ -190,7 +190,12 @@ def bench_kind(target: MilvusTarget, redis_url: str, args: argparse.Namespace, t
         time.sleep(1.0)
         reindex_s, last_line = _reindex(redis_url, target.uri, next_model, tmp, args.drop_old)
         print(f"  {target.kind}: {last_line}")
-        time.sleep(2.0)
+        # Go on until the new model has answered a few searches (or a minute passed).
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if sum(1 for r in list(records) if r.model_id == new_worker.settings.model_id) >= 10:
+                break
+            time.sleep(0.2)
         stop.set()
         for loop in loops:
             loop.join(timeout=60)
