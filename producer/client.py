@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import time
+from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from functools import partial
+from itertools import accumulate
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -26,6 +28,7 @@ from producer.errors import (
 )
 from producer.job import Job, JobStatus, ResultReader
 from producer.limits import document_problem
+from producer.payload_store import offload_large
 from producer.protocol.batches import TASK_EMBED_BATCH, BatchItem, BatchRequest
 from producer.protocol.documents import Document
 from producer.protocol.messages import EmbedRequest, UpsertRequest, WorkerPresence
@@ -39,6 +42,7 @@ from producer.protocol.names import (
     presence_key,
     queue_for_model,
 )
+from producer.protocol.payloads import INLINE_MAX_BYTES
 from producer.protocol.texts import validate_texts
 from producer.settings import Settings, allow_evicting_broker, check_model_id, redact_url
 
@@ -54,15 +58,14 @@ def split_batches(texts: Sequence[str], max_texts: int, max_chars: int) -> list[
     A batch always holds at least one text, so a single text longer than ``max_chars`` is its own batch.
     """
     batches: list[Sequence[str]] = []
+    ends = list(accumulate(map(len, texts)))  # ends[i]: characters in texts[: i + 1]
     start = 0
-    chars = 0
-    for index, text in enumerate(texts):
-        if index > start and (index - start >= max_texts or chars + len(text) > max_chars):
-            batches.append(texts[start:index])
-            start, chars = index, 0
-        chars += len(text)
-    if start < len(texts):
-        batches.append(texts[start:])
+    while start < len(texts):
+        before = ends[start - 1] if start else 0
+        stop = bisect_right(ends, before + max_chars, start, min(start + max_texts, len(texts)))
+        stop = max(stop, start + 1)
+        batches.append(texts[start:stop])
+        start = stop
     return batches
 
 
@@ -89,6 +92,7 @@ class EmbeddingClient:
         batch_max_in_flight: int = 2,
         request_timeout_s: float | None = None,
         allow_evicting_broker: bool | None = None,
+        inline_max_bytes: int | None = INLINE_MAX_BYTES,
     ) -> None:
         """Connect by URLs (a Celery app of its own) or through ``app``; ``model`` None is the bundled one.
 
@@ -105,6 +109,10 @@ class EmbeddingClient:
         are unanswered and ``batch_wait_ms`` passed since the last one; results come back through
         one pub/sub listener. ``request_timeout_s`` is the default deadline of a request: a worker
         drops it unencoded if it is still queued then (None: no deadline).
+
+        A request larger than ``inline_max_bytes`` of msgpack (a bulk task) is stored on the broker
+        beside its message, which carries a reference (None: always inline; workers of this
+        version read both).
         """
         if (app is None) == (broker_url is None):
             raise ConfigError("pass either broker_url (and optionally result_backend) or a Celery app")
@@ -147,6 +155,7 @@ class EmbeddingClient:
             )
         )
         self._request_timeout_s = request_timeout_s
+        self._inline_max_bytes = inline_max_bytes
         self._checked_at: dict[str, float] = {}
 
     @classmethod
@@ -216,6 +225,10 @@ class EmbeddingClient:
 
         ``queue`` None accepts a worker on either of the model's queues; else one on that queue.
         """
+        return self.model_presence(queue).dim
+
+    def model_presence(self, queue: str | None = None) -> WorkerPresence:
+        """Return what a live worker of this model advertises: dimension, max_length (waits like a submit)."""
         queues = [self.queue, self.bulk_queue] if queue is None else [queue]
 
         def read(client: Any) -> bytes | None:
@@ -228,7 +241,7 @@ class EmbeddingClient:
             raise ModelMismatchError(
                 f"queue {queues[0]} is served by a worker of model {presence.model!r}, not {self.model!r}"
             )
-        return presence.dim
+        return presence
 
     def queue_for(self, text_count: int) -> str:
         """Return the queue a request of ``text_count`` texts is sent to."""
@@ -252,6 +265,10 @@ class EmbeddingClient:
                     "(or check EMBEDQ_BROKER_URL points at the same Redis)"
                 )
             time.sleep(_WORKER_POLL_S)
+
+    def check_queue(self, queue: str) -> None:
+        """Raise NoWorkerError if no worker serves ``queue``, OverloadedError if it is too deep (blocks)."""
+        self._check_queue(queue)
 
     def _check_queue(self, queue: str) -> None:
         """Raise NoWorkerError if no worker serves ``queue``, OverloadedError if it is too deep."""
@@ -342,6 +359,13 @@ class EmbeddingClient:
         notice = self._batches.submit(item)
         return Job(self.reader, item.id, [item.id], self.model, notice=notice, queue_depth=self.queue_depth)
 
+    def send_batch(self, reply_to: str, items: Sequence[BatchItem]) -> None:
+        """Publish ``items`` (small requests of this model) as one batch task answered on ``reply_to``.
+
+        For callers that coalesce requests themselves (the gateway, on its event loop).
+        """
+        self._send_batch(reply_to, list(items))
+
     def _send_batch(self, reply_to: str, items: list[BatchItem]) -> None:
         request = BatchRequest(model=self.model, items=tuple(items), reply_to=reply_to)
         texts = sum(len(item.texts) for item in items)
@@ -350,15 +374,22 @@ class EmbeddingClient:
             [(request_id(), request.encode(), texts)],
             f"texts in {len(items)} requests",
             self.queue,
+            offload=False,  # small by construction, and waited on by callers: one round trip less
         )
 
     def submit_upsert(
-        self, collection: str, documents: Sequence[Document], *, skip_unchanged: bool = False
+        self,
+        collection: str,
+        documents: Sequence[Document],
+        *,
+        skip_unchanged: bool = False,
+        split: tuple[int, int] | None = None,
     ) -> str:
         """Enqueue documents to embed and upsert into the Milvus ``collection``; return the task id.
 
         The task's result (read with ``client.reader``) is an UpsertResult with the rows written.
         With ``skip_unchanged``, documents whose stored content hash matches are not re-written.
+        With ``split`` (max tokens, overlap), each document is stored as passages ``<id>#<k>``.
         """
         if not documents:
             raise InvalidInputError("documents is empty: pass at least one document")
@@ -378,6 +409,7 @@ class EmbeddingClient:
             texts=tuple(texts),
             metadata=tuple(document.metadata for document in documents),
             skip_unchanged=skip_unchanged,
+            split=split,
         )
         self._check_queue(self.bulk_queue)
         task_id: str = uuid()
@@ -396,6 +428,8 @@ class EmbeddingClient:
         what: str,
         queue: str,
         deadline_s: float | None = None,
+        *,
+        offload: bool = True,
     ) -> None:
         """Publish ``(task id, request, item count)`` tasks on ``queue`` in one connection.
 
@@ -403,11 +437,15 @@ class EmbeddingClient:
         """
         expires = None if deadline_s is None else datetime.fromtimestamp(deadline_s, UTC)
         try:
+            inline_max = self._inline_max_bytes if offload else None
             with self.app.producer_or_acquire() as producer:
                 for task_id, payload, count in tasks:
+                    # Stored and published one task at a time: workers start on the first
+                    # while the next is packed.
+                    argument = offload_large(self.app, task_id, payload, inline_max, deadline_s)
                     self.app.send_task(
                         task_name,
-                        args=[payload],
+                        args=[argument],
                         task_id=task_id,
                         queue=queue,
                         producer=producer,

@@ -155,6 +155,7 @@ class Job:
         self._notice = notice
         self._queue_depth = queue_depth
         self._assembler = VectorAssembler(job_id, model, len(self.task_ids), task_rows)
+        self._progressed = False
         self.token_counts: tuple[int, ...] | None = None
         """Tokens the encoder pooled per text, once the result is in (None if a worker did not say)."""
 
@@ -196,6 +197,7 @@ class Job:
             if outcome.state == "done" and index not in self._assembler:
                 self._assembler.add(index, EmbedResult.decode(outcome.value))
                 self._final[task_id] = TaskOutcome("done")  # the vectors now live in the assembler
+                self._progressed = True
         if any(outcome.state != "done" for outcome in outcomes):
             return None
         return self._finish()
@@ -242,7 +244,10 @@ class Job:
                     raise self._timeout(timeout_s or 0.0)
                 delay_s = min(delay_s, remaining_s)
             yield delay_s
-            delay_s = min(delay_s * _POLL_GROWTH, _MAX_POLL_S)
+            # A job whose parts keep arriving is polled closely again: its last part is read
+            # within a few milliseconds of being stored, not up to the cap later.
+            delay_s = _FIRST_POLL_S if self._progressed else min(delay_s * _POLL_GROWTH, _MAX_POLL_S)
+            self._progressed = False
 
     def result(self, timeout_s: float | None = 60.0) -> np.ndarray:
         """Wait for the (n, dim) float32 vectors in input order; raise the worker's typed error on failure."""

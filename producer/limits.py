@@ -31,6 +31,10 @@ _INT64_MIN: Final = -(2**63)
 _INT64_MAX: Final = 2**63 - 1
 
 
+_LEAF_TYPES: Final = frozenset({str, bytes, int, float, bool, type(None)})
+"""Exact types that hold no children: skipped without an ABC check (a bulk request is 4,096 str)."""
+
+
 def depth_exceeds(value: object, max_depth: int) -> bool:
     """Tell whether lists, tuples and maps in ``value`` nest deeper than ``max_depth`` levels."""
     stack: list[tuple[object, int]] = [(value, 0)]
@@ -44,7 +48,7 @@ def depth_exceeds(value: object, max_depth: int) -> bool:
             continue
         if depth + 1 > max_depth:
             return True
-        stack.extend((child, depth + 1) for child in children)
+        stack.extend((child, depth + 1) for child in children if type(child) not in _LEAF_TYPES)
     return False
 
 

@@ -43,3 +43,7 @@ def test_the_import_layer_contracts_hold() -> None:
         [str(lint_imports), "--no-cache"], cwd=REPO_ROOT, capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_worker_tasks_leave_pymilvus_to_the_first_upsert() -> None:
+    assert "pymilvus" not in _loaded_after("import worker.queue.tasks")

@@ -58,9 +58,27 @@ class BackfillOptions:
     """Leave rows whose recorded content hash matches alone (neither encoded nor written); the
     ``embedq backfill`` command turns it on (``--rewrite-all`` off)."""
     shard: Shard | None = None
+    split_tokens: int | None = None
+    """Store each document as passages of at most this many tokens (rows ``<id>#<k>``); None: one row."""
+    overlap_tokens: int = 0
+    """Tokens consecutive passages share (with ``split_tokens``)."""
 
     def __post_init__(self) -> None:
         check_in_flight(self.max_in_flight)
+        if self.split_tokens is None and self.overlap_tokens:
+            raise ConfigError("--overlap needs --split-tokens: give the passage length too")
+        if self.split_tokens is not None and self.split_tokens < 1:
+            raise ConfigError(f"--split-tokens must be at least 1, got {self.split_tokens}")
+        if self.split_tokens is not None and not 0 <= self.overlap_tokens < self.split_tokens:
+            raise ConfigError(
+                f"--overlap must be from 0 to --split-tokens - 1 ({self.split_tokens - 1}), "
+                f"got {self.overlap_tokens}"
+            )
+
+    @property
+    def split(self) -> tuple[int, int] | None:
+        """(max tokens, overlap tokens) when documents are split into passages."""
+        return None if self.split_tokens is None else (self.split_tokens, self.overlap_tokens)
         if self.chunk_size < 1:
             raise ConfigError("chunk_size must be positive")
         if not self.collection:
@@ -98,6 +116,12 @@ class BackfillSummary:
     """Documents already stored with the same content (with ``skip_unchanged``)."""
     complete: bool = False
     """Every chunk of the file was confirmed (by this run or an earlier one)."""
+    truncated: int = 0
+    """Documents written cut at the model's ``max_tokens`` (without splitting)."""
+    max_tokens: int | None = None
+    """The model's max_length in tokens, as its workers reported it with ``truncated``."""
+    passages: int = 0
+    """Passage rows written (with splitting)."""
 
 
 @dataclass(frozen=True)

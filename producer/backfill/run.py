@@ -36,7 +36,7 @@ from producer.backfill.shards import local_shards, register_shard, registered_sh
 from producer.backfill.state import BackfillState, load_local_progress, load_progress
 from producer.celery_config import broker_client
 from producer.client import EmbeddingClient
-from producer.errors import BrokerUnavailableError, EmbedqError, TransientError
+from producer.errors import BrokerUnavailableError, ConfigError, EmbedqError, TransientError
 from producer.job import TaskOutcome
 from producer.protocol.documents import Document
 from producer.protocol.messages import UpsertResult
@@ -61,6 +61,8 @@ def job_id_for(options: BackfillOptions, model: str) -> str:
         "fields": [options.id_field, options.text_field, options.metadata_fields],
         "chunk_size": options.chunk_size,
     }
+    if options.split is not None:  # absent otherwise: the ids of jobs started before splitting existed hold
+        identity["split"] = list(options.split)
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
     job_id = f"backfill-{digest[:20]}"
     return job_id if options.shard is None else options.shard.job_id(job_id)
@@ -81,6 +83,9 @@ class _Run:
     started: float = field(default_factory=time.monotonic)
     written: int = 0
     unchanged: int = 0
+    truncated: int = 0
+    max_tokens: int | None = None
+    passages: int = 0
     failed: int = 0
     skipped: int = 0
     errors: list[str] = field(default_factory=list)
@@ -119,6 +124,9 @@ def _record(run: _Run, task_id: str, outcome: TaskOutcome) -> None:
         run.hashes.confirmed(pairs)
     run.written += result.written
     run.unchanged += result.unchanged
+    run.truncated += result.truncated
+    run.max_tokens = result.max_tokens or run.max_tokens
+    run.passages += result.passages
     for chunk_index, sent, rejected, left_out in parts:
         run.unchanged += left_out
         run.failed += rejected
@@ -182,7 +190,9 @@ def _process_chunk(
             run.state.confirm(ChunkRecord(chunk_index, left_out, len(rejected)))
     elif documents:
         _wait_for_room(client, run, report)
-        task_id = client.submit_upsert(options.collection, documents, skip_unchanged=options.skip_unchanged)
+        task_id = client.submit_upsert(
+            options.collection, documents, skip_unchanged=options.skip_unchanged, split=options.split
+        )
         run.in_flight[task_id] = [(chunk_index, len(documents), len(rejected), 0)]
     else:
         run.failed += len(rejected)
@@ -204,7 +214,9 @@ def _send_pending(
     if not run.pending or run.transient_failures_in_a_row >= _STOP_AFTER_TRANSIENT_FAILURES:
         return
     _wait_for_room(client, run, report)
-    task_id = client.submit_upsert(options.collection, run.pending, skip_unchanged=options.skip_unchanged)
+    task_id = client.submit_upsert(
+        options.collection, run.pending, skip_unchanged=options.skip_unchanged, split=options.split
+    )
     run.in_flight[task_id] = run.pending_parts
     run.sent_hashes[task_id] = run.pending_hashes
     run.pending, run.pending_parts, run.pending_hashes = [], [], []
@@ -235,6 +247,7 @@ def run_backfill(
         total = shard.records(total, options.chunk_size)
         with broker_client(client.app) as redis:
             register_shard(redis, job_id.rsplit("-shard", 1)[0], job_id)
+    _check_split(client, options)
     state = BackfillState.open(client, job_id, options, total)
     run = _Run(state, InFlightLimit(options.max_in_flight, pool_reader(client)), hashes=hashes)
 
@@ -278,7 +291,23 @@ def run_backfill(
         elapsed_s=elapsed_s,
         docs_per_s=run.written / elapsed_s if elapsed_s > 0 else 0.0,
         errors=tuple(run.errors),
+        truncated=run.truncated,
+        max_tokens=run.max_tokens,
+        passages=run.passages,
     )
+
+
+def _check_split(client: EmbeddingClient, options: BackfillOptions) -> None:
+    """Refuse passages longer than the model reads, before anything is sent."""
+    split_tokens = options.split_tokens
+    if split_tokens is None:
+        return
+    max_length = client.model_presence(client.bulk_queue).max_length
+    if max_length is not None and split_tokens > max_length:
+        raise ConfigError(
+            f"--split-tokens {split_tokens} is more than model {client.model!r} reads (max_length "
+            f"{max_length} tokens): use --split-tokens {max_length} or less"
+        )
 
 
 def backfill_status(

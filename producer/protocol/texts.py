@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from itertools import filterfalse
 
 from producer.errors import InvalidInputError
 
@@ -20,6 +21,19 @@ def _type_problem(index: int, item: object) -> InvalidInputError:
     return InvalidInputError(f"texts[{index}] is {type(item).__name__}, not str")
 
 
+def _all_fine(texts: Sequence[object], max_text_chars: int) -> bool:
+    """Tell, with a few passes in C instead of a Python loop per text, that every text is valid.
+
+    False means "look text by text" (the slow loop names the first offender), not "invalid".
+    """
+    if not set(map(type, texts)) <= {str}:
+        return False
+    strings: Sequence[str] = texts  # type: ignore[assignment]  # every item's type is str
+    if max(map(len, strings)) > max_text_chars:
+        return False
+    return not any(_SURROGATE.search(text) for text in filterfalse(str.isascii, strings))
+
+
 def validate_texts(texts: object, *, max_texts: int | None, max_text_chars: int) -> Sequence[str]:
     """Return ``texts`` if it is a list or tuple of valid str within the limits, else raise InvalidInputError.
 
@@ -34,6 +48,8 @@ def validate_texts(texts: object, *, max_texts: int | None, max_text_chars: int)
             f"got {len(texts)} texts, above the limit of {max_texts} per request "
             "(EMBEDQ_MAX_TEXTS_PER_REQUEST): send them in smaller batches"
         )
+    if texts and _all_fine(texts, max_text_chars):
+        return texts
     for index, text in enumerate(texts):
         if not isinstance(text, str):
             raise _type_problem(index, text)

@@ -333,3 +333,42 @@ def test_an_old_collection_is_adopted_reindexed_and_searched_with_its_new_model(
     collections = json.loads(listing.stdout)
     assert [(c["aliases"], c["model_id"], c["dim"]) for c in collections] == [(["notes"], str(model), 16)]
     assert reindex.left == search.left == []
+
+
+def test_long_documents_as_passages_and_a_search_grouped_by_document(tmp_path: Path) -> None:
+    sentences = [f"sentence {n} about {topic}." for n in range(60) for topic in ("queues", "vectors")]
+    with (tmp_path / "long.jsonl").open("w") as corpus:
+        for number in range(3):
+            corpus.write(
+                json.dumps({"id": f"art-{number}", "text": f"article {number}: " + " ".join(sentences)})
+            )
+            corpus.write("\n")
+    env = cli_env(tmp_path)
+
+    backfill = run_cli(
+        ["backfill", "long.jsonl", "--collection", "arts", "--split-tokens", "64", "--overlap", "8"],
+        env,
+        tmp_path,
+    )
+    search = run_cli(
+        [
+            "search",
+            "sentence 7 about vectors",
+            "--collection",
+            "arts",
+            "--group-by-document",
+            "--json",
+            "--output-fields",
+            "metadata",
+        ],
+        env,
+        tmp_path,
+    )
+
+    assert backfill.returncode == 0, backfill.stderr
+    assert re.search(r": 3 documents written to arts, .*; (\d+) passages written$", backfill.stdout.strip())
+    assert search.returncode == 0, search.stderr
+    hits = json.loads(search.stdout)
+    assert sorted(hit["document"] for hit in hits) == ["art-0", "art-1", "art-2"]
+    assert all(hit["id"].startswith(hit["metadata"]["_parent"] + "#") for hit in hits)
+    assert backfill.left == search.left == []

@@ -63,3 +63,17 @@ def test_a_checkpoint_directory_that_cannot_be_made_exits_2(redis_url: str, tmp_
     assert "Traceback" not in done.stderr
     said = [line for line in done.stderr.splitlines() if "checkpoint" in line]
     assert len(said) == 1 and said[0].startswith("embedq: error:")
+
+
+def test_the_summary_line_says_how_many_documents_were_truncated_and_what_to_do() -> None:
+    from producer.backfill.model import BackfillSummary
+    from worker.cli.output import backfill_summary_line
+
+    summary = BackfillSummary("job", 40, 0, 0, 1.0, 40.0, truncated=37, max_tokens=512)
+    assert backfill_summary_line(summary, "docs").endswith(
+        "; 37 documents were longer than 512 tokens and truncated: use --split-tokens 512 "
+        "to keep their ends searchable"
+    )
+    one = BackfillSummary("job", 1, 0, 0, 1.0, 1.0, truncated=1, max_tokens=8)
+    assert "; 1 document was longer than 8 tokens" in backfill_summary_line(one, "docs")
+    assert "truncated" not in backfill_summary_line(BackfillSummary("job", 1, 0, 0, 1.0, 1.0), "docs")

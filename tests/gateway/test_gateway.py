@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -262,6 +263,23 @@ def test_milvus_tei_provider_request_shape(gateway: Gateway, encoder: StaticEnco
         assert header in response.headers, header
 
 
+def test_concurrent_requests_each_get_their_own_vectors(gateway: Gateway, encoder: StaticEncoder) -> None:
+    # Many requests at once share batch tasks; each answer must still be its own text's vector.
+    texts = [f"request number {index} asks about {'queues ' * (index % 5)}" for index in range(48)]
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+
+    def post(text: str) -> list[list[float]]:
+        response = requests.post(f"{gateway.url}/embed", json={"inputs": text}, headers=headers, timeout=30)
+        assert response.status_code == 200, response.text
+        answer: list[list[float]] = response.json()
+        return answer
+
+    with ThreadPoolExecutor(MAX_QUEUE_DEPTH - 1) as pool:  # at the depth limit, requests get 429
+        answers = list(pool.map(post, texts))
+    vectors = np.array([row for answer in answers for row in answer], dtype=np.float32)
+    np.testing.assert_array_equal(vectors, encoder.encode(texts))
+
+
 def test_tei_info_and_alias(http: Http, encoder: StaticEncoder) -> None:
     info = http.get("/info").json()
     assert info["model_id"] == encoder.model_id
@@ -329,6 +347,15 @@ def test_documents_job_fills_a_collection_that_search_finds(http: Http) -> None:
         },
     ).json()
     assert [hit["id"] for hit in filtered["data"]] == ["c"]
+    grouped = http.post(
+        "/v1/search",
+        json={"collection": "gateway_docs", "query": "reset my password", "group_by_document": True},
+    ).json()
+    assert [hit["document"] for hit in grouped["data"]] == [hit["id"] for hit in found["data"]]
+    not_bool = http.post(
+        "/v1/search", json={"collection": "gateway_docs", "query": "x", "group_by_document": 1}
+    )
+    assert _error(not_bool, 400)["param"] == "group_by_document"
     missing = http.post("/v1/search", json={"collection": "no_such_collection", "query": "x"})
     assert _error(missing, 404)["code"] == "collection_not_found"
 

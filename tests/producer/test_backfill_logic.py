@@ -33,7 +33,9 @@ def _client(
     client = EmbeddingClient(app=app, model="test/backfill-logic", worker_wait_s=0.2, max_queue_depth=None)
     sent: list[int] = []
 
-    def submit(collection: str, documents: list[Document], *, skip_unchanged: bool = False) -> str:
+    def submit(
+        collection: str, documents: list[Document], *, skip_unchanged: bool = False, split: object = None
+    ) -> str:
         sent.append(len(documents))
         return f"task-{len(sent)}"
 

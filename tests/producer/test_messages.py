@@ -148,3 +148,20 @@ def test_sync_fields_are_optional_both_ways() -> None:
     assert UpsertResult.decode(UpsertResult("m", "c", 1, unchanged=5).encode()).unchanged == 5
     with pytest.raises(MessageDecodeError):
         UpsertResult.decode({**old_result, "unchanged": -1})
+
+
+def test_split_and_truncation_fields_are_optional_and_checked() -> None:
+    from producer.protocol.messages import UpsertRequest, UpsertResult, WorkerPresence
+
+    split = UpsertRequest("m", "c", ("a",), ("text",), ({},), split=(256, 32))
+    assert UpsertRequest.decode(split.encode()) == split
+    assert "split" not in UpsertRequest("m", "c", ("a",), ("text",), ({},)).encode()
+    for bad in ([256, 256], [256], [0, -1], ["256", 0]):
+        with pytest.raises(MessageDecodeError, match="split"):
+            UpsertRequest.decode({**split.encode(), "split": bad})
+    result = UpsertResult("m", "c", 4, truncated=3, max_tokens=512, passages=0)
+    assert UpsertResult.decode(result.encode()) == result
+    assert set(UpsertResult("m", "c", 4).encode()) == {"v", "model", "collection", "written"}
+    presence = WorkerPresence("m", 256, max_length=512)
+    assert WorkerPresence.decode(presence.encode()) == presence
+    assert WorkerPresence.decode(WorkerPresence("m", 256).encode()).max_length is None

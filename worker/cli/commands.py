@@ -100,6 +100,8 @@ def backfill_command(args: argparse.Namespace, settings: Settings) -> int:
         max_in_flight=args.max_in_flight,
         skip_unchanged=not args.rewrite_all,
         shard=args.shard,
+        split_tokens=args.split_tokens,
+        overlap_tokens=args.overlap,
     )
     manifest = manifest_for(settings, args.collection)
     recording = args.delete_missing or manifest.exists()  # a manifest learns every backfill's ids

@@ -78,6 +78,7 @@ def delete_missing(
     manifest_trusted: bool = False,
     *,
     fresh: bool = False,
+    by_row: bool = False,
 ) -> int | None:
     """Delete the rows of ``collection`` whose ids the backfill's file did not hold; None if unsafe.
 
@@ -87,6 +88,8 @@ def delete_missing(
     Milvus); otherwise the collection's ids are read range by range. The manifest then holds the
     file's ids (after a failed run: also the ids it read, which may have been written).
     ``fresh``: the collection did not exist before this backfill, so no row can be missing.
+    In a collection of passages, documents are compared (a row's document is its ``_parent``),
+    unless ``by_row``: the file lists rows, passages included (a reindex's dump of a collection).
     """
     if not (summary.complete and seen.complete and summary.failed == 0):
         if manifest is not None:
@@ -95,15 +98,19 @@ def delete_missing(
     deleted = 0
     if not fresh:
         with milvus_session(settings):
-            deleted = _delete_missing(settings, collection, seen, manifest if manifest_trusted else None)
+            trusted = manifest if manifest_trusted else None
+            deleted = _delete_missing(settings, collection, seen, trusted, by_row)
     if manifest is not None:
         manifest.replace(seen.ids)
     return deleted
 
 
-def _delete_missing(settings: Settings, collection: str, seen: SeenIds, manifest: SyncManifest | None) -> int:
+def _delete_missing(
+    settings: Settings, collection: str, seen: SeenIds, manifest: SyncManifest | None, by_row: bool
+) -> int:
     from worker.milvus.aliases import errors
     from worker.milvus.catalog import collection_model
+    from worker.milvus.passages import delete_documents, delete_rows_of_missing_documents, has_passages
     from worker.milvus.sync import count_rows, delete_ids, delete_missing_ids
 
     access = open_milvus(settings)
@@ -115,6 +122,18 @@ def _delete_missing(settings: Settings, collection: str, seen: SeenIds, manifest
             return delete_ids(access.client, physical, ids, access.write_guard, timeout_s=timeout_s)
 
         with errors(f"delete the ids missing from {collection!r}"):
+            if not by_row and has_passages(access.client, physical, timeout_s=timeout_s):
+                # Rows are passages <id>#<k>: documents are compared, not row ids.
+                if manifest is not None:
+                    return sum(
+                        delete_documents(
+                            access.client, physical, batch, access.write_guard, timeout_s=timeout_s
+                        )
+                        for batch in manifest.missing(seen.ids, DELETE_BATCH)
+                    )
+                return delete_rows_of_missing_documents(
+                    access.client, physical, seen.ids.known, delete, timeout_s=timeout_s
+                )
             if manifest is not None:
                 return sum(delete(batch) for batch in manifest.missing(seen.ids, DELETE_BATCH))
             # Every id of the file is stored now: as many rows as ids means none is missing.

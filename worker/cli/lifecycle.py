@@ -68,6 +68,7 @@ def search_command(args: argparse.Namespace, settings: Settings) -> int:
                 top_k=args.top_k,
                 filter_expr=filter_expr,
                 output_fields=fields,
+                group_by_document=args.group_by_document,
             )
         finally:
             access.close()
@@ -189,8 +190,15 @@ def reindex_command(args: argparse.Namespace, settings: Settings) -> int:
         )
         with BackfillProgressBar(f"{source.name} -> {target}") as bar:
             summary = run_backfill(client, options, on_progress=bar.update, seen=seen)
+        if summary.truncated:
+            note(
+                f"{summary.truncated} rows were longer than model {model!r} reads "
+                f"({summary.max_tokens} tokens) and were truncated: a backfill of the source file "
+                "with --split-tokens stores them as passages"
+            )
         # Rows left in the target by an earlier, different attempt are not in the source: remove them.
-        stale = delete_missing(served, target, summary, seen, None)
+        # The source lists rows (passages included), so rows are compared, not documents.
+        stale = delete_missing(served, target, summary, seen, None, by_row=True)
     if stale is None:
         note(
             f"reindex incomplete ({summary.failed} documents failed): {args.collection!r} still names "
@@ -207,6 +215,7 @@ def reindex_command(args: argparse.Namespace, settings: Settings) -> int:
                 "meanwhile?): the alias was not moved; run the same command again"
             )
             return EXIT_FAILED
+        _keep_passages_mark(access, old, target)
         point_alias(access, args.collection, target)
         reused = (
             f"; {summary.unchanged} were already written by an earlier attempt" if summary.unchanged else ""
@@ -220,6 +229,18 @@ def reindex_command(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         access.close()
     return 0
+
+
+def _keep_passages_mark(access: MilvusAccess, old: str | None, target: str) -> None:
+    """Mark ``target`` as holding passages when ``old`` did (its rows were copied, metadata and all)."""
+    from worker.milvus.aliases import errors
+    from worker.milvus.passages import has_passages, mark_passages
+
+    if old is None:
+        return
+    with errors(f"mark {target!r} as holding passages"):
+        if has_passages(access.client, old, timeout_s=access.timeout_s):
+            mark_passages(access.client, target, access.write_guard, timeout_s=access.timeout_s)
 
 
 def _rows(access: MilvusAccess, physical: str | None) -> int:

@@ -81,7 +81,20 @@ def backfill_summary_line(summary: BackfillSummary, collection: str, deleted: in
         f"{summary.unchanged} unchanged, {removed}"
         f"{summary.failed} failed, {summary.skipped} skipped (done by an earlier run) "
         f"in {summary.elapsed_s:.1f} s ({summary.docs_per_s:.0f} docs/s)"
+        + (f"; {summary.passages} passages written" if summary.passages else "")
+        + truncation_note(summary)
     )
+
+
+def truncation_note(summary: BackfillSummary) -> str:
+    """Say how many documents were cut at the model's max_length, and how to keep their ends searchable."""
+    if not summary.truncated:
+        return ""
+    limit = summary.max_tokens
+    longer = f"longer than {limit} tokens" if limit is not None else "longer than the model reads"
+    was = "document was" if summary.truncated == 1 else "documents were"
+    option = f"--split-tokens {limit}" if limit is not None else "--split-tokens N"
+    return f"; {summary.truncated} {was} {longer} and truncated: use {option} to keep their ends searchable"
 
 
 _TRANSIENT_NAMES = (

@@ -49,6 +49,7 @@ examples:
   embedq backfill data.csv --collection docs --id-field doc_id --text-field body --metadata-fields title,url
   embedq backfill notes.txt --collection notes --format text --id-field ''
   embedq backfill corpus.jsonl --collection docs --delete-missing   # daily sync of an edited file
+  embedq backfill articles.jsonl --collection articles --split-tokens 256 --overlap 32
 
 Interrupted (Ctrl-C) or failed runs resume where they stopped: run the same command again.
 Documents already stored with the same text and metadata are neither re-embedded nor re-written.
@@ -69,6 +70,7 @@ examples:
   embedq search "static embeddings" --collection docs --top-k 3
   embedq search "static embeddings" --collection docs --filter 'metadata["lang"] == "en"' --json
   embedq search "static embeddings" --collection docs --output-fields text,metadata
+  embedq search "static embeddings" --collection articles --group-by-document
 
 The query is embedded with the model the collection records (see embedq collections).
 """
@@ -81,6 +83,16 @@ def _positive_int(raw: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive whole number, got {raw!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive whole number, got {raw!r}")
+    return value
+
+
+def _non_negative_int(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {raw!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {raw!r}")
     return value
 
 
@@ -221,6 +233,20 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="re-embed and re-write every document, even those stored with the same content",
     )
+    backfill.add_argument(
+        "--split-tokens",
+        type=_positive_int,
+        metavar="N",
+        help="store each document as passages of at most N tokens of the model's tokenizer, rows "
+        "<id>#0, <id>#1, ... whose metadata _parent holds the document id (N at most the model's max_length)",
+    )
+    backfill.add_argument(
+        "--overlap",
+        type=_non_negative_int,
+        default=0,
+        metavar="M",
+        help="tokens consecutive passages share, with --split-tokens (default: 0)",
+    )
     backfill.set_defaults(run=backfill_command)
 
     status = _subcommand(
@@ -245,6 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="fields to show besides id and score: text, metadata (default: text)",
     )
     search.add_argument("--json", action="store_true", help="print the hits as a JSON list")
+    search.add_argument(
+        "--group-by-document",
+        action="store_true",
+        help="return the best passage of each document (collections filled with --split-tokens)",
+    )
     search.set_defaults(run=search_command)
     add_lifecycle_commands(commands, _subcommand, _positive_int, _positive_float)
 

@@ -49,6 +49,9 @@ def sync_backfill(
     try:
         with SeenIds() as seen:
             hashes = start_sync(settings, options.collection, manifest, client.model)
+            # Passages: rows are <id>#<k>, which document hashes do not describe; Milvus decides.
+            passages = options.split is not None
+            hashes.trusted = hashes.trusted and not passages
             summary = run_backfill(client, options, on_progress=on_progress, seen=seen, hashes=hashes)
             deleted = None
             if delete:
@@ -57,7 +60,7 @@ def sync_backfill(
                 )
             else:
                 manifest.add(seen.ids)
-            if summary.complete and summary.failed == 0:
+            if summary.complete and summary.failed == 0 and not passages:
                 # The collection matched the manifest at the start (trusted), or every row the file
                 # lacks was deleted: with no other writer meanwhile, it holds the manifest's ids now.
                 known = hashes.trusted or deleted is not None

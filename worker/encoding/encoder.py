@@ -27,6 +27,7 @@ from producer.errors import InvalidInputError, ModelLoadError
 from worker.encoding.fast_tokenizing import FAST_TOKENIZER_NAME, FastTokenizer, select_fast_tokenizer
 from worker.encoding.loader import ModelFiles, load_model_files
 from worker.encoding.pooling import mean_pool, normalize_rows, select_tokens
+from worker.encoding.splitting import SplitSpec, split_texts
 from worker.encoding.tokenizing import TextTokenizer
 
 DEFAULT_MAX_LENGTH: Final = 512
@@ -276,15 +277,54 @@ class StaticEncoder:
 
         The counts are after truncation and unknown-token removal: what a usage report should bill.
         """
+        vectors, counts, _ = self.encode_with_truncation(texts)
+        return vectors, counts
+
+    def encode_with_truncation(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Like ``encode_with_token_counts``, plus whether each text was cut at ``max_length`` (bool array).
+
+        A text counts as cut when it held more than ``max_length`` tokens, or more characters than
+        the ``max_length * median token length`` read before tokenizing (model2vec's first cut).
+        """
         texts = _check_texts(texts)
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         counts = np.zeros(len(texts), dtype=np.int64)
+        truncated = np.zeros(len(texts), dtype=bool)
+        limit = self.max_length
         for start in range(0, len(texts), DEFAULT_BATCH_SIZE):
             batch = texts[start : start + DEFAULT_BATCH_SIZE]
-            ids, lengths = self._token_ids(self._run_tokenizer(batch, self.max_length), self.max_length)
+            encodings = self._run_tokenizer(batch, limit)
+            if limit is not None:
+                raw = (
+                    encodings[1]
+                    if isinstance(encodings, tuple)
+                    else [len(encoding) for encoding in encodings]
+                )
+                char_limit = limit * self._median_token_length
+                truncated[start : start + len(batch)] = [
+                    tokens > limit or len(text) > char_limit for tokens, text in zip(raw, batch, strict=True)
+                ]
+            ids, lengths = self._token_ids(encodings, limit)
             out[start : start + len(batch)] = self._pool(ids, lengths, self.normalize)
             counts[start : start + len(batch)] = lengths
-        return out, counts
+        return out, counts, truncated
+
+    def split(self, texts: Sequence[str], spec: SplitSpec) -> list[list[str]]:
+        """Return each text's passages of at most ``spec.max_tokens`` tokens of this model's tokenizer.
+
+        ``spec.max_tokens`` above the model's ``max_length`` is refused: such passages would be cut.
+        """
+        if self.max_length is not None and spec.max_tokens > self.max_length:
+            raise InvalidInputError(
+                f"--split-tokens {spec.max_tokens} is more than model {self.model_id!r} reads "
+                f"(max_length {self.max_length} tokens): use --split-tokens {self.max_length} or less"
+            )
+        texts = _check_texts(texts)
+        encodings = self._run_tokenizer(texts, None)
+        counts = encodings[1].tolist() if isinstance(encodings, tuple) else [len(e) for e in encodings]
+        return split_texts(
+            lambda long: self._text_tokenizer.encode_batch(long, offsets=True), texts, spec, counts
+        )
 
     def _encode_distinct(
         self, texts: Sequence[str], limit: int | None, do_normalize: bool, batch_size: int

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
+from typing import Any
 
 from tokenizers import Encoding, Tokenizer
 
@@ -64,10 +65,21 @@ class TextTokenizer:
         """Whether plain ASCII texts skip the tokenizer's normaliser (BERT-style tokenizers)."""
         return self._plain is not None
 
-    def encode_batch(self, texts: Sequence[str]) -> list[Encoding]:
-        """Tokenize ``texts`` (no special tokens added), in order; raises TypeError on a non-str."""
+    def encode_batch(self, texts: Sequence[str], *, offsets: bool = False) -> list[Encoding]:
+        """Tokenize ``texts`` (no special tokens added), in order; raises TypeError on a non-str.
+
+        With ``offsets``, each encoding also holds its tokens' character offsets into the text
+        (lowercasing ASCII keeps every character where it was, so the ASCII path's offsets hold too).
+        """
         if self._plain is None:
+            if offsets:
+                return self._full.encode_batch(list(texts), add_special_tokens=False)
             return self._full.encode_batch_fast(texts, add_special_tokens=False)
+        if offsets:
+            return self._encode_ascii_first(texts, self._plain.encode_batch, self._full.encode_batch)
+        return self._encode_ascii_first(texts, self._plain.encode_batch_fast, self._full.encode_batch_fast)
+
+    def _encode_ascii_first(self, texts: Sequence[str], plain_batch: Any, full_batch: Any) -> list[Encoding]:
         needs_full = self._full_path_only.search
         lowercase = self._lowercase
         prepared: list[str] = []
@@ -78,9 +90,9 @@ class TextTokenizer:
             else:
                 full_path.append(index)
                 prepared.append("")
-        encodings: list[Encoding] = self._plain.encode_batch_fast(prepared, add_special_tokens=False)
+        encodings: list[Encoding] = plain_batch(prepared, add_special_tokens=False)
         if full_path:
-            others = self._full.encode_batch_fast([texts[i] for i in full_path], add_special_tokens=False)
+            others = full_batch([texts[i] for i in full_path], add_special_tokens=False)
             for index, encoding in zip(full_path, others, strict=True):
                 encodings[index] = encoding
         return encodings

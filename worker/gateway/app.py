@@ -16,14 +16,18 @@ from worker.gateway.auth import ApiKeyMiddleware
 from worker.gateway.backend import Backend
 from worker.gateway.config import GatewaySettings, load_gateway_settings
 from worker.gateway.errors import ApiError, handle_api_error, handle_embedq_error
-from worker.gateway.hot_routes import HotRoutesMiddleware
+from worker.gateway.hot_routes import GatewayApp
 from worker.gateway.metrics import HttpMetrics, RequestMetricsMiddleware
 from worker.gateway.openapi import ROUTES as DOCS_ROUTES
 from worker.gateway.search import Collections
 
 
-def create_app(settings: Settings, config: GatewaySettings) -> Starlette:
-    """Build the app; its broker and Milvus connections open at start-up and close at shutdown."""
+def create_app(settings: Settings, config: GatewaySettings) -> GatewayApp:
+    """Build the app; its broker and Milvus connections open at start-up and close at shutdown.
+
+    The hot embedding routes are answered by GatewayApp ahead of Starlette; their Starlette routes
+    stay for the docs and for a request under a ``root_path``.
+    """
     routes = [*openai.ROUTES, *tei.ROUTES, *jobs.ROUTES, *search.ROUTES, *health.ROUTES, *DOCS_ROUTES]
     http_metrics = HttpMetrics(CollectorRegistry())
 
@@ -44,16 +48,15 @@ def create_app(settings: Settings, config: GatewaySettings) -> Starlette:
         middleware=[
             Middleware(RequestMetricsMiddleware, metrics=http_metrics, routes=routes),
             Middleware(ApiKeyMiddleware, api_keys=config.api_keys),
-            Middleware(HotRoutesMiddleware, routes=routes),
         ],
         exception_handlers={ApiError: handle_api_error, EmbedqError: handle_embedq_error},
         lifespan=lifespan,
     )
     app.state.config = config
     app.state.metrics = http_metrics
-    return app
+    return GatewayApp(app, http_metrics, config.api_keys)
 
 
-def create_app_from_environment() -> Starlette:
+def create_app_from_environment() -> GatewayApp:
     """Build the app from ``EMBEDQ_*`` variables (what each of several uvicorn processes calls)."""
     return create_app(load_settings(), load_gateway_settings())

@@ -23,25 +23,31 @@ class ApiKeyMiddleware:
         if scope["type"] != "http" or not self._keys or scope["path"] in PUBLIC_PATHS:
             await self.app(scope, receive, send)
             return
-        if not self._authorised(scope):
-            error = ApiError(
-                401,
-                "missing or invalid API key: send the header 'Authorization: Bearer KEY' with a key "
-                "listed in EMBEDQ_API_KEYS",
-                code="invalid_api_key",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-            await error_response(error)(scope, receive, send)
+        if not authorised(scope, self._keys):
+            await error_response(unauthorised())(scope, receive, send)
             return
         await self.app(scope, receive, send)
 
-    def _authorised(self, scope: Scope) -> bool:
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                scheme, _, key = value.partition(b" ")
-                if scheme.lower() != b"bearer":
-                    return False
-                key = key.strip()
-                # Every key is compared, in constant time, so timing tells nothing about which matched.
-                return sum(hmac.compare_digest(key, known) for known in self._keys) > 0
-        return False
+
+def unauthorised() -> ApiError:
+    """Return the 401 of a request without a valid key."""
+    return ApiError(
+        401,
+        "missing or invalid API key: send the header 'Authorization: Bearer KEY' with a key "
+        "listed in EMBEDQ_API_KEYS",
+        code="invalid_api_key",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
+def authorised(scope: Scope, keys: tuple[bytes, ...]) -> bool:
+    """Whether the request's ``Authorization: Bearer KEY`` holds one of ``keys``."""
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            scheme, _, key = value.partition(b" ")
+            if scheme.lower() != b"bearer":
+                return False
+            key = key.strip()
+            # Every key is compared, in constant time, so timing tells nothing about which matched.
+            return sum(hmac.compare_digest(key, known) for known in keys) > 0
+    return False

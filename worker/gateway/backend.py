@@ -15,14 +15,17 @@ import numpy as np
 from celery import Celery
 from redis.exceptions import RedisError
 
+from producer.batching import BatchLimits
 from producer.celery_config import build_celery_app
 from producer.client import EmbeddingClient
-from producer.errors import BrokerUnavailableError, MessageDecodeError, NoWorkerError
+from producer.errors import BrokerUnavailableError, InvalidInputError, MessageDecodeError, NoWorkerError
 from producer.job import Job
 from producer.protocol.messages import WorkerPresence
 from producer.protocol.names import QUEUE_PREFIX, Kind, presence_key
+from producer.protocol.texts import validate_texts
 from producer.sentinel import async_redis_for
 from producer.settings import Settings, redact_url
+from worker.gateway.batcher import LoopBatcher
 from worker.gateway.errors import ApiError
 from worker.gateway.presence import ServedModel
 
@@ -59,12 +62,41 @@ class Backend:
         self._live_read_at = -1.0
         self._live_refresh: asyncio.Future[dict[str, int]] | None = None
         self._served = ServedModel(self._redis, _LIVE_MODELS_TTL_S)
+        self._results_redis = (
+            self._redis
+            if settings.result_backend == settings.broker_url
+            else async_redis_for(
+                settings.result_backend,
+                settings.sentinel_master,
+                socket_timeout=5.0,
+                socket_connect_timeout=5.0,
+            )
+        )
+        self._batcher = (
+            None
+            if settings.batch_wait_ms is None
+            else LoopBatcher(
+                self.app,
+                self._results_redis,
+                BatchLimits(
+                    settings.batch_wait_ms,
+                    settings.batch_max_texts,
+                    settings.batch_max_chars,
+                    settings.batch_max_in_flight,
+                ),
+                max_queue_depth=settings.max_queue_depth,
+            )
+        )
 
     async def close(self) -> None:
         """Close the broker connections."""
+        if self._batcher is not None:
+            await self._batcher.close()
         for client in self._clients.values():
             client.close()
         await self._redis.aclose()
+        if self._results_redis is not self._redis:
+            await self._results_redis.aclose()
         self.app.close()
 
     def client(self, model: str) -> EmbeddingClient:
@@ -163,24 +195,28 @@ class Backend:
         """
         client = self.client(model)
         started = time.perf_counter()
+        if self._batcher is not None and self._batched(client, texts):
+            # Small requests are coalesced on the event loop: no thread, no Job, one future each.
+            checked = validate_texts(texts, max_texts=None, max_text_chars=self.settings.max_text_chars)
+            if not checked:
+                raise InvalidInputError("texts is empty: pass at least one text")
+            batched = await self._batcher.embed(client, kind, checked, self.request_timeout_s)
+            sent_at = batched.sent_at or started
+            return Embedded(batched.vectors, batched.tokens, sent_at - started, time.perf_counter() - sent_at)
         submit = client.embed_queries if kind == "query" else client.embed_documents
-        if self._batched(texts):
-            # A small request only joins the client's next batch (no I/O but a queue check every few
-            # seconds), so it is handed over on the event loop: a thread hop would cost more.
-            job: Job = submit(texts, timeout_s=self.request_timeout_s)
-        else:
-            job = await asyncio.to_thread(submit, texts, timeout_s=self.request_timeout_s)
+        job: Job = await asyncio.to_thread(submit, texts, timeout_s=self.request_timeout_s)
         enqueued = time.perf_counter()
         vectors = await job.result_async(timeout_s=self.request_timeout_s)
         tokens = sum(job.token_counts) if job.token_counts is not None else 0
         return Embedded(vectors, tokens, enqueued - started, time.perf_counter() - enqueued)
 
-    def _batched(self, texts: Sequence[str]) -> bool:
-        """Whether the client coalesces a request of ``texts`` (see EmbeddingClient's batch limits)."""
+    def _batched(self, client: EmbeddingClient, texts: Sequence[str]) -> bool:
+        """Whether a request of ``texts`` is coalesced (the client's rule: small, for the fast queue)."""
         settings = self.settings
         return (
             settings.batch_wait_ms is not None
-            and len(texts) <= settings.batch_max_texts
+            and len(texts) <= min(settings.batch_max_texts, settings.max_texts_per_request)
+            and client.queue_for(len(texts)) == client.queue  # not a bulk request
             and sum(map(len, texts)) <= settings.batch_max_chars
         )
 

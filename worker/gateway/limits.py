@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
+from starlette.types import Receive, Scope
 
 from producer.errors import InvalidInputError
 from producer.protocol.texts import validate_texts
@@ -15,9 +16,7 @@ from worker.gateway.responses import loads
 
 async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:
     """Return the body as a JSON object; 413 over ``max_bytes``, 400 if it is not a JSON object."""
-    declared = _content_length(request)
-    if declared is not None and declared > max_bytes:
-        raise _too_large(declared, max_bytes)
+    _check_declared_size(request.scope, max_bytes)
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
@@ -25,8 +24,31 @@ async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:
         if size > max_bytes:
             raise _too_large(size, max_bytes)
         chunks.append(chunk)
+    return _json_object(b"".join(chunks))
+
+
+async def receive_json(scope: Scope, receive: Receive, max_bytes: int) -> dict[str, Any]:
+    """``read_json`` for a plain ASGI call; ClientDisconnect if the caller hangs up first."""
+    _check_declared_size(scope, max_bytes)
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise ClientDisconnect()
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > max_bytes:
+            raise _too_large(size, max_bytes)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return _json_object(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
     try:
-        body = loads(b"".join(chunks))
+        body = loads(raw)
     except ValueError as exc:
         raise bad_request(f"the request body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):
@@ -34,12 +56,13 @@ async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:
     return body
 
 
-def _content_length(request: Request) -> int | None:
-    """Return the declared body size, read from the raw headers (building ``request.headers`` costs more)."""
-    for name, value in request.scope["headers"]:
+def _check_declared_size(scope: Scope, max_bytes: int) -> None:
+    """413 if the declared body size is over ``max_bytes`` (read from the raw headers: cheaper)."""
+    for name, value in scope["headers"]:
         if name == b"content-length":
-            return int(value) if value.isdigit() else None
-    return None
+            if value.isdigit() and int(value) > max_bytes:
+                raise _too_large(int(value), max_bytes)
+            return
 
 
 def _too_large(size: int, max_bytes: int) -> ApiError:

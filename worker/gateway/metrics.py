@@ -53,6 +53,19 @@ class HttpMetrics:
         histogram.observe(seconds)
 
 
+class RequestIds:
+    """The ``x-request-id`` of each request: the caller's, or a new one unique across processes."""
+
+    def __init__(self) -> None:
+        # Unique without reading os.urandom per request (slow on some VMs).
+        self._prefix = f"{uuid.uuid4().hex[:16]}-"
+        self._counter = itertools.count(1)
+
+    def __call__(self, scope: Scope) -> str:
+        """Return the id of the request of ``scope``."""
+        return _header(scope, b"x-request-id") or f"{self._prefix}{next(self._counter):x}"
+
+
 def route_labels(routes: Sequence[BaseRoute]) -> dict[object, str]:
     """Map each route's endpoint to its path template (the label; endpoints are distinct per route)."""
     return {getattr(route, "endpoint", None): getattr(route, "path", _UNMATCHED_ROUTE) for route in routes}
@@ -64,9 +77,7 @@ class RequestMetricsMiddleware:
     def __init__(self, app: ASGIApp, metrics: HttpMetrics, routes: Sequence[BaseRoute]) -> None:
         self.app = app
         self.metrics = metrics
-        # Ids unique across processes without reading os.urandom per request (slow on some VMs).
-        self._id_prefix = f"{uuid.uuid4().hex[:16]}-"
-        self._counter = itertools.count(1)
+        self._request_id = RequestIds()
         # The router records the endpoint it picked in the scope: one dict lookup, no second match.
         self.labels = route_labels(routes)
 
@@ -76,7 +87,7 @@ class RequestMetricsMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        request_id = _header(scope, b"x-request-id") or f"{self._id_prefix}{next(self._counter):x}"
+        request_id = self._request_id(scope)
         status = 500
 
         async def send_with_headers(message: Message) -> None:

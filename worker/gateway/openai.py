@@ -13,18 +13,15 @@ from worker.gateway.backend import Backend
 from worker.gateway.config import GatewaySettings
 from worker.gateway.errors import bad_request
 from worker.gateway.limits import checked_dimensions, checked_texts, read_json, timing_headers
-from worker.gateway.responses import FastJSONResponse
+from worker.gateway.responses import Answer, FastJSONResponse
 from worker.gateway.vectors import base64_float32, first_dimensions
 
 ENCODING_FORMATS = ("float", "base64")
 _OWNER = "embedq"
 
 
-async def create_embeddings(request: Request) -> Response:
-    """Embed ``input`` (a string or a list of strings) with ``model``; OpenAI's answer shape."""
-    backend: Backend = request.app.state.backend
-    config: GatewaySettings = request.app.state.config
-    body = await read_json(request, config.max_body_bytes)
+async def embeddings_answer(body: dict[str, Any], backend: Backend, config: GatewaySettings) -> Answer:
+    """Embed ``input`` (a string or a list of strings) of a parsed body with ``model``; OpenAI's shape."""
     model_param = body.get("model")
     if model_param is not None and not isinstance(model_param, str):
         raise bad_request("'model' must be a string naming a model from GET /v1/models", "model")
@@ -53,7 +50,15 @@ async def create_embeddings(request: Request) -> Response:
         data = [{"object": "embedding", "index": i, "embedding": row} for i, row in enumerate(vectors)]
     usage = {"prompt_tokens": embedded.tokens, "total_tokens": embedded.tokens}
     answer = {"object": "list", "data": data, "model": model, "usage": usage}
-    return FastJSONResponse(answer, headers=timing_headers(embedded.enqueue_s, embedded.wait_s))
+    return answer, timing_headers(embedded.enqueue_s, embedded.wait_s)
+
+
+async def create_embeddings(request: Request) -> Response:
+    """Embed ``input`` (a string or a list of strings) with ``model``; OpenAI's answer shape."""
+    config: GatewaySettings = request.app.state.config
+    body = await read_json(request, config.max_body_bytes)
+    content, headers = await embeddings_answer(body, request.app.state.backend, config)
+    return FastJSONResponse(content, headers=headers)
 
 
 async def list_models(request: Request) -> Response:

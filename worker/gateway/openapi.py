@@ -82,6 +82,11 @@ _SEARCH = _json_body(
         "query": {"type": "string"},
         "top_k": {"type": "integer", "default": 10},
         "filter": {"type": "string", "description": 'Milvus expression, e.g. metadata["lang"] == "en"'},
+        "group_by_document": {
+            "type": "boolean",
+            "default": False,
+            "description": "the best passage of each document (collections filled with --split-tokens)",
+        },
     },
     ["collection", "query"],
 )

@@ -15,6 +15,9 @@ from starlette.responses import JSONResponse
 
 _OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
+Answer = tuple[Any, dict[str, str]]
+"""What an embedding route computes: the JSON content (may hold numpy arrays) and extra headers."""
+
 
 def _numpy_fallback(value: object) -> Any:
     """Serialise what orjson refuses natively: non-contiguous arrays and numpy scalars."""
@@ -30,7 +33,12 @@ class FastJSONResponse(JSONResponse):
 
     def render(self, content: Any) -> bytes:
         """Serialise ``content`` with orjson."""
-        return orjson.dumps(content, default=_numpy_fallback, option=_OPTIONS)
+        return dumps(content)
+
+
+def dumps(content: Any) -> bytes:
+    """Serialise ``content`` (numpy arrays included) as JSON bytes with orjson."""
+    return orjson.dumps(content, default=_numpy_fallback, option=_OPTIONS)
 
 
 def loads(body: bytes) -> Any:

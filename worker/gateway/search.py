@@ -98,7 +98,7 @@ class Collections:
         )
 
 
-def _checked_search(body: dict[str, Any]) -> tuple[str, str, int, str]:
+def _checked_search(body: dict[str, Any]) -> tuple[str, str, int, str, bool]:
     collection, query = body.get("collection"), body.get("query")
     if not isinstance(collection, str) or not collection:
         raise bad_request("'collection' is required: the Milvus collection to search", "collection")
@@ -112,20 +112,29 @@ def _checked_search(body: dict[str, Any]) -> tuple[str, str, int, str]:
         raise bad_request(
             '\'filter\' must be a Milvus expression string, e.g. metadata["lang"] == "en"', "filter"
         )
-    return collection, query, top_k, expression
+    grouped = body.get("group_by_document", False)
+    if not isinstance(grouped, bool):
+        raise bad_request("'group_by_document' must be true or false", "group_by_document")
+    return collection, query, top_k, expression, grouped
 
 
 async def search(request: Request) -> Response:
-    """Answer the ``top_k`` documents of ``collection`` nearest to ``query`` (optionally filtered)."""
+    """Answer the ``top_k`` documents of ``collection`` nearest to ``query`` (optionally filtered).
+
+    ``group_by_document``: the best passage of each document (collections filled with --split-tokens).
+    """
     backend: Backend = request.app.state.backend
     config: GatewaySettings = request.app.state.config
     collections: Collections = request.app.state.collections
-    collection, query, top_k, expression = _checked_search(await read_json(request, config.max_body_bytes))
+    body = await read_json(request, config.max_body_bytes)
+    collection, query, top_k, expression, grouped = _checked_search(body)
     sink = await asyncio.to_thread(collections.sink, collection)
     model, _ = await backend.model_dim(sink.model_id)
     embedded = await backend.embed(model, [query], kind="query")
     try:
-        hits = await asyncio.to_thread(sink.search, embedded.vectors[0], top_k, filter=expression)
+        hits = await asyncio.to_thread(
+            sink.search, embedded.vectors[0], top_k, filter=expression, group_by_document=grouped
+        )
     except SinkUnavailableError:
         collections.forget(collection)
         raise

@@ -7,6 +7,8 @@ these. Inputs are always cut to the model's ``max_length`` tokens (as model2vec 
 
 from __future__ import annotations
 
+from typing import Any
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -16,7 +18,7 @@ from worker.gateway.backend import Backend
 from worker.gateway.config import GatewaySettings
 from worker.gateway.errors import bad_request
 from worker.gateway.limits import checked_dimensions, checked_texts, read_json, timing_headers
-from worker.gateway.responses import FastJSONResponse
+from worker.gateway.responses import Answer, FastJSONResponse
 from worker.gateway.vectors import first_dimensions, normalized
 
 TEI_COMPATIBLE_VERSION = "1.8.0"
@@ -42,11 +44,8 @@ def _checked_options(body: dict[str, object]) -> bool:
     return normalize
 
 
-async def embed(request: Request) -> Response:
-    """Embed ``inputs`` (a string or a list of strings); answer a bare list of float lists."""
-    backend: Backend = request.app.state.backend
-    config: GatewaySettings = request.app.state.config
-    body = await read_json(request, config.max_body_bytes)
+async def embed_answer(body: dict[str, Any], backend: Backend, config: GatewaySettings) -> Answer:
+    """Embed ``inputs`` (a string or a list of strings) of a parsed body; answer a bare list of vectors."""
     if "inputs" not in body:
         raise bad_request("'inputs' is required: a string or a list of strings", "inputs")
     normalize = _checked_options(body)
@@ -64,7 +63,15 @@ async def embed(request: Request) -> Response:
         vectors = first_dimensions(vectors, dimensions)
     elif normalize:
         vectors = normalized(vectors)
-    return FastJSONResponse(vectors, headers=timing_headers(embedded.enqueue_s, embedded.wait_s))
+    return vectors, timing_headers(embedded.enqueue_s, embedded.wait_s)
+
+
+async def embed(request: Request) -> Response:
+    """Embed ``inputs`` (a string or a list of strings); answer a bare list of float lists."""
+    config: GatewaySettings = request.app.state.config
+    body = await read_json(request, config.max_body_bytes)
+    content, headers = await embed_answer(body, request.app.state.backend, config)
+    return FastJSONResponse(content, headers=headers)
 
 
 async def embed_alias(request: Request) -> Response:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,7 +25,8 @@ from producer.errors import (
 from worker.milvus.catalog import collection_model
 from worker.milvus.connection import describe_error, is_transient
 from worker.milvus.filters import check_filter
-from worker.milvus.schema import MAX_TOP_K, METRIC, SEARCHABLE_FIELDS, VECTOR_FIELD
+from worker.milvus.passages import grouped_search
+from worker.milvus.schema import MAX_TOP_K, METADATA_FIELD, METRIC, SEARCHABLE_FIELDS, VECTOR_FIELD
 from worker.milvus.search import SearchHit, search_hit
 
 if TYPE_CHECKING:
@@ -66,12 +67,14 @@ def search_text(
     output_fields: Sequence[str] = SEARCHABLE_FIELDS,
     consistency_level: str = "Bounded",
     timeout_s: float = 30.0,
+    group_by_document: bool = False,
 ) -> TextSearch:
     """Embed ``query`` with the model ``collection`` records and return its ``top_k`` nearest rows.
 
     ``filter_expr`` (a Milvus boolean expression) is checked before anything is sent. If the
     physical collection disappears between resolving the name and searching (a reindex with
     ``--drop-old`` just moved the alias), the name is resolved once more and the search repeated.
+    ``group_by_document``: the best passage of each of the ``top_k`` nearest documents.
     """
     if not isinstance(query, str) or not query.strip():
         raise InvalidInputError("the search query is empty: give the text to search for")
@@ -79,6 +82,7 @@ def search_text(
         raise InvalidInputError(f"top_k must be an int from 1 to {MAX_TOP_K}, got {top_k!r}")
     expression = check_filter(filter_expr) if filter_expr.strip() else ""
     fields = checked_output_fields(output_fields)
+    asked = sorted({*fields, METADATA_FIELD}) if group_by_document else fields
     for attempt in (1, 2):
         with _errors(collection):
             physical, model_id, dim = collection_model(client, collection, timeout_s=timeout_s)
@@ -88,16 +92,25 @@ def search_text(
                 f"the query was embedded to shape {vector.shape}, but collection {collection!r} holds "
                 f"{dim}-dimensional vectors of model {model_id!r}: serve that model"
             )
+
+        def run(
+            limit: int, physical: str = physical, query_vector: np.ndarray = vector[0]
+        ) -> list[dict[str, Any]]:
+            return _search(
+                client, physical, query_vector, limit, expression, asked, consistency_level, timeout_s
+            )
+
         try:
             with _errors(collection):
-                raw = _search(
-                    client, physical, vector[0], top_k, expression, fields, consistency_level, timeout_s
-                )
+                if group_by_document:
+                    hits = [search_hit(raw, fields, document=doc) for doc, raw in grouped_search(run, top_k)]
+                else:
+                    hits = [search_hit(raw, fields) for raw in run(top_k)]
         except PermanentError:
             if attempt == 2 or _still(client, collection, physical, timeout_s):
                 raise
             continue
-        return TextSearch(collection, physical, model_id, [search_hit(hit, fields) for hit in raw])
+        return TextSearch(collection, physical, model_id, hits)
     raise AssertionError("unreachable: the second attempt returns or raises")
 
 
@@ -110,10 +123,10 @@ def _search(
     fields: list[str],
     consistency_level: str,
     timeout_s: float,
-) -> list[dict[str, object]]:
+) -> list[dict[str, Any]]:
     from pymilvus.exceptions import MilvusException
 
-    def call() -> list[dict[str, object]]:
+    def call() -> list[dict[str, Any]]:
         results = client.search(
             physical,
             data=[vector.tolist()],

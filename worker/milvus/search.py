@@ -15,12 +15,16 @@ class SearchHit(TypedDict):
     score: float
     text: NotRequired[str]
     metadata: NotRequired[dict[str, Any]]
+    document: NotRequired[str]
+    """The document the hit belongs to (its ``_parent`` for a passage), when grouped by document."""
 
 
-def search_hit(raw: dict[str, Any], fields: list[str]) -> SearchHit:
+def search_hit(raw: dict[str, Any], fields: list[str], *, document: str | None = None) -> SearchHit:
     """Turn one raw pymilvus search result into a SearchHit with the fields asked for."""
     entity = raw.get("entity", {})
     hit = SearchHit(id=str(raw["id"]), score=float(raw["distance"]))
+    if document is not None:
+        hit["document"] = document
     if TEXT_FIELD in fields:
         hit["text"] = str(entity.get(TEXT_FIELD, ""))
     if METADATA_FIELD in fields:

@@ -8,7 +8,6 @@ document id, so a retried task writes the same rows again instead of duplicating
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import re
 import time
@@ -33,20 +32,26 @@ from worker.milvus.column_upsert import ColumnUpsert
 from worker.milvus.connection import connect_milvus, describe_error, is_out_of_space, is_transient
 from worker.milvus.content import with_hash
 from worker.milvus.lite_server import LiteWriteLock, ensure_lite_server, is_lite_path
+from worker.milvus.passage_rows import StoredDocument
+from worker.milvus.passages import (
+    delete_documents,
+    grouped_search,
+    has_passages,
+    mark_passages,
+    stored_documents,
+)
 from worker.milvus.rows import Rows, build_rows, checked_ids
 from worker.milvus.schema import (
-    HNSW_PARAMS,
     ID_FIELD,
     MAX_TOP_K,
     METADATA_FIELD,
     METRIC,
-    MODEL_PROPERTY,
     SEARCHABLE_FIELDS,
     TEXT_FIELD,
     VECTOR_FIELD,
-    collection_schema,
 )
 from worker.milvus.search import SearchHit, search_hit
+from worker.milvus.setup import check_recorded_model, create_collection, ensure_vector_index
 from worker.milvus.sync import id_filter, stored_hashes
 
 log = logging.getLogger(__name__)
@@ -55,7 +60,7 @@ T = TypeVar("T")
 
 _COLLECTION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
 _NOT_LOADED_CODE = 101
-_CONCURRENT_CREATE_WAIT_S = 10.0  # how long to wait for a collection another client is creating
+_PASSAGES_RECHECK_S = 30.0  # how long a sink trusts "this collection holds no passages"
 _COLUMN_CHECK_ROWS = 8  # rows compared with pymilvus' own request before the column-wise path is used
 
 
@@ -95,6 +100,8 @@ class MilvusSink:
         self._fields: list[dict[str, Any]] = []
         self._column_upsert: ColumnUpsert | None = None
         self._column_checked = False
+        self._has_passages = False
+        self._passages_checked_at = -_PASSAGES_RECHECK_S
 
     @property
     def server_kind(self) -> ServerKind:
@@ -113,11 +120,12 @@ class MilvusSink:
     def ensure_collection(self) -> None:
         """Create the collection on first use, or check that it holds this model; then load it."""
         with self._errors("open", ConfigError):
-            if not self.client.has_collection(self.collection, timeout=self.timeout_s):
-                self._create_collection()
-            self._check_recorded_model()
-            self._ensure_vector_index()
-            self.client.load_collection(self.collection, timeout=self.timeout_s)
+            client, name, guard, timeout_s = self.client, self.collection, self._write_guard(), self.timeout_s
+            if not client.has_collection(name, timeout=timeout_s):
+                create_collection(client, name, self.model_id, self.dim, guard, timeout_s=timeout_s)
+            self._fields = check_recorded_model(client, name, self.model_id, self.dim, timeout_s=timeout_s)
+            ensure_vector_index(client, name, lambda: self.server_kind == "lite", guard, timeout_s=timeout_s)
+            client.load_collection(name, timeout=timeout_s)
         self._ready = True
 
     def upsert(
@@ -200,10 +208,12 @@ class MilvusSink:
         *,
         consistency_level: str = "Bounded",
         filter: str = "",
+        group_by_document: bool = False,
     ) -> list[SearchHit]:
         """Return the ``top_k`` nearest documents to ``vector``, most similar first.
 
         ``filter`` is a Milvus boolean expression on the stored fields, e.g. ``metadata["lang"] == "en"``.
+        ``group_by_document``: the best passage of each of the ``top_k`` nearest documents.
         """
         query = np.asarray(vector, dtype=np.float32)
         if query.shape != (self.dim,):
@@ -217,20 +227,27 @@ class MilvusSink:
         if unknown:
             raise InvalidInputError(f"unknown output fields {unknown}: choose from {list(SEARCHABLE_FIELDS)}")
         fields = list(output_fields)
-        results = self._read(
-            "search",
-            lambda: self.client.search(
-                self.collection,
-                data=[query.tolist()],
-                filter=filter,
-                limit=top_k,
-                output_fields=fields,
-                search_params={"metric_type": METRIC, "params": {"ef": max(64, top_k)}},
-                consistency_level=consistency_level,
-                timeout=self.timeout_s,
-            ),
-        )
-        return [search_hit(raw, fields) for raw in results[0]]
+        asked = sorted({*fields, METADATA_FIELD}) if group_by_document else fields
+
+        def run(limit: int) -> list[dict[str, Any]]:
+            results = self._read(
+                "search",
+                lambda: self.client.search(
+                    self.collection,
+                    data=[query.tolist()],
+                    filter=filter,
+                    limit=limit,
+                    output_fields=asked,
+                    search_params={"metric_type": METRIC, "params": {"ef": max(64, limit)}},
+                    consistency_level=consistency_level,
+                    timeout=self.timeout_s,
+                ),
+            )
+            return list(results[0])
+
+        if not group_by_document:
+            return [search_hit(raw, fields) for raw in run(top_k)]
+        return [search_hit(raw, fields, document=doc_id) for doc_id, raw in grouped_search(run, top_k)]
 
     def count(self) -> int:
         """Return the exact number of rows (strong consistency: every acknowledged write is counted)."""
@@ -247,12 +264,51 @@ class MilvusSink:
         return int(rows[0]["count(*)"])
 
     def delete(self, ids: Sequence[str]) -> int:
-        """Delete rows by id; return the number of ids Milvus reports deleted (Lite and server alike)."""
+        """Delete documents by id, with their passages; return the rows Milvus reports deleted."""
+        unique_ids = list(dict.fromkeys(checked_ids(ids)))
+        if not unique_ids:
+            return 0
+        if not self.has_passages():
+            return self.delete_rows(unique_ids)
+        with self._errors("delete from", InvalidInputError):
+            return delete_documents(
+                self.client, self.collection, unique_ids, self._write_guard(), timeout_s=self.timeout_s
+            )
+
+    def has_passages(self) -> bool:
+        """Return whether documents are stored as passages here (its property; "no" is re-read every 30 s)."""
+        now = time.monotonic()
+        if not self._has_passages and now - self._passages_checked_at >= _PASSAGES_RECHECK_S:
+            self._ensure_ready()
+            with self._errors("describe", ConfigError):
+                self._has_passages = has_passages(self.client, self.collection, timeout_s=self.timeout_s)
+            self._passages_checked_at = now
+        return self._has_passages
+
+    def mark_passages(self) -> None:
+        """Record that this collection holds passages (before the first one is written)."""
+        if self._has_passages:
+            return
+        self._ensure_ready()
+        with self._errors("mark", InvalidInputError):
+            mark_passages(self.client, self.collection, self._write_guard(), timeout_s=self.timeout_s)
+        self._has_passages = True
+
+    def delete_rows(self, ids: Sequence[str]) -> int:
+        """Delete rows by exact id (a passage alone, say); return the number Milvus reports deleted."""
         unique_ids = list(dict.fromkeys(checked_ids(ids)))
         if not unique_ids:
             return 0
         self._ensure_ready()
         return self.delete_where(id_filter(unique_ids))
+
+    def stored_documents(self, document_ids: Sequence[str]) -> dict[str, StoredDocument]:
+        """Return how each of ``document_ids`` that exists is stored: passages (count, hash), a plain row."""
+        checked = checked_ids(document_ids)
+        return self._read(
+            "look up rows of",
+            lambda: stored_documents(self.client, self.collection, checked, timeout_s=self.timeout_s),
+        )
 
     def delete_where(self, filter_expr: str) -> int:
         """Delete the rows matching a filter expression; return the number Milvus reports deleted."""
@@ -293,78 +349,6 @@ class MilvusSink:
                     raise
             self.client.load_collection(self.collection, timeout=self.timeout_s)
             return call()
-
-    def _create_collection(self) -> None:
-        schema = collection_schema(self.model_id, self.dim)
-        record = json.dumps({"model_id": self.model_id, "dim": self.dim})
-        try:
-            with self._write_guard():
-                self.client.create_collection(
-                    self.collection,
-                    schema=schema,
-                    properties={MODEL_PROPERTY: record},
-                    timeout=self.timeout_s,
-                )
-        except MilvusException:
-            # Another process may be creating it between our check and our call: wait for that
-            # creation to finish, then the collection is verified like any existing one. (Milvus Lite
-            # refuses a second create while the first is still in progress, with "File exists".)
-            deadline = time.monotonic() + min(self.timeout_s, _CONCURRENT_CREATE_WAIT_S)
-            while not self.client.has_collection(self.collection, timeout=self.timeout_s):
-                if time.monotonic() >= deadline:
-                    raise
-                time.sleep(0.05)
-
-    def _check_recorded_model(self) -> None:
-        description = self.client.describe_collection(self.collection, timeout=self.timeout_s)
-        self._fields = list(description.get("fields", []))
-        fields = {field["name"]: field for field in self._fields}
-        try:
-            record = json.loads(description.get("properties", {})[MODEL_PROPERTY])
-            recorded_model, recorded_dim = str(record["model_id"]), int(record["dim"])
-        except (KeyError, TypeError, ValueError):
-            raise ConfigError(
-                f"collection {self.collection!r} exists but was not created by embedq (it records no model): "
-                "choose another collection name"
-            ) from None
-        schema_dim = int(fields.get(VECTOR_FIELD, {}).get("params", {}).get("dim", recorded_dim))
-        if (recorded_model, recorded_dim) != (self.model_id, self.dim) or schema_dim != self.dim:
-            raise ModelMismatchError(
-                f"collection {self.collection!r} holds vectors of model {recorded_model!r} "
-                f"(dim {schema_dim}), but this worker encodes with model {self.model_id!r} (dim {self.dim}): "
-                f"use another collection name for {self.model_id!r}, or drop {self.collection!r} to "
-                "re-embed everything with it"
-            )
-        missing = sorted({ID_FIELD, VECTOR_FIELD, TEXT_FIELD, METADATA_FIELD} - fields.keys())
-        if missing:
-            raise ConfigError(
-                f"collection {self.collection!r} lacks the fields {missing}: choose another collection name"
-            )
-
-    def _ensure_vector_index(self) -> None:
-        if self._has_vector_index():
-            return
-        # Milvus Lite builds HNSW only when faiss is installed; AUTOINDEX is its fallback.
-        candidates = [("HNSW", HNSW_PARAMS)]
-        if self.server_kind == "lite":
-            candidates.append(("AUTOINDEX", {}))
-        for attempt, (index_type, params) in enumerate(candidates, start=1):
-            index_params = self.client.prepare_index_params()
-            index_params.add_index(VECTOR_FIELD, index_type=index_type, metric_type=METRIC, params=params)
-            try:
-                with self._write_guard():
-                    self.client.create_index(self.collection, index_params, timeout=self.timeout_s)
-                return
-            except MilvusException as exc:
-                if self._has_vector_index():
-                    return  # another process created it first
-                if is_transient(exc) or attempt == len(candidates):
-                    raise
-
-    def _has_vector_index(self) -> bool:
-        return bool(
-            self.client.list_indexes(self.collection, field_name=VECTOR_FIELD, timeout=self.timeout_s)
-        )
 
     def _write_guard(self) -> AbstractContextManager[object]:
         return self._write_lock if self._write_lock is not None else contextlib.nullcontext()

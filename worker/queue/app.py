@@ -117,7 +117,11 @@ def build_worker_app(settings: Settings, encoder: Encoder, queues: Sequence[str]
         CollectionSinks(partial(_open_sink, settings.milvus_uri, settings.milvus_token)),
     )
     register_batch_task(app, encoder, limits)
-    step = type("PresenceStep", (PresenceStep,), {"presence": WorkerPresence(encoder.model_id, encoder.dim)})
+    step = type(
+        "PresenceStep",
+        (PresenceStep,),
+        {"presence": WorkerPresence(encoder.model_id, encoder.dim, getattr(encoder, "max_length", None))},
+    )
     app.steps["consumer"].add(step)
     return app
 

@@ -31,8 +31,9 @@ from producer.errors import (
 )
 from producer.protocol.batches import TASK_EMBED_BATCH, BatchItem, BatchRequest, encode_notice
 from producer.protocol.messages import EmbedResult
+from producer.protocol.names import VECTOR_DTYPE
 from producer.protocol.texts import validate_texts
-from worker.metrics.recording import encode_observed, record_request, token_total
+from worker.metrics.recording import encode_observed, record_request
 from worker.queue.tasks import EmbedTask, Encoder, TextLimits, check_model
 
 QueueDepth = Callable[[], int | None]
@@ -86,17 +87,26 @@ def run_batch(
         if all_texts
         else (np.zeros((0, encoder.dim), np.float32), None)
     )
+    # Converted once for the whole batch, then sliced per item (a numpy call per item costs more).
+    dim = int(vectors.shape[1])
+    raw = np.ascontiguousarray(vectors, dtype=VECTOR_DTYPE).tobytes()
+    counts: list[int] | None = None if tokens is None else tokens.tolist()
+    row_bytes = dim * np.dtype(VECTOR_DTYPE).itemsize
     start = 0
     for item, texts in accepted:
         item_id, end = item.id, start + len(texts)
-        part = vectors[start:end]
-        item_tokens = token_total(None if tokens is None else tokens[start:end])
+        part_tokens = None if counts is None else counts[start:end]
+        item_tokens = 0 if part_tokens is None else sum(part_tokens)
         record_request(encoder.model_id, item.kind, "ok", len(texts), item_tokens, request_id=item_id)
-        part_tokens = None if tokens is None else tokens[start:end].tolist()
-        start = end
-        outcomes[item_id] = ItemOutcome(
-            item_id, result=EmbedResult.from_array(encoder.model_id, part, part_tokens).encode()
+        result = EmbedResult(
+            model=encoder.model_id,
+            dim=dim,
+            count=end - start,
+            vectors=raw[start * row_bytes : end * row_bytes],
+            tokens=None if part_tokens is None else tuple(part_tokens),
         )
+        start = end
+        outcomes[item_id] = ItemOutcome(item_id, result=result.encode())
     return [outcomes[item.id] for item in batch.items]
 
 
@@ -104,6 +114,9 @@ def store_outcomes(app: Celery, outcomes: list[ItemOutcome], reply_to: str | Non
     """Store each outcome under its id as Celery would (readable by id), then notify ``reply_to``."""
     backend = app.backend
     stored: list[tuple[str, bytes]] = []
+    # Celery's record of a result: the same for every item of the batch but its result and id
+    # (built once per state: its date and task lookups cost more than encoding the vectors).
+    metas: dict[str, dict[str, Any]] = {}
     try:
         pipe = backend.client.pipeline(transaction=False)
         for outcome in outcomes:
@@ -112,8 +125,10 @@ def store_outcomes(app: Celery, outcomes: list[ItemOutcome], reply_to: str | Non
             else:
                 state, value = "FAILURE", backend.prepare_exception(outcome.error)
                 expires = backend.failure_expires
-            meta = backend._get_result_meta(value, state, None, None)
-            meta["task_id"] = outcome.item_id
+            shared = metas.get(state)
+            if shared is None:
+                shared = metas[state] = backend._get_result_meta(None, state, None, None)
+            meta = {**shared, "result": value, "task_id": outcome.item_id}
             raw = backend.encode(meta)
             key = backend.get_key_for_task(outcome.item_id)
             if expires:

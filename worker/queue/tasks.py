@@ -7,12 +7,13 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, cast
 
 import numpy as np
-from celery import Celery, Task
+from celery import Celery, Task, states
 
 from producer.errors import (
+    InvalidInputError,
     MessageDecodeError,
     ModelMismatchError,
     PermanentError,
@@ -24,6 +25,9 @@ from producer.protocol.names import TASK_FOR_KIND, TASK_UPSERT_DOCUMENTS, Kind, 
 from producer.protocol.texts import validate_texts
 from worker.metrics.recording import encode_observed, record_milvus_upsert, record_request, token_total
 from worker.milvus.content import content_hash
+from worker.milvus.passage_rows import StoredDocument, passage_id
+from worker.queue.passage_upsert import SplittingEncoder, encode_counting, upsert_passages
+from worker.queue.payloads import forget_arguments, resolve_arguments
 
 
 class Encoder(Protocol):
@@ -71,13 +75,24 @@ class EmbedTask(Task):  # type: ignore[misc]  # Celery ships no type hints
         return ceiling_s * random.uniform(0.5, 1.0)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        """Run the task; turn a transient error into a delayed retry, let any other error fail it."""
+        """Run the task; turn a transient error into a delayed retry, let any other error fail it.
+
+        A request stored beside its message (protocol.payloads) is read first; a retry re-sends
+        the reference, so the stored request stays until the task's outcome is stored.
+        """
         try:
-            return super().__call__(*args, **kwargs)
+            return super().__call__(*resolve_arguments(self, args), **kwargs)
         except PermanentError:
             raise
         except TransientError as exc:
             raise self.retry(exc=exc, countdown=self.retry_countdown_s(self.request.retries)) from exc
+
+    def after_return(
+        self, status: str, retval: Any, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
+        """Once the outcome is stored (success or final failure), delete a request stored beside it."""
+        if status in (states.SUCCESS, states.FAILURE):
+            forget_arguments(self, tuple(args or ()))
 
 
 class Sink(Protocol):
@@ -95,6 +110,15 @@ class Sink(Protocol):
 
     def stored_hashes(self, ids: Sequence[str]) -> dict[str, str]:
         """Return the content hash recorded for each of ``ids`` that exists."""
+
+    def stored_documents(self, document_ids: Sequence[str]) -> dict[str, StoredDocument]:
+        """Return how each stored document is stored (passages: row #0's hash and count; a plain row)."""
+
+    def delete_rows(self, ids: Sequence[str]) -> int:
+        """Delete rows by exact id."""
+
+    def mark_passages(self) -> None:
+        """Record that the collection holds passages (before the first one is written)."""
 
     def close(self) -> None:
         """Release the connection."""
@@ -158,9 +182,12 @@ def upsert_request(
     """
     _check_model(encoder, request.model)
     texts = validate_texts(request.texts, max_texts=limits.max_texts, max_text_chars=limits.max_text_chars)
+    if request.split is not None:
+        return _upsert_split(encoder, sinks, request, texts)
     hashes = [content_hash(encoder.model_id, t, m) for t, m in zip(texts, request.metadata, strict=True)]
     sink = sinks.get(request.collection, encoder.model_id, encoder.dim)
     tokens = None
+    truncated = 0
     started = time.perf_counter()
     try:
         rows = list(range(len(texts)))
@@ -168,8 +195,15 @@ def upsert_request(
             stored = sink.stored_hashes(request.ids)
             rows = [row for row in rows if stored.get(request.ids[row]) != hashes[row]]
         written = 0
+        if rows and _holds_passages(sink):
+            # Documents stored as passages before: their passages go, so each is stored one way only.
+            written_ids = [request.ids[row] for row in rows]
+            stored_as = sink.stored_documents(written_ids)
+            sink.delete_rows([passage_id(d, k) for d, how in stored_as.items() for k in range(how.passages)])
         if rows:
-            vectors, tokens = encode_observed(encoder, encoder.model_id, [texts[row] for row in rows])
+            vectors, tokens, truncated = encode_counting(
+                encoder, encoder.model_id, [texts[row] for row in rows]
+            )
             started = time.perf_counter()
             written = sink.upsert(
                 [request.ids[row] for row in rows],
@@ -185,7 +219,42 @@ def upsert_request(
     record_request(encoder.model_id, "upsert", "ok", len(texts), token_total(tokens))
     unchanged = len(set(request.ids)) - len({request.ids[row] for row in rows})
     return UpsertResult(
-        model=encoder.model_id, collection=request.collection, written=written, unchanged=unchanged
+        model=encoder.model_id,
+        collection=request.collection,
+        written=written,
+        unchanged=unchanged,
+        truncated=truncated,
+        max_tokens=getattr(encoder, "max_length", None) if truncated else None,
+    )
+
+
+def _holds_passages(sink: Sink) -> bool:
+    """Whether the sink's collection holds passages (a sink without the notion, a test double: no)."""
+    check = getattr(sink, "has_passages", None)
+    return bool(check()) if callable(check) else False
+
+
+def _upsert_split(
+    encoder: Encoder, sinks: CollectionSinks, request: UpsertRequest, texts: Sequence[str]
+) -> UpsertResult:
+    """Store each document as passages (``worker.queue.passage_upsert``)."""
+    if not callable(getattr(encoder, "split", None)):
+        raise InvalidInputError(f"the worker's encoder for {encoder.model_id!r} cannot split documents")
+    sink = sinks.get(request.collection, encoder.model_id, encoder.dim)
+    started = time.perf_counter()
+    try:
+        done = upsert_passages(cast(SplittingEncoder, encoder), sink, request, texts)
+    except SinkUnavailableError:
+        sinks.discard(request.collection)
+        raise
+    record_milvus_upsert(request.collection, done.passages_written, time.perf_counter() - started)
+    record_request(encoder.model_id, "upsert", "ok", len(texts), token_total(done.tokens))
+    return UpsertResult(
+        model=encoder.model_id,
+        collection=request.collection,
+        written=done.documents_written,
+        unchanged=done.documents_unchanged,
+        passages=done.passages_written,
     )
 
 
