@@ -25,8 +25,9 @@ from pathlib import Path
 
 from bench.bench_backfill import CpuMeter, MilvusTarget, lite_target, load_corpus, redis_pid
 from producer.backfill import BackfillOptions, run_backfill
-from producer.backfill.in_flight import InFlightSetting
+from producer.backfill.in_flight import InFlightSetting, auto_limit
 from producer.client import EmbeddingClient
+from producer.protocol.fleet import PoolPresence
 from worker.queue.fleet import usable_cpus
 
 ROLES = ("bench", "redis", "worker", "milvus")
@@ -149,7 +150,8 @@ def report(processes: int, results: PoolResults) -> float:
         print(
             f"  in-flight {setting:>4}: {rate:>7,.0f} docs/s (median; spread {_spread(results.rates[setting])})"
         )
-    same = str(2 * min(processes, usable_cpus()))  # the limit auto picks with this worker alone
+    # The limit auto picks for this worker alone.
+    same = str(auto_limit([PoolPresence("bench", processes, usable_cpus())]))
     if same in medians:
         print(
             f"  auto / fixed {same} (the limit auto picks here, so the difference is the machine's noise): "

@@ -1,6 +1,7 @@
 """Workers far from the broker: docs/s of a backfill and of a bulk embed job at 0, 1 and 10 ms added RTT.
 
 Usage: python -m bench.bench_remote [--docs 20000] [--rounds 3] [--delays 0,1,10] [--task-texts 1000]
+                                    [--queues interactive,bulk | bulk]
 
 This machine's kernel has no ``sch_netem`` (``tc qdisc add ... netem`` answers "Specified qdisc
 kind is unknown"), so the distance is a userspace TCP proxy (tests/support/delay_proxy.py) between
@@ -10,6 +11,8 @@ The producer talks to the broker directly (it sits next to it); the workers, one
 Per round and delay (the order rotating): a fresh backfill of the corpus (chunk 1000, in-flight
 auto) and a bulk embed job of the same texts split into tasks of ``--task-texts``. Printed:
 docs/s, and each delay against 0 ms through the same proxy (median of per-round ratios).
+``--queues bulk`` runs a bulk-only worker, which reserves a second chunk per pool process
+(prefetch 2); the default worker also reads the queue of queries and keeps prefetch 1.
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--delays", default="0,1,10")
     parser.add_argument("--task-texts", type=int, default=1000)
+    parser.add_argument("--queues", default="interactive,bulk", help="the worker's --queues")
     args = parser.parse_args()
     delays = [float(value) for value in args.delays.split(",")]
     rates: dict[tuple[str, float], list[float]] = {}
@@ -91,11 +95,13 @@ def main() -> None:
         try:
             time.sleep(0.5)
             with lite_target(tmp / "lite") as target:
-                worker = start_worker(far_url, tmp / "worker.log", milvus_uri=target.uri)
+                worker = start_worker(
+                    far_url, tmp / "worker.log", milvus_uri=target.uri, queues=args.queues.split(",")
+                )
                 try:
                     with EmbeddingClient(redis_url, max_texts_per_task=args.task_texts) as client:
                         print(
-                            f"corpus {len(corpus.ids):,} paragraphs; worker of 2 pool processes behind the proxy; "
+                            f"corpus {len(corpus.ids):,} paragraphs; worker of 2 pool processes ({args.queues}) behind the proxy; "
                             f"delays {delays} ms added RTT rotating, {args.rounds} rounds"
                         )
                         warm = BackfillOptions(corpus.path, "remote_warm", state_dir=tmp / "warm")

@@ -1,4 +1,4 @@
-"""How a backfill reads the live pool processes of its model's bulk queue from the broker."""
+"""How a backfill reads the pools of the live workers of its model's bulk queue from the broker."""
 
 from __future__ import annotations
 
@@ -6,14 +6,14 @@ from collections.abc import Callable
 
 from producer.celery_config import broker_client
 from producer.client import EmbeddingClient
-from producer.protocol.fleet import live_pool_processes
+from producer.protocol.fleet import PoolPresence, live_pools
 
 
-def pool_reader(client: EmbeddingClient) -> Callable[[], int]:
-    """Return a function that counts the pool processes serving ``client``'s bulk queue now."""
+def pool_reader(client: EmbeddingClient) -> Callable[[], list[PoolPresence]]:
+    """Return a function that reads the pools of the workers serving ``client``'s bulk queue now."""
 
-    def read() -> int:
+    def read() -> list[PoolPresence]:
         with broker_client(client.app) as redis:
-            return live_pool_processes(redis, client.bulk_queue)
+            return live_pools(redis, client.bulk_queue)
 
     return read

@@ -1,19 +1,22 @@
 """How many chunks a backfill keeps queued: a fixed number, or about two per live pool process.
 
-With ``auto``, the limit follows the pool processes the live workers of the model's bulk queue
-advertise (producer.protocol.fleet; a worker with more processes than CPUs counts its CPUs, as
-its extra processes only take turns), re-read every few seconds, so a backfill fills a fleet that
-grows or shrinks while it runs. Two chunks per process: one running, one waiting in the queue
-for the moment it ends, so no process idles for a round trip to the broker between chunks.
+With ``auto``, the limit follows the pools the live workers of the model's bulk queue advertise
+(producer.protocol.fleet), re-read every few seconds, so a backfill fills a fleet that grows or
+shrinks while it runs. Two chunks per pool process: one running, one waiting for the moment it
+ends, so no process idles for a round trip to the broker between chunks. A worker with more
+processes than CPUs gets one chunk per CPU: a second chunk would not wait there but run on an
+idle extra process, and the chunks would take turns on the CPUs (slower per document than one
+chunk per CPU in bench/bench_fleet.py).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Final, Literal
 
 from producer.errors import ConfigError
+from producer.protocol.fleet import PoolPresence
 
 AUTO: Final = "auto"
 InFlightSetting = int | Literal["auto"]
@@ -49,11 +52,18 @@ def check_in_flight(value: object) -> InFlightSetting:
     return value
 
 
-def auto_limit(pool_processes: int) -> int:
-    """Return the auto limit for ``pool_processes`` live pool processes (0: none advertised)."""
-    if pool_processes < 1:
+def worker_chunks(pool: PoolPresence) -> int:
+    """Return the chunks to keep in flight for one worker: two per process, one per CPU if oversubscribed."""
+    if pool.cpus is not None and pool.processes > pool.cpus:
+        return pool.cpus
+    return CHUNKS_PER_PROCESS * pool.processes
+
+
+def auto_limit(pools: Sequence[PoolPresence]) -> int:
+    """Return the auto limit for the live workers' ``pools`` (none advertised: a fixed fallback)."""
+    if not pools:
         return FALLBACK_IN_FLIGHT
-    return min(MAX_AUTO_IN_FLIGHT, CHUNKS_PER_PROCESS * pool_processes)
+    return min(MAX_AUTO_IN_FLIGHT, sum(worker_chunks(pool) for pool in pools))
 
 
 class InFlightLimit:
@@ -62,12 +72,12 @@ class InFlightLimit:
     def __init__(
         self,
         setting: InFlightSetting,
-        read_pool_processes: Callable[[], int],
+        read_pools: Callable[[], Sequence[PoolPresence]],
         *,
         reread_every_s: float = REREAD_EVERY_S,
     ) -> None:
         self.setting = check_in_flight(setting)
-        self._read = read_pool_processes
+        self._read = read_pools
         self._reread_every_s = reread_every_s
         self._value = setting if isinstance(setting, int) else FALLBACK_IN_FLIGHT
         self._pool_processes = 0
@@ -75,7 +85,7 @@ class InFlightLimit:
 
     @property
     def pool_processes(self) -> int:
-        """The live pool processes last read (0 before the first read or with a fixed setting)."""
+        """The runnable pool processes last read (0 before the first read or with a fixed setting)."""
         return self._pool_processes
 
     def current(self) -> int:
@@ -85,6 +95,7 @@ class InFlightLimit:
         now = time.monotonic()
         if self._read_at is None or now - self._read_at >= self._reread_every_s:
             self._read_at = now
-            self._pool_processes = self._read()
-            self._value = auto_limit(self._pool_processes)
+            pools = self._read()
+            self._pool_processes = sum(pool.runnable for pool in pools)
+            self._value = auto_limit(pools)
         return self._value

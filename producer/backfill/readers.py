@@ -42,7 +42,8 @@ _SUFFIXES = {
 class FieldNames:
     """Which record fields hold the id, the text and the metadata.
 
-    ``metadata`` None means: the record's ``metadata`` object if it has one, else every other field.
+    ``metadata`` None means: every field but the id and the text; a ``metadata`` object is merged
+    into the others (its keys win on a clash), so no field of the record is dropped.
     """
 
     id: str | None = "id"
@@ -99,7 +100,8 @@ def _checked_document(record: Mapping[str, Any], fields: FieldNames, where: str)
     if fields.metadata is not None:
         metadata = {name: record.get(name) for name in fields.metadata if name in record}
     elif isinstance(record.get("metadata"), dict):
-        metadata = dict(record["metadata"])
+        others = {k: v for k, v in record.items() if k not in (fields.text, fields.id, "metadata")}
+        metadata = others | record["metadata"]  # the explicit metadata object wins on a key clash
     else:
         metadata = {k: v for k, v in record.items() if k not in (fields.text, fields.id)}
     problem = document_problem(doc_id, text, metadata)

@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import itertools
 import json
+import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -34,12 +35,15 @@ from producer.backfill.model import (
 from producer.backfill.readers import FieldNames, Rejected, count_records, detect_format, read_documents
 from producer.backfill.shards import local_shards, register_shard, registered_shards, sum_shards
 from producer.backfill.state import BackfillState, load_local_progress, load_progress
+from producer.backfill.target import probe_target
 from producer.celery_config import broker_client
 from producer.client import EmbeddingClient
 from producer.errors import BrokerUnavailableError, ConfigError, EmbedqError, TransientError
 from producer.job import TaskOutcome
 from producer.protocol.documents import Document
 from producer.protocol.messages import UpsertResult
+
+log = logging.getLogger(__name__)
 
 _POLL_S = 0.02
 _WORKER_CHECK_AFTER_S = 10.0
@@ -222,6 +226,35 @@ def _send_pending(
     run.pending, run.pending_parts, run.pending_hashes = [], [], []
 
 
+def _check_saved_progress(
+    client: EmbeddingClient, collection: str, state: BackfillState, on_notice: Callable[[str], None]
+) -> None:
+    """Skip nothing before knowing that the collection the saved chunks were written to is still there."""
+    if not state.saved_chunks:
+        return
+    try:
+        notice = state.reconcile(probe_target(client, collection))
+    except BaseException:
+        state.finish()
+        raise
+    if notice is not None:
+        on_notice(notice)
+
+
+def _remember_target(client: EmbeddingClient, collection: str, run: _Run, *, complete: bool) -> None:
+    """Record which collection a complete run's chunks went to, if that was not known when it began.
+
+    After an incomplete run (Milvus down, say) the next run asks before skipping anything anyway.
+    """
+    state = run.state
+    if state.target is not None or not run.written or not complete:
+        return
+    try:
+        state.reconcile(probe_target(client, collection))
+    except EmbedqError as exc:  # the chunks are confirmed; a later run asks again before skipping them
+        log.warning("could not record which collection backfill %s wrote to: %s", state.job_id, exc)
+
+
 def run_backfill(
     client: EmbeddingClient,
     options: BackfillOptions,
@@ -229,12 +262,14 @@ def run_backfill(
     on_progress: Callable[[BackfillProgress], None] | None = None,
     seen: SeenIds | None = None,
     hashes: LocalHashes | None = None,
+    on_notice: Callable[[str], None] = log.warning,
 ) -> BackfillSummary:
     """Stream ``options.path`` through the workers into ``options.collection``; resumable by job id.
 
-    ``seen`` records the ids read (for deleting the rows missing from the file afterwards).
+    ``seen`` records the ids read (for deleting the rows missing from the file afterwards);
     ``hashes`` (a sync manifest) leaves documents it knows unchanged out of the queue and records
-    the content hash of every confirmed document.
+    the content hash of every confirmed document; ``on_notice`` is given one line when the saved
+    progress is discarded (see ``target.py``).
     """
     fields = FieldNames(options.id_field, options.text_field, options.metadata_fields)
     records: Iterable[Document | Rejected] = read_documents(options.path, options.format, fields)
@@ -249,6 +284,7 @@ def run_backfill(
             register_shard(redis, job_id.rsplit("-shard", 1)[0], job_id)
     _check_split(client, options)
     state = BackfillState.open(client, job_id, options, total)
+    _check_saved_progress(client, options.collection, state, on_notice)
     run = _Run(state, InFlightLimit(options.max_in_flight, pool_reader(client)), hashes=hashes)
 
     def report(status: str) -> None:
@@ -273,6 +309,7 @@ def run_backfill(
                 "transient error (Milvus or the workers down); fix it and run the same command to resume"
             )
         status = "done" if state.all_confirmed(None if shard is None else shard.owns) else "failed"
+        _remember_target(client, options.collection, run, complete=status == "done")
     except EmbedqError:
         status = "failed"
         raise

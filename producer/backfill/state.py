@@ -3,13 +3,17 @@
 The checkpoint file (one JSON line per confirmed chunk) survives a Redis restart without
 persistence; the Redis copy lets `embedq status JOB_ID` answer from any shell, and a progress
 file next to the checkpoint lets it answer in the backfill's directory when Redis cannot (no broker
-URL, the key expired, or Redis restarted without persistence). A change of the
+URL, the key expired, or Redis restarted without persistence). Each publish adds only the chunks
+confirmed since the last one to Redis (done_chunks.py), so it costs the same at chunk 10 and at
+chunk 10 million. A change of the
 broker's run id during a run means Redis restarted and lost the queued chunks: the run stops
-with BrokerRestartedError and the same command resumes it.
+with BrokerRestartedError and the same command resumes it. The progress is tied to its target
+(``target.py``): saved against a collection that is gone or was made again, it is discarded.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -20,9 +24,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import IO, Any
 
-from producer.backfill import run_lock
+from producer.backfill import done_chunks, run_lock
 from producer.backfill.model import BackfillOptions, BackfillProgress, ChunkRecord
 from producer.backfill.run_lock import LOCK_TTL_S
+from producer.backfill.target import Target, target_file, target_key, void_progress_notice
 from producer.celery_config import broker_client
 from producer.client import EmbeddingClient
 from producer.errors import BrokerUnavailableError, ConfigError, EmbedqError, TransientError
@@ -82,6 +87,9 @@ class BackfillState:
         self._checkpoint_path = checkpoint
         self._progress_path = progress_file(options.state_dir, job_id)
         self._done: dict[int, ChunkRecord] = {}
+        self._unpublished: list[ChunkRecord] = []
+        """Confirmed chunks not yet appended to the job's records in Redis."""
+        self._legacy_field = False
         self._chunks_seen = 0
         self._total: int | None = None
         self._docs_total = docs_total
@@ -90,6 +98,9 @@ class BackfillState:
         self._last_broker_check = 0.0
         self._log: IO[str] | None = None
         self._holder = run_lock.holder_name()
+        self._target_path = target_file(options.state_dir, job_id)
+        self.target: Target | None = None
+        """Where the saved chunks were written (None: not known, e.g. saved by an earlier version)."""
 
     @classmethod
     def open(
@@ -110,11 +121,71 @@ class BackfillState:
         with broker_client(client.app) as redis:
             run_lock.acquire(redis, job_id, state._holder)  # before reading what earlier runs confirmed
             state._run_id = str(redis.info("server").get("run_id"))
-            saved = redis.hget(_key(job_id), "chunks")
-        for raw in json.loads(saved) if saved else []:
-            record = ChunkRecord(*raw)
+            saved, legacy = done_chunks.read(redis, job_id, _key(job_id))
+            saved_target = redis.get(target_key(job_id))
+        # An earlier version's JSON list is read once; the first publish moves it to the records.
+        state._legacy_field = legacy is not None
+        for record in saved + (legacy or []):
             state._done.setdefault(record.index, record)
+        in_redis = {record.index for record in saved}
+        state._unpublished = [state._done[i] for i in sorted(state._done) if i not in in_redis]
+        with contextlib.suppress(OSError):
+            saved_target = state._target_path.read_text(encoding="utf-8")
+        state.target = None if saved_target is None else Target.decode(saved_target)
         return state
+
+    @property
+    def saved_chunks(self) -> int:
+        """How many chunks earlier runs (or this one) confirmed."""
+        return len(self._done)
+
+    def reconcile(self, now: Target | None) -> str | None:
+        """Check the saved chunks against where the workers write now; discard them if void.
+
+        Returns the one-line notice to show when they were discarded. ``now`` None (workers of an
+        earlier version cannot say) keeps them. Progress saved without a target (an earlier
+        version) is kept if the collection exists, discarded if it does not.
+        """
+        if now is None:
+            return None
+        saved = self.target
+        void = (saved is not None and saved != now) or not now.exists
+        notice = None
+        if void and self._done:
+            notice = void_progress_notice(self.job_id, self._collection, len(self._done), saved, now)
+            self._discard()
+        self.record_target(now if now.exists else None)
+        return notice
+
+    def record_target(self, target: Target | None) -> None:
+        """Save where this job's chunks are written, next to the checkpoint and in Redis."""
+        self.target = target
+        try:
+            if target is None:
+                self._target_path.unlink(missing_ok=True)
+            else:
+                self._target_path.write_text(target.encode(), encoding="utf-8")
+        except OSError as exc:
+            raise checkpoint_error(exc, self._target_path) from None
+        with broker_client(self._client.app) as redis:
+            if target is None:
+                redis.delete(target_key(self.job_id))
+            else:
+                redis.set(target_key(self.job_id), target.encode(), ex=STATE_TTL_S)
+
+    def _discard(self) -> None:
+        """Forget every confirmed chunk: in memory, in the checkpoint file and in Redis."""
+        self._done.clear()
+        if self._log is not None:
+            try:
+                self._log.truncate(0)
+            except OSError as exc:
+                raise checkpoint_error(exc, self._checkpoint_path) from None
+        self._unpublished = []
+        self._legacy_field = False
+        with broker_client(self._client.app) as redis:
+            redis.hdel(_key(self.job_id), "chunks")
+            redis.delete(done_chunks.done_key(self.job_id))
 
     def confirmed(self, index: int) -> ChunkRecord | None:
         """Return the record of chunk ``index`` if an earlier run or this one confirmed it."""
@@ -124,6 +195,7 @@ class BackfillState:
     def confirm(self, record: ChunkRecord) -> None:
         """Record a chunk as done, durably in the checkpoint file first."""
         self._done[record.index] = record
+        self._unpublished.append(record)
         if self._log is not None:
             try:
                 self._log.write(json.dumps(asdict(record)) + "\n")
@@ -183,16 +255,22 @@ class BackfillState:
     def _publish(self, progress: BackfillProgress) -> None:
         self._write_local(progress)
         fields = {name: json.dumps(value) for name, value in asdict(progress).items()}
-        fields["chunks"] = json.dumps([[r.index, r.written, r.rejected] for r in self._done.values()])
+        added = self._unpublished
         try:
             with broker_client(self._client.app) as redis:
-                pipe = redis.pipeline()
+                pipe = redis.pipeline()  # one transaction: the records and the old field never both count
+                done_chunks.append(pipe, self.job_id, added, STATE_TTL_S)
+                if self._legacy_field:
+                    pipe.hdel(_key(self.job_id), done_chunks.LEGACY_FIELD)
                 pipe.hset(_key(self.job_id), mapping=fields)
                 pipe.expire(_key(self.job_id), STATE_TTL_S)
                 pipe.execute()
         except BrokerUnavailableError:
             if progress.state == "running":
                 raise
+            return
+        self._unpublished = []
+        self._legacy_field = False
 
     def _write_local(self, progress: BackfillProgress) -> None:
         """Replace the local progress file in one step, so that a reader never sees half of it."""
@@ -222,7 +300,7 @@ def load_progress(client: EmbeddingClient, job_id: str) -> dict[str, Any] | None
     if not raw:
         return None
     fields = {(k.decode() if isinstance(k, bytes) else k): json.loads(v) for k, v in raw.items()}
-    fields.pop("chunks", None)
+    fields.pop(done_chunks.LEGACY_FIELD, None)
     fields["errors"] = tuple(fields.get("errors", ()))
     return fields
 

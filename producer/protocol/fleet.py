@@ -33,11 +33,15 @@ def pool_key(queue: str, hostname: str) -> str:
 
 @dataclass(frozen=True)
 class PoolPresence:
-    """One worker's pool: its name (Celery hostname/pid), its processes and the CPUs it may use."""
+    """One worker's pool: its name (Celery hostname/pid), its processes, the CPUs it may use, its model."""
 
     hostname: str
     processes: int
     cpus: int | None = None  # None: not said (a record of an earlier version)
+    fingerprint: str | None = None
+    """The fingerprint of the model files the worker loaded (None: a worker of an earlier version)."""
+    started_at: float | None = None
+    """When the worker started (epoch s): of two serving other files under one name, the later stops."""
 
     @property
     def runnable(self) -> int:
@@ -46,7 +50,13 @@ class PoolPresence:
 
     def encode(self) -> bytes:
         """Return the msgpack bytes stored under :func:`pool_key`."""
-        fields = {"hostname": self.hostname, "processes": self.processes, "cpus": self.cpus}
+        fields = {
+            "hostname": self.hostname,
+            "processes": self.processes,
+            "cpus": self.cpus,
+            "fingerprint": self.fingerprint,
+            "started_at": self.started_at,
+        }
         return cast(bytes, msgpack.packb({key: value for key, value in fields.items() if value is not None}))
 
     @classmethod
@@ -65,29 +75,47 @@ class PoolPresence:
             raise MessageDecodeError(f"PoolPresence.processes must be a positive int, got {processes!r}")
         if cpus is not None and (isinstance(cpus, bool) or not isinstance(cpus, int) or cpus < 1):
             raise MessageDecodeError(f"PoolPresence.cpus must be a positive int, got {cpus!r}")
-        return cls(hostname, processes, cpus)
+        fingerprint = payload.get("fingerprint")
+        if fingerprint is not None and not isinstance(fingerprint, str):
+            raise MessageDecodeError(
+                f"PoolPresence.fingerprint must be a string, got {type(fingerprint).__name__}"
+            )
+        started_at = payload.get("started_at")
+        if started_at is not None and (
+            isinstance(started_at, bool) or not isinstance(started_at, int | float)
+        ):
+            raise MessageDecodeError(
+                f"PoolPresence.started_at must be a number, got {type(started_at).__name__}"
+            )
+        return cls(hostname, processes, cpus, fingerprint, None if started_at is None else float(started_at))
 
 
-def live_pool_processes(redis: Any, queue: str) -> int:
-    """Return the runnable pool processes of the live workers advertising a pool on ``queue`` (0: none).
+def live_pools(redis: Any, queue: str) -> list[PoolPresence]:
+    """Return the pool records of the live workers advertising a pool on ``queue``.
 
-    Hostnames whose key expired (the worker stopped or lost the broker) are dropped from the set.
+    Hostnames whose key expired (the worker stopped or lost the broker) are dropped from the set;
+    foreign values are skipped.
     """
     members = redis.smembers(pool_set_key(queue))
     hostnames = sorted(name.decode() if isinstance(name, bytes) else str(name) for name in members)
     if not hostnames:
-        return 0
+        return []
     values: list[bytes | None] = redis.mget([pool_key(queue, name) for name in hostnames])
-    total = 0
+    pools = []
     gone = []
     for name, raw in zip(hostnames, values, strict=True):
         if raw is None:
             gone.append(name)
             continue
         try:
-            total += PoolPresence.decode(raw).runnable
+            pools.append(PoolPresence.decode(raw))
         except MessageDecodeError:
             continue  # a foreign value: not a pool this producer can count
     if gone:
         redis.srem(pool_set_key(queue), *gone)
-    return total
+    return pools
+
+
+def live_pool_processes(redis: Any, queue: str) -> int:
+    """Return the runnable pool processes of the live workers advertising a pool on ``queue`` (0: none)."""
+    return sum(pool.runnable for pool in live_pools(redis, queue))

@@ -328,6 +328,11 @@ class UpsertResult:
     """The model's max_length in tokens (sent only with ``truncated``)."""
     passages: int = 0
     """Passage rows written for the documents written, when split (sent only when not zero)."""
+    milvus: str | None = None
+    """Where the worker writes (its Milvus URI without credentials; a Lite path made absolute).
+    Sent only in answer to a request with no documents (a target probe), which older producers never send."""
+    collection_uuid: str | None = None
+    """The collection's identity (``""``: it does not exist); sent with ``milvus``."""
 
     def encode(self) -> dict[str, Any]:
         """Return the msgpack-safe task result."""
@@ -341,6 +346,9 @@ class UpsertResult:
             value = getattr(self, key)
             if value:
                 encoded[key] = value
+        if self.milvus is not None:
+            encoded["milvus"] = self.milvus
+            encoded["collection_uuid"] = self.collection_uuid or ""
         return encoded
 
     @classmethod
@@ -349,15 +357,22 @@ class UpsertResult:
         what = "UpsertResult"
         counts = ("unchanged", "truncated", "max_tokens", "passages")
         fields = _fields(
-            payload, what, frozenset({"model", "collection", "written"}), optional=frozenset(counts)
+            payload,
+            what,
+            frozenset({"model", "collection", "written"}),
+            optional=frozenset({*counts, "milvus", "collection_uuid"}),
         )
         written = _typed(fields, "written", int, what)
         optional = {key: _typed(fields, key, int, what) for key in counts if key in fields}
         if written < 0 or any(value < 0 for value in optional.values()):
             raise MessageDecodeError(f"{what} counts must not be negative, got {written} and {optional}")
+        target = {
+            key: _typed(fields, key, str, what) for key in ("milvus", "collection_uuid") if key in fields
+        }
         return cls(
             model=_typed(fields, "model", str, what),
             collection=_typed(fields, "collection", str, what),
             written=written,
             **optional,
+            **target,
         )

@@ -41,6 +41,15 @@ def bulk_queue_for_model(model_id: str) -> str:
     return QUEUE_PREFIX + model_id + BULK_QUEUE_SUFFIX
 
 
+FINGERPRINT_SHOWN_CHARS: Final = 12
+"""Hex characters of a model fingerprint shown in messages (the full value is always compared)."""
+
+
+def short_fingerprint(fingerprint: str | None) -> str:
+    """Return a fingerprint as shown in messages: its first 12 hex characters, or "unknown"."""
+    return fingerprint[:FINGERPRINT_SHOWN_CHARS] if fingerprint else "unknown"
+
+
 def presence_key(queue: str) -> str:
     """Return the broker key a live worker consuming ``queue`` keeps set (with a short TTL)."""
     return f"embedq:presence:{queue}"

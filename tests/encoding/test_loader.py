@@ -121,3 +121,33 @@ def test_broken_config(tiny_model: Path) -> None:
     (tiny_model / "config.json").write_text("{broken")
     with pytest.raises(ModelLoadError, match=r"config\.json"):
         load_model_files(tiny_model)
+
+
+def test_the_fingerprint_is_stable_and_changes_with_any_of_the_three_files(tmp_path: Path) -> None:
+    folder = build_model(tmp_path / "m")
+    first = load_model_files(folder).fingerprint
+    assert len(first) == 64 and load_model_files(folder).fingerprint == first
+    copy = shutil.copytree(folder, tmp_path / "copy")
+    assert load_model_files(copy).fingerprint == first  # same bytes elsewhere: the same model
+    seen = {first}
+    for name, change in (
+        ("model.safetensors", lambda: build_model(folder, seed=1)),
+        ("config.json", lambda: (folder / "config.json").write_text('{"normalize": false}')),
+        (
+            "tokenizer.json",
+            lambda: (folder / "tokenizer.json").write_text(
+                (folder / "tokenizer.json").read_text().replace('"[UNK]"', '"[UNKNOWN]"', 1)
+            ),
+        ),
+    ):
+        change()
+        fingerprint = load_model_files(folder).fingerprint
+        assert fingerprint not in seen, name
+        seen.add(fingerprint)
+
+
+def test_a_hub_snapshot_folder_gives_its_revision(tmp_path: Path) -> None:
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = build_model(tmp_path / "models--org--name" / "snapshots" / commit)
+    assert load_model_files(snapshot).revision == commit
+    assert load_model_files(build_model(tmp_path / "plain")).revision is None

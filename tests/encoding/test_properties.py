@@ -323,6 +323,12 @@ class _RecordingSink:
             self.rows[doc_id] = (text, vector)
         return len(set(ids))
 
+    def collection_uuid(self) -> str | None:
+        """The collection exists once a row was written (an upsert of no rows asks this)."""
+        return "in-memory" if self.rows else None
+
+    location = "memory"
+
     def close(self) -> None:
         """Nothing to release."""
 

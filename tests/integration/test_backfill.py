@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -123,3 +124,22 @@ def test_documents_without_ids_get_text_hashes_and_never_duplicate(
     assert sink.count() == 300
     vector = np.asarray(StaticEncoder.from_pretrained().encode(["line number 5"])[0])
     assert sink.search(vector, 1)[0]["id"] == document_id("line number 5")
+
+
+def test_a_record_with_a_metadata_object_keeps_its_other_fields(
+    worker: WorkerProcess, client: EmbeddingClient, tmp_path: Path
+) -> None:
+    corpus = tmp_path / "records.jsonl"
+    record = {"id": "r1", "text": "a record", "lang": "en", "year": 2023, "metadata": {"year": 2024}}
+    corpus.write_text(json.dumps(record) + "\n")
+    assert (
+        run_backfill(client, BackfillOptions(corpus, "backfill_merged", state_dir=tmp_path / "s")).written
+        == 1
+    )
+    stored = _sink(worker, "backfill_merged").client.query(
+        "backfill_merged", ids=["r1"], output_fields=["metadata"]
+    )
+    assert {k: v for k, v in stored[0]["metadata"].items() if not k.startswith("_")} == {
+        "lang": "en",
+        "year": 2024,
+    }

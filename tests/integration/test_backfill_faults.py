@@ -68,9 +68,11 @@ class BackfillRig:
         )
 
 
-def _backfill_rig(broker_url: str, folder: Path) -> BackfillRig:
+def _backfill_rig(broker_url: str, folder: Path, queues: list[str] | None = None) -> BackfillRig:
     model = str(build_model(folder / "model", dim=TINY_DIM))
-    worker = start_worker(broker_url, folder / "worker.log", model, milvus_uri=str(folder / "faults.db"))
+    worker = start_worker(
+        broker_url, folder / "worker.log", model, milvus_uri=str(folder / "faults.db"), queues=queues
+    )
     return BackfillRig(worker, write_jsonl_corpus(folder / "corpus.jsonl", BACKFILL_DOCS), folder / "state")
 
 
@@ -113,7 +115,22 @@ def _started_pool_pid(client: EmbeddingClient, pool_pids: list[int]) -> int | No
     return None
 
 
-def test_a_pool_process_killed_mid_backfill_loses_and_duplicates_nothing(backfill_rig: BackfillRig) -> None:
+@pytest.fixture(scope="module")
+def bulk_only_rig(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackfillRig]:
+    """A worker of the bulk queue only: it reserves a second chunk per pool process (prefetch 2)."""
+    rig = _backfill_rig(redis_url, tmp_path_factory.mktemp("backfill-faults-bulk"), ["bulk"])
+    try:
+        yield rig
+    finally:
+        stop_worker(rig.worker)
+        stop_lite_server(rig.lite_db)
+
+
+@pytest.mark.parametrize("rig_name", ["backfill_rig", "bulk_only_rig"])
+def test_a_pool_process_killed_mid_backfill_loses_and_duplicates_nothing(
+    rig_name: str, request: pytest.FixtureRequest
+) -> None:
+    backfill_rig: BackfillRig = request.getfixturevalue(rig_name)
     killed: list[int] = []
     with EmbeddingClient.from_settings(backfill_rig.worker.settings) as client:
 

@@ -37,26 +37,37 @@ def test_options_default_to_auto_and_refuse_nonsense(tmp_path: object) -> None:
         BackfillOptions(tmp_path, "docs", max_in_flight="lots")  # type: ignore[arg-type]
 
 
+def _pools(*processes: int) -> list[PoolPresence]:
+    return [PoolPresence(f"w{i}@h", count) for i, count in enumerate(processes)]
+
+
 def test_auto_keeps_two_chunks_per_pool_process_with_a_fallback_and_a_ceiling() -> None:
-    assert auto_limit(0) == FALLBACK_IN_FLIGHT
-    assert auto_limit(1) == 2
-    assert auto_limit(20) == 40
-    assert auto_limit(10**6) == MAX_AUTO_IN_FLIGHT
+    assert auto_limit([]) == FALLBACK_IN_FLIGHT
+    assert auto_limit(_pools(1)) == 2
+    assert auto_limit(_pools(2, 8, 10)) == 40
+    assert auto_limit(_pools(10**6)) == MAX_AUTO_IN_FLIGHT
+
+
+def test_a_worker_with_more_processes_than_cpus_gets_one_chunk_per_cpu() -> None:
+    # A second chunk per CPU would run on an idle extra process, not wait (slower in bench_fleet).
+    assert auto_limit([PoolPresence("w1@a", 4, cpus=2)]) == 2
+    assert auto_limit([PoolPresence("w1@a", 4, cpus=2), PoolPresence("w2@b", 2, cpus=8)]) == 2 + 4
+    assert auto_limit([PoolPresence("w1@a", 2, cpus=2)]) == 4
 
 
 def test_auto_limit_follows_the_fleet_and_a_fixed_one_never_reads_it() -> None:
-    fleet = [0]
+    fleet: list[list[PoolPresence]] = [[]]
     reads = []
 
-    def read() -> int:
+    def read() -> list[PoolPresence]:
         reads.append(fleet[0])
         return fleet[0]
 
     limit = InFlightLimit("auto", read, reread_every_s=0.0)
     assert limit.current() == FALLBACK_IN_FLIGHT
-    fleet[0] = 20
+    fleet[0] = _pools(20)
     assert limit.current() == 40 and limit.pool_processes == 20
-    fleet[0] = 2
+    fleet[0] = _pools(2)
     assert limit.current() == 4
     fixed = InFlightLimit(7, read)
     reads.clear()
@@ -65,7 +76,7 @@ def test_auto_limit_follows_the_fleet_and_a_fixed_one_never_reads_it() -> None:
 
 def test_auto_limit_is_not_reread_on_every_chunk() -> None:
     calls = []
-    limit = InFlightLimit("auto", lambda: calls.append(1) or 3, reread_every_s=60.0)
+    limit = InFlightLimit("auto", lambda: calls.append(1) or _pools(3), reread_every_s=60.0)
     for _ in range(100):
         assert limit.current() == 6
     assert len(calls) == 1

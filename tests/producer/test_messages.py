@@ -150,6 +150,14 @@ def test_sync_fields_are_optional_both_ways() -> None:
         UpsertResult.decode({**old_result, "unchanged": -1})
 
 
+def test_an_upsert_result_says_where_it_writes_only_when_asked_by_a_probe() -> None:
+    from producer.protocol.messages import UpsertResult
+
+    probe_answer = UpsertResult("m", "c", 0, milvus="/data/embedq.db", collection_uuid="")
+    assert UpsertResult.decode(probe_answer.encode()) == probe_answer
+    assert "milvus" not in UpsertResult("m", "c", 3).encode()  # what producers of earlier versions read
+
+
 def test_split_and_truncation_fields_are_optional_and_checked() -> None:
     from producer.protocol.messages import UpsertRequest, UpsertResult, WorkerPresence
 

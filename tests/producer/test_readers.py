@@ -61,10 +61,12 @@ def test_field_options(tmp_path: Path) -> None:
     assert document == Document("k1", "hello", {"lang": "en"})
 
 
-def test_metadata_object_is_used_as_is(tmp_path: Path) -> None:
+def test_a_metadata_object_is_merged_with_the_other_fields_and_wins_on_a_clash(tmp_path: Path) -> None:
+    # Until this version the other fields ("other", "a" outside) were silently dropped.
     path = tmp_path / "c.jsonl"
-    path.write_text(json.dumps({"id": "x", "text": "t", "metadata": {"a": [1, 2]}, "other": 3}) + "\n")
-    assert next(read_documents(path)).metadata == {"a": [1, 2]}
+    record = {"id": "x", "text": "t", "metadata": {"a": [1, 2], "lang": "en"}, "other": 3, "a": "outer"}
+    path.write_text(json.dumps(record) + "\n")
+    assert next(read_documents(path)).metadata == {"a": [1, 2], "lang": "en", "other": 3}
 
 
 def test_bad_records_are_rejected_with_where_and_why(tmp_path: Path) -> None:

@@ -59,6 +59,18 @@ def test_interactive_and_bulk_name_the_models_two_queues(queues: list[str], expe
         app.close()
 
 
+@pytest.mark.parametrize(("queues", "prefetch"), [(None, 1), (["interactive"], 1), (["bulk"], 2)])
+def test_only_a_bulk_only_worker_reserves_a_second_chunk_per_process(
+    queues: list[str] | None, prefetch: int
+) -> None:
+    # A worker that also serves queries keeps prefetch 1: a query never waits behind a reserved chunk.
+    app = build_worker_app(Settings(), FakeEncoder("org/fake"), queues=queues)
+    try:
+        assert app.conf.worker_prefetch_multiplier == prefetch
+    finally:
+        app.close()
+
+
 def test_run_worker_loads_once_and_passes_options_through(monkeypatch: pytest.MonkeyPatch) -> None:
     loaded: list[str | None] = []
     encoder = FakeEncoder("org/fake")

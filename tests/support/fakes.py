@@ -23,6 +23,7 @@ class FakeEncoder:
 
     def __init__(self, model_id: str = "org/fake", dim: int = 4) -> None:
         self.model_id = model_id
+        self.fingerprint = ""
         self._dim = dim
         self.calls = 0
 

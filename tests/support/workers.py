@@ -73,12 +73,13 @@ def start_worker(
     milvus_uri: str | None = None,
     extra_env: Mapping[str, str] | None = None,
     queues: Sequence[str] | None = None,
+    cwd: Path = REPO_ROOT,
 ) -> WorkerProcess:
     """Start a worker on ``redis_url`` and wait until it advertises its queues.
 
     Its Milvus target is ``milvus_uri``, by default a Lite database next to the log file;
     ``extra_env`` adds or overrides EMBEDQ_* variables; ``queues`` is passed to ``run_worker``
-    (default: the model's queue and its bulk queue).
+    (default: the model's queue and its bulk queue); ``cwd`` is where a relative model path is read.
     """
     env = {
         **os.environ,
@@ -98,7 +99,7 @@ def start_worker(
     settings = load_settings(env)
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-c", _RUN_WORKER], cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-c", _RUN_WORKER], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT
         )
     worker = WorkerProcess(process, log_path, settings)
     client = broker_redis(redis_url, settings.sentinel_master)

@@ -113,11 +113,17 @@ def backfill_command(args: argparse.Namespace, settings: Settings) -> int:
         deleted = None
         if recording:
             summary, deleted = sync_backfill(
-                served, client, options, manifest, delete=args.delete_missing, on_progress=bar.update
+                served,
+                client,
+                options,
+                manifest,
+                delete=args.delete_missing,
+                on_progress=bar.update,
+                on_notice=note,
             )
         else:
             clear_sync_mark(served, args.collection)  # a manifest elsewhere no longer describes it
-            summary = run_backfill(client, options, on_progress=bar.update)
+            summary = run_backfill(client, options, on_progress=bar.update, on_notice=note)
     print(backfill_summary_line(summary, args.collection, deleted))
     if args.delete_missing and deleted is None:
         note("--delete-missing: nothing deleted, as the file was not read and written completely")

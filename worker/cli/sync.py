@@ -41,6 +41,7 @@ def sync_backfill(
     *,
     delete: bool,
     on_progress: Callable[[BackfillProgress], None] | None = None,
+    on_notice: Callable[[str], None] | None = None,
 ) -> tuple[BackfillSummary, int | None]:
     """Run a backfill with ``manifest``; with ``delete``, delete the rows the file lacks (None: not safe)."""
     from producer.backfill import run_backfill
@@ -52,7 +53,10 @@ def sync_backfill(
             # Passages: rows are <id>#<k>, which document hashes do not describe; Milvus decides.
             passages = options.split is not None
             hashes.trusted = hashes.trusted and not passages
-            summary = run_backfill(client, options, on_progress=on_progress, seen=seen, hashes=hashes)
+            notices = {} if on_notice is None else {"on_notice": on_notice}
+            summary = run_backfill(
+                client, options, on_progress=on_progress, seen=seen, hashes=hashes, **notices
+            )
             deleted = None
             if delete:
                 deleted = delete_missing(

@@ -124,6 +124,8 @@ class StaticEncoder:
     ) -> None:
         config = files.config
         self.model_id: str = files.model_id
+        self.fingerprint: str = files.fingerprint
+        self.revision: str | None = files.revision
         self.source_dir: Path = files.source_dir
         self.normalize: bool = bool(config.get("normalize", False)) if normalize is None else normalize
         self.max_length: int | None = _checked_max_length(

@@ -18,6 +18,7 @@ from tokenizers import Tokenizer
 
 from producer.errors import ModelLoadError
 from producer.protocol.names import BUNDLED_MODEL_ID
+from worker.encoding.fingerprint import file_fingerprint, hub_revision
 
 __all__ = ["BUNDLED_MODEL_DIR", "BUNDLED_MODEL_ID", "ModelFiles", "load_model_files", "resolve_source"]
 
@@ -49,6 +50,10 @@ class ModelFiles:
     mapping: np.ndarray | None
     tokenizer: Tokenizer
     config: dict[str, Any]
+    fingerprint: str = ""
+    """BLAKE2b-256 (hex) of the config, tensors and tokenizer files (worker.encoding.fingerprint)."""
+    revision: str | None = None
+    """The Hub commit the files came from, when the folder is a Hugging Face cache snapshot."""
 
 
 def _looks_like_path(source: str) -> bool:
@@ -182,4 +187,8 @@ def load_model_files(
         mapping=tensors.get("mapping"),
         tokenizer=_read_tokenizer(tokenizer_path),
         config=_read_config(config_path),
+        fingerprint=file_fingerprint(
+            {"config": config_path, "tensors": tensors_path, "tokenizer": tokenizer_path}
+        ),
+        revision=hub_revision(folder),
     )

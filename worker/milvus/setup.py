@@ -6,7 +6,6 @@ write lock), so the sink keeps to reading and writing rows.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -15,8 +14,9 @@ from typing import Any
 from pymilvus import MilvusClient
 from pymilvus.exceptions import MilvusException
 
-from producer.errors import ConfigError, ModelMismatchError
+from producer.errors import ConfigError
 from worker.milvus.connection import is_transient
+from worker.milvus.model_record import ModelRecord, adopt, check_same_model, recorded_model
 from worker.milvus.schema import (
     HNSW_PARAMS,
     ID_FIELD,
@@ -34,15 +34,14 @@ _CONCURRENT_CREATE_WAIT_S = 10.0  # how long to wait for a collection another cl
 def create_collection(
     client: MilvusClient,
     collection: str,
-    model_id: str,
-    dim: int,
+    model: ModelRecord,
     write_guard: AbstractContextManager[object],
     *,
     timeout_s: float,
 ) -> None:
-    """Create ``collection`` for ``model_id`` vectors of ``dim``, recording both in a property."""
-    schema = collection_schema(model_id, dim)
-    record = json.dumps({"model_id": model_id, "dim": dim})
+    """Create ``collection`` for ``model``'s vectors, recording the model (and a new collection uuid)."""
+    schema = collection_schema(model.model_id, model.dim)
+    record = ModelRecord.new(model.model_id, model.dim, model.fingerprint, model.revision).encode()
     try:
         with write_guard:
             client.create_collection(
@@ -60,34 +59,36 @@ def create_collection(
 
 
 def check_recorded_model(
-    client: MilvusClient, collection: str, model_id: str, dim: int, *, timeout_s: float
-) -> list[dict[str, Any]]:
-    """Check that ``collection`` was made by embedq for ``model_id`` and ``dim``; return its fields."""
+    client: MilvusClient,
+    collection: str,
+    ours: ModelRecord,
+    write_guard: AbstractContextManager[object],
+    *,
+    timeout_s: float,
+) -> tuple[list[dict[str, Any]], ModelRecord]:
+    """Check that ``collection`` was made by embedq for ``ours``; return its fields and its record.
+
+    A collection made by an earlier version (no fingerprint or uuid) records them now ("adopted"),
+    and is read back: if another worker adopted it at the same moment with other files, the record
+    that stayed wins and this one is refused.
+    """
     description = client.describe_collection(collection, timeout=timeout_s)
     field_list = list(description.get("fields", []))
     fields = {field["name"]: field for field in field_list}
-    try:
-        record = json.loads(description.get("properties", {})[MODEL_PROPERTY])
-        recorded_model, recorded_dim = str(record["model_id"]), int(record["dim"])
-    except (KeyError, TypeError, ValueError):
-        raise ConfigError(
-            f"collection {collection!r} exists but was not created by embedq (it records no model): "
-            "choose another collection name"
-        ) from None
-    schema_dim = int(fields.get(VECTOR_FIELD, {}).get("params", {}).get("dim", recorded_dim))
-    if (recorded_model, recorded_dim) != (model_id, dim) or schema_dim != dim:
-        raise ModelMismatchError(
-            f"collection {collection!r} holds vectors of model {recorded_model!r} "
-            f"(dim {schema_dim}), but this worker encodes with model {model_id!r} (dim {dim}): "
-            f"use another collection name for {model_id!r}, or drop {collection!r} to "
-            "re-embed everything with it"
-        )
+    recorded = recorded_model(collection, description)
+    schema_dim = int(fields.get(VECTOR_FIELD, {}).get("params", {}).get("dim", recorded.dim))
+    check_same_model(collection, recorded, schema_dim, ours)
+    if recorded.collection_uuid is None or (recorded.fingerprint is None and ours.fingerprint):
+        with write_guard:
+            adopt(client, collection, recorded, ours, timeout_s=timeout_s)
+        recorded = recorded_model(collection, client.describe_collection(collection, timeout=timeout_s))
+        check_same_model(collection, recorded, schema_dim, ours)
     missing = sorted({ID_FIELD, VECTOR_FIELD, TEXT_FIELD, METADATA_FIELD} - fields.keys())
     if missing:
         raise ConfigError(
             f"collection {collection!r} lacks the fields {missing}: choose another collection name"
         )
-    return field_list
+    return field_list, recorded
 
 
 def ensure_vector_index(

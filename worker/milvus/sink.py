@@ -1,7 +1,8 @@
 """MilvusSink: one Milvus (or Milvus Lite) collection holding one model's vectors.
 
-The collection records the model id and dimension it was created for (a collection property), and
-every sink checks them before use, so vectors of two models never mix. Writes are upserts keyed by
+The collection records the model id, dimension and fingerprint it was created for (a collection
+property, see ``model_record``), and every sink checks them before use, so vectors of two models
+never mix, even two models under one name. Writes are upserts keyed by
 document id, so a retried task writes the same rows again instead of duplicating them.
 """
 
@@ -13,6 +14,8 @@ import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
+from functools import partial
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import grpc
@@ -28,10 +31,12 @@ from producer.errors import (
     PermanentError,
     SinkUnavailableError,
 )
+from producer.redaction import redact_url
 from worker.milvus.column_upsert import ColumnUpsert
 from worker.milvus.connection import connect_milvus, describe_error, is_out_of_space, is_transient
 from worker.milvus.content import with_hash
 from worker.milvus.lite_server import LiteWriteLock, ensure_lite_server, is_lite_path
+from worker.milvus.model_record import ModelRecord
 from worker.milvus.passage_rows import StoredDocument
 from worker.milvus.passages import (
     delete_documents,
@@ -60,6 +65,7 @@ T = TypeVar("T")
 
 _COLLECTION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
 _NOT_LOADED_CODE = 101
+_COLLECTION_MISSING_CODE = 100
 _PASSAGES_RECHECK_S = 30.0  # how long a sink trusts "this collection holds no passages"
 _COLUMN_CHECK_ROWS = 8  # rows compared with pymilvus' own request before the column-wise path is used
 
@@ -78,6 +84,9 @@ class MilvusSink:
         write_lock: AbstractContextManager[object] | None = None,
         timeout_s: float = 30.0,
         max_request_bytes: int = 16 * 1024 * 1024,
+        fingerprint: str | None = None,
+        revision: str | None = None,
+        location: str = "",
     ) -> None:
         if not _COLLECTION_NAME.match(collection):
             raise ConfigError(
@@ -92,6 +101,12 @@ class MilvusSink:
         self.collection = collection
         self.model_id = model_id
         self.dim = dim
+        self.fingerprint = fingerprint
+        self.revision = revision
+        self.location = location
+        """Where this sink writes, as users see it: the URI without credentials, a Lite path made absolute."""
+        self.record: ModelRecord | None = None
+        """The collection's model record, once checked (its ``collection_uuid`` identifies it)."""
         self.timeout_s = timeout_s
         self.max_request_bytes = max_request_bytes
         self._server_kind = server_kind
@@ -121,9 +136,10 @@ class MilvusSink:
         """Create the collection on first use, or check that it holds this model; then load it."""
         with self._errors("open", ConfigError):
             client, name, guard, timeout_s = self.client, self.collection, self._write_guard(), self.timeout_s
+            ours = ModelRecord(self.model_id, self.dim, self.fingerprint, self.revision)
             if not client.has_collection(name, timeout=timeout_s):
-                create_collection(client, name, self.model_id, self.dim, guard, timeout_s=timeout_s)
-            self._fields = check_recorded_model(client, name, self.model_id, self.dim, timeout_s=timeout_s)
+                create_collection(client, name, ours, guard, timeout_s=timeout_s)
+            self._fields, self.record = check_recorded_model(client, name, ours, guard, timeout_s=timeout_s)
             ensure_vector_index(client, name, lambda: self.server_kind == "lite", guard, timeout_s=timeout_s)
             client.load_collection(name, timeout=timeout_s)
         self._ready = True
@@ -350,6 +366,18 @@ class MilvusSink:
             self.client.load_collection(self.collection, timeout=self.timeout_s)
             return call()
 
+    def collection_uuid(self) -> str | None:
+        """Return the identity of the collection as it is now (None: it does not exist); never creates it.
+
+        A collection dropped and created again has another uuid, so a backfill's saved progress can
+        tell it from the one it wrote to.
+        """
+        if not self.exists():
+            self._ready = False
+            return None
+        self.ensure_collection()
+        return None if self.record is None else self.record.collection_uuid
+
     def _write_guard(self) -> AbstractContextManager[object]:
         return self._write_lock if self._write_lock is not None else contextlib.nullcontext()
 
@@ -362,6 +390,12 @@ class MilvusSink:
             raise
         except (MilvusException, grpc.RpcError, OSError) as exc:
             detail = describe_error(exc)
+            if isinstance(exc, MilvusException) and exc.code == _COLLECTION_MISSING_CODE:
+                self._ready = False  # dropped since this sink checked it: the next call sets it up again
+                raise SinkUnavailableError(
+                    f"collection {self.collection!r} was dropped while in use, so Milvus could not {action} "
+                    "it: the request can be retried (it creates the collection again)"
+                ) from exc
             if is_out_of_space(exc):
                 raise SinkUnavailableError(
                     f"Milvus is out of disk space and could not {action} collection {self.collection!r} "
@@ -376,20 +410,22 @@ class MilvusSink:
 
 
 def open_sink(
-    uri: str, token: str | None, collection: str, model_id: str, dim: int, *, timeout_s: float = 30.0
+    uri: str,
+    token: str | None,
+    collection: str,
+    model_id: str,
+    dim: int,
+    *,
+    timeout_s: float = 30.0,
+    fingerprint: str | None = None,
+    revision: str | None = None,
 ) -> MilvusSink:
     """Connect and return a sink; a Lite path is served by one shared Lite server with serialised writes."""
+    location = str(Path(uri).expanduser().resolve()) if is_lite_path(uri) else redact_url(uri)
+    sink = partial(
+        MilvusSink, fingerprint=fingerprint, revision=revision, timeout_s=timeout_s, location=location
+    )
     if is_lite_path(uri):
         client = connect_milvus(ensure_lite_server(uri), None, timeout_s=timeout_s)
-        return MilvusSink(
-            client,
-            collection,
-            model_id,
-            dim,
-            server_kind="lite",
-            write_lock=LiteWriteLock(uri),
-            timeout_s=timeout_s,
-        )
-    return MilvusSink(
-        connect_milvus(uri, token, timeout_s=timeout_s), collection, model_id, dim, timeout_s=timeout_s
-    )
+        return sink(client, collection, model_id, dim, server_kind="lite", write_lock=LiteWriteLock(uri))
+    return sink(connect_milvus(uri, token, timeout_s=timeout_s), collection, model_id, dim)

@@ -4,22 +4,40 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import time
 from collections.abc import Sequence
 from functools import partial
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 from celery import Celery, bootsteps, signals
 from kombu.entity import Exchange, Queue
 
 from producer.celery_config import broker_client, build_celery_app
-from producer.errors import BrokerUnavailableError
+from producer.errors import EXIT_PERMANENT, BrokerUnavailableError
 from producer.protocol.fleet import PoolPresence
 from producer.protocol.messages import WorkerPresence
-from producer.protocol.names import PRESENCE_TTL_S, bulk_queue_for_model, presence_key, queue_for_model
+from producer.protocol.names import (
+    PRESENCE_TTL_S,
+    bulk_queue_for_model,
+    presence_key,
+    queue_for_model,
+    short_fingerprint,
+)
 from producer.settings import Settings
 from worker.queue.batch_task import register_batch_task
 from worker.queue.broker_checks import check_broker_at_start
-from worker.queue.fleet import advertise_pool, pool_identity, pool_processes, usable_cpus
+from worker.queue.fleet import (
+    advertise_pool,
+    check_fleet_model,
+    describe_pools,
+    other_models,
+    pool_identity,
+    pool_processes,
+    started_later,
+    usable_cpus,
+    withdraw_pool,
+)
 from worker.queue.guard import install_message_guard
 from worker.queue.sentinel import install_sentinel_guard
 from worker.queue.tasks import CollectionSinks, Encoder, Sink, TextLimits, register_tasks
@@ -36,6 +54,10 @@ class PresenceStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery shi
 
     requires = ("celery.worker.consumer.tasks:Tasks",)
     presence: ClassVar[WorkerPresence]
+    fingerprint: ClassVar[str]
+    started_at: ClassVar[float]
+    refused: ClassVar[str | None] = None
+    """Why this worker stopped itself: it joined a queue served by other files under its model name."""
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
@@ -43,6 +65,7 @@ class PresenceStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery shi
         self._keys: list[str] = []
         self._queues: list[str] = []
         self._consumer: Any = None
+        self._reachable = False
 
     def start(self, consumer: Any) -> None:
         """Advertise the model's queues it consumes now and every third of the presence TTL."""
@@ -60,10 +83,23 @@ class PresenceStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery shi
         self._timer_entry = consumer.timer.call_repeatedly(PRESENCE_TTL_S / 3, self._refresh, (consumer.app,))
 
     def stop(self, consumer: Any) -> None:
-        """Stop refreshing; the key expires within the TTL unless another worker keeps it."""
+        """Stop refreshing (also when the broker connection is lost); the keys expire within the TTL."""
         if self._timer_entry is not None:
             self._timer_entry.cancel()
             self._timer_entry = None
+
+    def shutdown(self, consumer: Any) -> None:
+        """At worker shutdown, withdraw this worker's pool record, so a successor need not wait it out.
+
+        Only after a refresh that reached the broker: a broker that is down is not waited for here.
+        """
+        if not (self._reachable and self._queues and self._consumer is not None):
+            return
+        try:
+            with broker_client(consumer.app) as client:
+                withdraw_pool(client, self._queues, pool_identity(self._consumer))
+        except BrokerUnavailableError:
+            pass  # the record expires within the presence TTL
 
     def _refresh(self, app: Celery) -> None:
         value = self.presence.encode()
@@ -71,12 +107,38 @@ class PresenceStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery shi
             with broker_client(app) as client:
                 for key in self._keys:
                     client.set(key, value, ex=PRESENCE_TTL_S)
+                identity = pool_identity(self._consumer)
                 pool = PoolPresence(
-                    pool_identity(self._consumer), pool_processes(self._consumer), usable_cpus()
+                    identity, pool_processes(self._consumer), usable_cpus(), self.fingerprint, self.started_at
                 )
                 advertise_pool(client, self._queues, pool)
+                # Two workers started at the same moment both passed the start check: the later one stops.
+                others = (
+                    other_models(client, self._queues, self.fingerprint, identity) if self.fingerprint else {}
+                )
+            self._reachable = True
+            if others:
+                self._mixed_fleet(others, identity)
         except BrokerUnavailableError as exc:
+            self._reachable = False
             logger.warning("could not refresh the worker presence key: %s", exc)
+
+    def _mixed_fleet(self, others: dict[str, PoolPresence], identity: str) -> None:
+        message = (
+            f"other workers on {self._queues[0]} serve model {self.presence.model!r} from other files: "
+            f"{describe_pools(others)}; this one has fingerprint {short_fingerprint(self.fingerprint)}"
+        )
+        if not started_later(others, self.started_at, identity):
+            logger.error("%s; they started after this one and stop themselves", message)
+            return
+        if type(self).refused is None:
+            type(self).refused = message
+            logger.critical("%s; they started first, so this worker stops (exit code 2)", message)
+            os.kill(os.getpid(), signal.SIGTERM)  # Celery's warm shutdown: tasks running now finish
+
+
+BULK_PREFETCH_MULTIPLIER: Final = 2
+"""Tasks each pool process of a bulk-only worker reserves: the running one and the next."""
 
 
 def model_queues(model_id: str) -> tuple[str, str]:
@@ -84,10 +146,29 @@ def model_queues(model_id: str) -> tuple[str, str]:
     return queue_for_model(model_id), bulk_queue_for_model(model_id)
 
 
-def _open_sink(uri: str, token: str | None, collection: str, model_id: str, dim: int) -> Sink:
+def _open_sink(
+    uri: str,
+    token: str | None,
+    fingerprint: str | None,
+    revision: str | None,
+    collection: str,
+    model_id: str,
+    dim: int,
+) -> Sink:
     from worker.milvus.sink import open_sink  # pymilvus loads in the pool process that first upserts
 
-    return open_sink(uri, token, collection, model_id, dim)
+    return open_sink(uri, token, collection, model_id, dim, fingerprint=fingerprint, revision=revision)
+
+
+def _check_fleet_at_start(app: Celery, encoder: Encoder) -> None:
+    """Refuse to start beside live workers serving other files under this model's name."""
+    if not encoder.fingerprint:
+        return
+    try:
+        with broker_client(app) as client:
+            check_fleet_model(client, model_queues(encoder.model_id), encoder.model_id, encoder.fingerprint)
+    except BrokerUnavailableError:
+        pass  # not reachable yet: Celery waits for it; the presence refresh reports a mixed fleet
 
 
 def build_worker_app(settings: Settings, encoder: Encoder, queues: Sequence[str] | None = None) -> Celery:
@@ -105,6 +186,12 @@ def build_worker_app(settings: Settings, encoder: Encoder, queues: Sequence[str]
         list(dict.fromkeys(aliases.get(name, name) for name in queues)) if queues else [own_queue, bulk_queue]
     )
     app.conf.task_default_queue = own_queue
+    if names == [bulk_queue]:
+        # Celery's prefetch is one number for all the queues a worker reads. A worker of bulk
+        # chunks only reserves one more per process, which runs the moment the current one ends
+        # instead of after the ack and the next fetch (round trips to the broker); a worker that
+        # also reads the queue of queries keeps 1, so a query never waits behind a reserved chunk.
+        app.conf.worker_prefetch_multiplier = BULK_PREFETCH_MULTIPLIER
     app.conf.task_queues = [
         Queue(name, Exchange(name), routing_key=name)  # type: ignore[no-untyped-call]
         for name in names
@@ -114,14 +201,24 @@ def build_worker_app(settings: Settings, encoder: Encoder, queues: Sequence[str]
         app,
         encoder,
         limits,
-        CollectionSinks(partial(_open_sink, settings.milvus_uri, settings.milvus_token)),
+        CollectionSinks(
+            partial(
+                _open_sink,
+                settings.milvus_uri,
+                settings.milvus_token,
+                encoder.fingerprint or None,
+                getattr(encoder, "revision", None),
+            )
+        ),
     )
     register_batch_task(app, encoder, limits)
-    step = type(
-        "PresenceStep",
-        (PresenceStep,),
-        {"presence": WorkerPresence(encoder.model_id, encoder.dim, getattr(encoder, "max_length", None))},
-    )
+    attributes = {
+        "presence": WorkerPresence(encoder.model_id, encoder.dim, getattr(encoder, "max_length", None)),
+        "fingerprint": encoder.fingerprint,
+        "started_at": time.time(),
+        "refused": None,
+    }
+    step = type("PresenceStep", (PresenceStep,), attributes)
     app.steps["consumer"].add(step)
     return app
 
@@ -152,6 +249,7 @@ def run_worker(
     app = build_worker_app(settings, encoder, queues)
     try:
         check_broker_at_start(app, settings)
+        _check_fleet_at_start(app, encoder)
     except BaseException:
         observability.close()  # frees the metrics port of a worker that will not start
         raise
@@ -188,5 +286,7 @@ def run_worker(
     finally:
         signals.worker_shutdown.disconnect(remember_exit_code)
         observability.close()
+    if any(getattr(step, "refused", None) for step in app.steps["consumer"]):
+        return EXIT_PERMANENT  # it stopped itself: it served other files under a queue's model name
     code = exit_codes[-1] if exit_codes else None
     return code if isinstance(code, int) else 0

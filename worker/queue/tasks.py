@@ -34,6 +34,8 @@ class Encoder(Protocol):
     """What the tasks need of a loaded model (worker.encoding.encoder.StaticEncoder)."""
 
     model_id: str
+    fingerprint: str
+    """Hash of the model's files ("" when unknown); see worker.encoding.fingerprint."""
 
     @property
     def dim(self) -> int:
@@ -111,6 +113,13 @@ class Sink(Protocol):
     def stored_hashes(self, ids: Sequence[str]) -> dict[str, str]:
         """Return the content hash recorded for each of ``ids`` that exists."""
 
+    def collection_uuid(self) -> str | None:
+        """Return the collection's identity as it is now (None: it does not exist); never create it."""
+
+    @property
+    def location(self) -> str:
+        """Where the sink writes, as shown to users (no credentials)."""
+
     def stored_documents(self, document_ids: Sequence[str]) -> dict[str, StoredDocument]:
         """Return how each stored document is stored (passages: row #0's hash and count; a plain row)."""
 
@@ -181,6 +190,8 @@ def upsert_request(
     With ``request.skip_unchanged``, rows whose recorded content hash matches are left alone.
     """
     _check_model(encoder, request.model)
+    if not request.ids:
+        return _describe_target(encoder, sinks, request.collection)
     texts = validate_texts(request.texts, max_texts=limits.max_texts, max_text_chars=limits.max_text_chars)
     if request.split is not None:
         return _upsert_split(encoder, sinks, request, texts)
@@ -256,6 +267,21 @@ def _upsert_split(
         unchanged=done.documents_unchanged,
         passages=done.passages_written,
     )
+
+
+def _describe_target(encoder: Encoder, sinks: CollectionSinks, collection: str) -> UpsertResult:
+    """Answer a request with no documents: where this worker writes and which collection is there now.
+
+    A backfill asks before skipping the chunks it saved as done, so that progress saved against a
+    collection since dropped (or against another Milvus) is not taken for rows that exist.
+    """
+    sink = sinks.get(collection, encoder.model_id, encoder.dim)
+    try:
+        uuid = sink.collection_uuid()
+    except SinkUnavailableError:
+        sinks.discard(collection)
+        raise
+    return UpsertResult(encoder.model_id, collection, 0, milvus=sink.location, collection_uuid=uuid or "")
 
 
 def _task_body(kind: Kind, encoder: Encoder, limits: TextLimits) -> Callable[..., dict[str, Any]]:
