@@ -7,8 +7,10 @@ server of the ``milvus`` wheel), one real worker (prefork, 2 processes) on a rea
 into a fresh collection, both runs being what `embedq backfill FILE --delete-missing` does:
   first   run_backfill of day-1's file (stdlib docstring paragraphs, unique ids) + delete_missing
   rerun   run_backfill of day-2's file (1% of the texts edited, 1% of the ids gone, 1% new) + delete_missing
-Removed ids come from the sync manifest the first run leaves (``--scan``: from reading the
-collection's ids, as a first sync of an existing collection does). After each rerun the collection is checked exactly: row count, no removed id left, the stored text of
+The rerun trusts the sync manifest the first run sealed: only new and changed documents go
+through the queue, removed ids come from the manifest (``--scan``: no manifest, so every chunk's
+hashes and the collection's ids are read from Milvus, as a first sync of an existing collection
+or one changed by another writer does). After each rerun the collection is checked exactly: row count, no removed id left, the stored text of
 every edited and every added document. Printed: the seconds of each run, the per-round ratio
 rerun/first (median and spread), the counts of the rerun's summary line.
 """
@@ -24,12 +26,12 @@ import time
 from pathlib import Path
 
 from bench.bench_backfill import MilvusTarget, lite_target, redis_database, server_target
-from producer.backfill import BackfillOptions, BackfillSummary, run_backfill
-from producer.backfill.idset import SeenIds, SyncManifest
+from producer.backfill import BackfillOptions, BackfillSummary
+from producer.backfill.manifest import SyncManifest
 from producer.client import EmbeddingClient
 from producer.settings import load_settings
 from tests.support.corpora import paragraphs
-from worker.cli.deletes import delete_missing
+from worker.cli.sync import sync_backfill
 
 _CHANGED = _REMOVED = _ADDED = 0.01
 
@@ -72,33 +74,33 @@ def _sync(
     options = BackfillOptions(
         path, collection, chunk_size=chunk_size, max_in_flight=4, state_dir=state, skip_unchanged=True
     )
+    # What `embedq backfill FILE --delete-missing` runs; without the manifest, a fresh one each run.
+    name = f"manifest-{collection}.sqlite" if use_manifest else f"manifest-{state.name}.sqlite"
     started = time.perf_counter()
-    manifest = SyncManifest(state.parent / f"manifest-{collection}.sqlite")
-    with SeenIds(state.parent) as seen:
-        summary = run_backfill(client, options, seen=seen)
-        backfill_s = time.perf_counter() - started
-        deleted = delete_missing(settings, collection, summary, seen, manifest if use_manifest else None)
-    total_s = time.perf_counter() - started
-    print(
-        f"    {collection}: backfill {backfill_s:.1f} s, delete-missing {total_s - backfill_s:.1f} s",
-        flush=True,
+    summary, deleted = sync_backfill(
+        settings, client, options, SyncManifest(state.parent / name), delete=True
     )
+    total_s = time.perf_counter() - started
+    print(f"    {collection}: {total_s:.1f} s", flush=True)
     return total_s, summary, deleted
 
 
 def _check(
     uri: str, collection: str, day2: dict[str, str], removed: set[str], touched: dict[str, str], model_id: str
 ) -> None:
-    from worker.milvus.sink import open_sink
-    from worker.milvus.sync import id_filter
+    from worker.milvus.aliases import open_access
+    from worker.milvus.sync import count_rows, id_filter
 
-    sink = open_sink(uri, None, collection, model_id, 256)
+    # A connection of its own, closed after: a shared one left idle would be refused by the Lite
+    # server (too many keepalive pings) and break the next run's connections to it.
+    access = open_access(uri, None)
+    client = access.client
     try:
-        count = sink.count()
+        count = count_rows(client, collection, timeout_s=access.timeout_s)
         if count != len(day2):
             raise SystemExit(f"{collection}: {count} rows after the rerun, expected {len(day2)}")
         ids = sorted(removed)
-        left = sink.client.query(
+        left = client.query(
             collection, filter=id_filter(ids), output_fields=["id"], consistency_level="Strong"
         )
         if left:
@@ -106,7 +108,7 @@ def _check(
         wanted = sorted(touched)
         stored: dict[str, str] = {}
         for start in range(0, len(wanted), 1000):
-            rows = sink.client.query(
+            rows = client.query(
                 collection,
                 filter=id_filter(wanted[start : start + 1000]),
                 output_fields=["text"],
@@ -118,7 +120,7 @@ def _check(
                 f"{collection}: {sum(stored.get(k) != v for k, v in touched.items())} edited/added rows differ"
             )
     finally:
-        sink.close()
+        access.close()
 
 
 def bench_kind(target: MilvusTarget, redis_url: str, args: argparse.Namespace, tmp: Path) -> list[float]:
@@ -172,7 +174,7 @@ def main() -> None:
     parser.add_argument(
         "--scan",
         action="store_true",
-        help="no sync manifest: find removed ids by reading the collection's ids",
+        help="no sync manifest: every chunk's hashes and the removed ids read from Milvus",
     )
     args = parser.parse_args()
     print(

@@ -125,4 +125,7 @@ def document_problem(
     doc_id: object, text: object, metadata: object, max_text_chars: int | None = None
 ) -> str | None:
     """Say why a document cannot be stored (the first problem found), or None."""
-    return id_problem(doc_id) or text_problem(text, max_text_chars) or metadata_problem(metadata)
+    problem = id_problem(doc_id) or text_problem(text, max_text_chars)
+    if problem is None and metadata != {}:  # no metadata: nothing to walk (most corpus lines)
+        problem = metadata_problem(metadata)
+    return problem

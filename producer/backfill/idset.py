@@ -2,14 +2,11 @@
 
 ``SeenIds`` records the ids of a backfill's file as it is read, and knows whether the file was
 read to its end without a rejected record: only then may rows missing from it be deleted.
-``SyncManifest`` keeps, between runs, the ids that syncs of one collection may have written, so a
-sync finds the ids to delete by comparing two sorted sets on disk instead of scanning Milvus.
+The sync manifest kept between runs (``manifest.py``) attaches these files to compare id sets.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import itertools
 import shutil
 import sqlite3
@@ -100,54 +97,3 @@ class SeenIds:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
-
-
-class SyncManifest:
-    """The ids that syncs of one collection may have written, in a SQLite file kept between runs.
-
-    After a complete sync it holds exactly the file's ids; a failed or partial one only adds the
-    ids it read (they may have been written), so a later complete sync still deletes them.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    @classmethod
-    def for_collection(cls, state_dir: Path, milvus_uri: str, collection: str) -> SyncManifest:
-        """Return the manifest of ``collection`` at ``milvus_uri``, under ``state_dir``."""
-        key = hashlib.sha256(f"{milvus_uri}\0{collection}".encode()).hexdigest()[:16]
-        return cls(state_dir / f"{collection}-{key}.sqlite")
-
-    def exists(self) -> bool:
-        """Whether an earlier sync left this manifest."""
-        return self.path.is_file()
-
-    def add(self, seen: IdSet) -> None:
-        """Remember the ids of ``seen`` as possibly written."""
-        with self._attached(seen) as db:
-            db.execute("INSERT OR IGNORE INTO ids SELECT id FROM seen.ids")
-
-    def missing(self, seen: IdSet, size: int) -> Iterator[list[str]]:
-        """Yield, ``size`` at a time and sorted, the ids of this manifest that ``seen`` lacks."""
-        with self._attached(seen) as db:
-            cursor = db.execute("SELECT id FROM ids EXCEPT SELECT id FROM seen.ids ORDER BY 1")
-            while rows := cursor.fetchmany(size):
-                yield [row[0] for row in rows]
-
-    def replace(self, seen: IdSet) -> None:
-        """Make this manifest hold exactly the ids of ``seen`` (after a complete sync)."""
-        with self._attached(seen) as db:
-            db.execute("DELETE FROM ids")
-            db.execute("INSERT INTO ids SELECT id FROM seen.ids")
-
-    @contextlib.contextmanager
-    def _attached(self, seen: IdSet) -> Iterator[sqlite3.Connection]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path)
-        try:
-            db.execute("CREATE TABLE IF NOT EXISTS ids (id TEXT PRIMARY KEY) WITHOUT ROWID")
-            db.execute("ATTACH DATABASE ? AS seen", (str(seen.path),))
-            with db:  # one transaction: committed on success, rolled back on error
-                yield db
-        finally:
-            db.close()

@@ -24,6 +24,7 @@ from typing import Any
 from producer.backfill.fleet import pool_reader
 from producer.backfill.idset import SeenIds
 from producer.backfill.in_flight import InFlightLimit
+from producer.backfill.manifest import LocalHashes
 from producer.backfill.model import (
     DEFAULT_STATE_DIR,
     BackfillOptions,
@@ -92,9 +93,15 @@ class _Run:
     failed: int = 0
     skipped: int = 0
     errors: list[str] = field(default_factory=list)
-    # task id -> (chunk index, documents sent, records rejected before sending)
-    in_flight: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+    # task id -> the chunks it carries: (chunk index, documents sent, records rejected, left out unchanged)
+    in_flight: dict[str, list[tuple[int, int, int, int]]] = field(default_factory=dict)
     transient_failures_in_a_row: int = 0
+    hashes: LocalHashes | None = None
+    sent_hashes: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    # With local hashes, the few documents left to send from several chunks go as one task.
+    pending: list[Document] = field(default_factory=list)
+    pending_parts: list[tuple[int, int, int, int]] = field(default_factory=list)
+    pending_hashes: list[tuple[str, str]] = field(default_factory=list)
 
     def note_error(self, message: str) -> None:
         if len(self.errors) < _MAX_ERRORS_KEPT:
@@ -102,25 +109,33 @@ class _Run:
 
 
 def _record(run: _Run, task_id: str, outcome: TaskOutcome) -> None:
-    chunk_index, sent, rejected = run.in_flight.pop(task_id)
+    parts = run.in_flight.pop(task_id)
+    pairs = run.sent_hashes.pop(task_id, [])
     error = outcome.error
     if error is not None:
-        # Not confirmed: a later run retries this chunk.
-        run.failed += sent + rejected
+        # Not confirmed: a later run retries these chunks.
+        run.failed += sum(sent + rejected + left_out for _, sent, rejected, left_out in parts)
         run.transient_failures_in_a_row = (
             run.transient_failures_in_a_row + 1 if isinstance(error, TransientError) else 0
         )
-        run.note_error(f"chunk {chunk_index} ({sent} documents): {type(error).__name__}: {error}")
+        chunks = ", ".join(str(part[0]) for part in parts)
+        sent = sum(part[1] for part in parts)
+        run.note_error(f"chunk {chunks} ({sent} documents): {type(error).__name__}: {error}")
         return
     run.transient_failures_in_a_row = 0
     result = UpsertResult.decode(outcome.value)
+    if run.hashes is not None:
+        run.hashes.confirmed(pairs)
     run.written += result.written
     run.unchanged += result.unchanged
     run.truncated += result.truncated
     run.max_tokens = result.max_tokens or run.max_tokens
     run.passages += result.passages
-    run.failed += rejected
-    run.state.confirm(ChunkRecord(chunk_index, result.written + result.unchanged, rejected))
+    for chunk_index, sent, rejected, left_out in parts:
+        run.unchanged += left_out
+        run.failed += rejected
+        stored = result.written + result.unchanged if len(parts) == 1 else sent
+        run.state.confirm(ChunkRecord(chunk_index, stored + left_out, rejected))
 
 
 def _collect(client: EmbeddingClient, run: _Run, *, block: bool) -> None:
@@ -165,19 +180,50 @@ def _process_chunk(
     rejected = [record for record in chunk if isinstance(record, Rejected)]
     for record in rejected:
         run.note_error(record.reason)
-    while len(run.in_flight) >= run.limit.current():
-        _collect(client, run, block=True)
-        report("running")
-    if documents:
+    if run.hashes is not None and documents:
+        documents, pairs, left_out = run.hashes.split(documents)
+        if documents:  # sent with the next chunks' changes, as one task
+            run.pending.extend(documents)
+            run.pending_parts.append((chunk_index, len(documents), len(rejected), left_out))
+            run.pending_hashes.extend(pairs)
+            if len(run.pending) >= options.chunk_size:
+                _send_pending(client, options, run, report)
+        else:
+            run.failed += len(rejected)
+            run.unchanged += left_out
+            run.state.confirm(ChunkRecord(chunk_index, left_out, len(rejected)))
+    elif documents:
+        _wait_for_room(client, run, report)
         task_id = client.submit_upsert(
             options.collection, documents, skip_unchanged=options.skip_unchanged, split=options.split
         )
-        run.in_flight[task_id] = (chunk_index, len(documents), len(rejected))
+        run.in_flight[task_id] = [(chunk_index, len(documents), len(rejected), 0)]
     else:
         run.failed += len(rejected)
         run.state.confirm(ChunkRecord(chunk_index, 0, len(rejected)))
     _collect(client, run, block=False)
     report("running")
+
+
+def _wait_for_room(client: EmbeddingClient, run: _Run, report: Callable[[str], None]) -> None:
+    while len(run.in_flight) >= run.limit.current():
+        _collect(client, run, block=True)
+        report("running")
+
+
+def _send_pending(
+    client: EmbeddingClient, options: BackfillOptions, run: _Run, report: Callable[[str], None]
+) -> None:
+    """Send the documents gathered from several chunks as one task (not once sending has stopped)."""
+    if not run.pending or run.transient_failures_in_a_row >= _STOP_AFTER_TRANSIENT_FAILURES:
+        return
+    _wait_for_room(client, run, report)
+    task_id = client.submit_upsert(
+        options.collection, run.pending, skip_unchanged=options.skip_unchanged, split=options.split
+    )
+    run.in_flight[task_id] = run.pending_parts
+    run.sent_hashes[task_id] = run.pending_hashes
+    run.pending, run.pending_parts, run.pending_hashes = [], [], []
 
 
 def _check_saved_progress(
@@ -215,12 +261,15 @@ def run_backfill(
     *,
     on_progress: Callable[[BackfillProgress], None] | None = None,
     seen: SeenIds | None = None,
+    hashes: LocalHashes | None = None,
     on_notice: Callable[[str], None] = log.warning,
 ) -> BackfillSummary:
     """Stream ``options.path`` through the workers into ``options.collection``; resumable by job id.
 
     ``seen`` records the ids read (for deleting the rows missing from the file afterwards);
-    ``on_notice`` is given one line when the saved progress is discarded (see ``target.py``).
+    ``hashes`` (a sync manifest) leaves documents it knows unchanged out of the queue and records
+    the content hash of every confirmed document; ``on_notice`` is given one line when the saved
+    progress is discarded (see ``target.py``).
     """
     fields = FieldNames(options.id_field, options.text_field, options.metadata_fields)
     records: Iterable[Document | Rejected] = read_documents(options.path, options.format, fields)
@@ -236,7 +285,7 @@ def run_backfill(
     _check_split(client, options)
     state = BackfillState.open(client, job_id, options, total)
     _check_saved_progress(client, options.collection, state, on_notice)
-    run = _Run(state, InFlightLimit(options.max_in_flight, pool_reader(client)))
+    run = _Run(state, InFlightLimit(options.max_in_flight, pool_reader(client)), hashes=hashes)
 
     def report(status: str) -> None:
         elapsed_s = time.monotonic() - run.started
@@ -249,6 +298,7 @@ def run_backfill(
         for chunk_index, chunk in enumerate(_chunks(records, options.chunk_size)):
             if shard is None or shard.owns(chunk_index):
                 _process_chunk(client, options, run, chunk_index, chunk, report)
+        _send_pending(client, options, run, report)
         state.set_total()
         while run.in_flight:
             _collect(client, run, block=True)

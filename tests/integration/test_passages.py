@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from producer.backfill import BackfillOptions, BackfillSummary, run_backfill
-from producer.backfill.idset import SeenIds, SyncManifest
+from producer.backfill.idset import SeenIds
+from producer.backfill.manifest import SyncManifest
 from producer.client import EmbeddingClient
 from producer.errors import ConfigError
 from tests.support.models import CORPUS

@@ -220,3 +220,15 @@ def test_writes_survive_a_restart_and_a_stopped_server_is_transient(lite_db: Pat
 )
 def test_is_lite_path(uri: str, expected: bool) -> None:
     assert is_lite_path(uri) is expected
+
+
+def test_the_write_lock_counts_the_writes_made_under_it_across_processes(lite_db: Path) -> None:
+    lock = LiteWriteLock(lite_db)
+    assert lock.writes() == 0
+    with lock:
+        pass
+    with LiteWriteLock(lite_db):  # another holder of the same lock file (another process in use)
+        pass
+    with lock.uncounted():  # the sync mark's own write
+        pass
+    assert lock.writes() == LiteWriteLock(lite_db).writes() == 2

@@ -35,7 +35,7 @@ def test_a_rejected_record_makes_the_read_incomplete(tmp_path: Path) -> None:
 
 
 def test_a_manifest_gives_the_ids_a_new_file_lacks_and_learns_from_failed_runs(tmp_path: Path) -> None:
-    from producer.backfill.idset import SyncManifest
+    from producer.backfill.manifest import SyncManifest
 
     manifest = SyncManifest.for_collection(tmp_path / "sync", "/data/embedq.db", "docs")
     assert manifest.path != SyncManifest.for_collection(tmp_path / "sync", "/data/other.db", "docs").path

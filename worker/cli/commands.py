@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -81,10 +80,10 @@ def embed_command(args: argparse.Namespace, settings: Settings) -> int:
 def backfill_command(args: argparse.Namespace, settings: Settings) -> int:
     """Stream a corpus file through the workers into a Milvus collection."""
     from producer.backfill import BackfillOptions, run_backfill
-    from producer.backfill.idset import SeenIds
     from producer.client import EmbeddingClient
-    from worker.cli.deletes import delete_missing, manifest_for
+    from worker.cli.deletes import manifest_for
     from worker.cli.output import SHOWN_ERRORS, BackfillProgressBar, backfill_summary_line, failure_hint
+    from worker.cli.sync import clear_sync_mark, sync_backfill
 
     if not args.file.is_file():
         raise ConfigError(
@@ -107,17 +106,24 @@ def backfill_command(args: argparse.Namespace, settings: Settings) -> int:
     manifest = manifest_for(settings, args.collection)
     recording = args.delete_missing or manifest.exists()  # a manifest learns every backfill's ids
     with (
-        SeenIds() if recording else contextlib.nullcontext() as seen,
         serving(settings, needs_milvus=True) as served,
         EmbeddingClient.from_settings(served) as client,
         BackfillProgressBar(f"{args.file.name} -> {args.collection}") as bar,
     ):
-        summary = run_backfill(client, options, on_progress=bar.update, seen=seen, on_notice=note)
         deleted = None
-        if seen is not None and args.delete_missing:
-            deleted = delete_missing(served, args.collection, summary, seen, manifest)
-        elif seen is not None:
-            manifest.add(seen.ids)
+        if recording:
+            summary, deleted = sync_backfill(
+                served,
+                client,
+                options,
+                manifest,
+                delete=args.delete_missing,
+                on_progress=bar.update,
+                on_notice=note,
+            )
+        else:
+            clear_sync_mark(served, args.collection)  # a manifest elsewhere no longer describes it
+            summary = run_backfill(client, options, on_progress=bar.update, on_notice=note)
     print(backfill_summary_line(summary, args.collection, deleted))
     if args.delete_missing and deleted is None:
         note("--delete-missing: nothing deleted, as the file was not read and written completely")

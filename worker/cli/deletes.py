@@ -14,7 +14,8 @@ from producer.settings import Settings
 
 if TYPE_CHECKING:
     from producer.backfill import BackfillSummary
-    from producer.backfill.idset import SeenIds, SyncManifest
+    from producer.backfill.idset import SeenIds
+    from producer.backfill.manifest import SyncManifest
     from worker.milvus.aliases import MilvusAccess
 
 SYNC_DIR = Path(".embedq/sync")
@@ -59,7 +60,7 @@ def open_milvus(settings: Settings) -> MilvusAccess:
 
 def manifest_for(settings: Settings, collection: str) -> SyncManifest:
     """Return the sync manifest of ``collection`` at EMBEDQ_MILVUS_URI (a Lite path made absolute)."""
-    from producer.backfill.idset import SyncManifest
+    from producer.backfill.manifest import SyncManifest
     from worker.milvus.lite_server import is_lite_path
 
     uri = settings.milvus_uri
@@ -74,25 +75,31 @@ def delete_missing(
     summary: BackfillSummary,
     seen: SeenIds,
     manifest: SyncManifest | None,
+    manifest_trusted: bool = False,
     *,
+    fresh: bool = False,
     by_row: bool = False,
 ) -> int | None:
     """Delete the rows of ``collection`` whose ids the backfill's file did not hold; None if unsafe.
 
     Only after a complete read: every record read, none rejected, every chunk confirmed. With a
-    manifest left by an earlier sync, the ids to delete are the manifest's ids the file lacks
-    (two sorted sets on disk, no scan of Milvus); without one (the first sync, or a collection
-    written by something else), the collection's ids are read range by range. The manifest then
-    holds the file's ids (after a failed run: also the ids it read, which may have been written).
+    trusted manifest (``worker.cli.sync``: the collection still carries the manifest's mark), the
+    ids to delete are the manifest's ids the file lacks (two sorted sets on disk, no scan of
+    Milvus); otherwise the collection's ids are read range by range. The manifest then holds the
+    file's ids (after a failed run: also the ids it read, which may have been written).
+    ``fresh``: the collection did not exist before this backfill, so no row can be missing.
     In a collection of passages, documents are compared (a row's document is its ``_parent``),
     unless ``by_row``: the file lists rows, passages included (a reindex's dump of a collection).
     """
     if not (summary.complete and seen.complete and summary.failed == 0):
-        if manifest is not None and manifest.exists():
+        if manifest is not None:
             manifest.add(seen.ids)
         return None
-    with milvus_session(settings):
-        deleted = _delete_missing(settings, collection, seen, manifest, by_row)
+    deleted = 0
+    if not fresh:
+        with milvus_session(settings):
+            trusted = manifest if manifest_trusted else None
+            deleted = _delete_missing(settings, collection, seen, trusted, by_row)
     if manifest is not None:
         manifest.replace(seen.ids)
     return deleted
@@ -117,7 +124,7 @@ def _delete_missing(
         with errors(f"delete the ids missing from {collection!r}"):
             if not by_row and has_passages(access.client, physical, timeout_s=timeout_s):
                 # Rows are passages <id>#<k>: documents are compared, not row ids.
-                if manifest is not None and manifest.exists():
+                if manifest is not None:
                     return sum(
                         delete_documents(
                             access.client, physical, batch, access.write_guard, timeout_s=timeout_s
@@ -127,7 +134,7 @@ def _delete_missing(
                 return delete_rows_of_missing_documents(
                     access.client, physical, seen.ids.known, delete, timeout_s=timeout_s
                 )
-            if manifest is not None and manifest.exists():
+            if manifest is not None:
                 return sum(delete(batch) for batch in manifest.missing(seen.ids, DELETE_BATCH))
             # Every id of the file is stored now: as many rows as ids means none is missing.
             if count_rows(access.client, physical, timeout_s=timeout_s) <= len(seen.ids):

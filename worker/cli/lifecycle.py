@@ -217,7 +217,12 @@ def reindex_command(args: argparse.Namespace, settings: Settings) -> int:
             return EXIT_FAILED
         _keep_passages_mark(access, old, target)
         point_alias(access, args.collection, target)
-        print(f"reindexed {args.collection}: {got} rows of model {client.model} in {target} (was {old})")
+        reused = (
+            f"; {summary.unchanged} were already written by an earlier attempt" if summary.unchanged else ""
+        )
+        print(
+            f"reindexed {args.collection}: {got} rows of model {client.model} in {target} (was {old}{reused})"
+        )
         if args.drop_old and old is not None:
             drop(access, old)
             print(f"dropped {old}")

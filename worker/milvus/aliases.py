@@ -44,11 +44,15 @@ class MilvusAccess:
 
 
 def open_access(uri: str, token: str | None, *, timeout_s: float = 30.0) -> MilvusAccess:
-    """Connect to Milvus; a Lite path goes through the shared Lite server, with its write lock."""
+    """Connect to Milvus; a Lite path goes through the shared Lite server, with its write lock.
+
+    The connection is the access' own, closed with it (commands open and close several in a run).
+    """
     if is_lite_path(uri):
-        client = connect_milvus(ensure_lite_server(uri), None, timeout_s=timeout_s)
+        client = connect_milvus(ensure_lite_server(uri), None, timeout_s=timeout_s, dedicated=True)
         return MilvusAccess(client, LiteWriteLock(uri), timeout_s)
-    return MilvusAccess(connect_milvus(uri, token, timeout_s=timeout_s), contextlib.nullcontext(), timeout_s)
+    client = connect_milvus(uri, token, timeout_s=timeout_s, dedicated=True)
+    return MilvusAccess(client, contextlib.nullcontext(), timeout_s)
 
 
 def physical_name(alias: str, model_id: str) -> str:

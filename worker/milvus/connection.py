@@ -25,8 +25,15 @@ _TRANSIENT_MILVUS_CODES = {2, 8}  # connect failed / service unavailable, rate l
 _TRANSIENT_HINTS = ("server unavailable", "service unavailable", "not ready")
 
 
-def connect_milvus(uri: str, token: str | None = None, *, timeout_s: float = 10.0) -> MilvusClient:
-    """Connect to a Milvus server URI or a Lite path; failures never show the token or a URI password."""
+def connect_milvus(
+    uri: str, token: str | None = None, *, timeout_s: float = 10.0, dedicated: bool = False
+) -> MilvusClient:
+    """Connect to a Milvus server URI or a Lite path; failures never show the token or a URI password.
+
+    ``dedicated``: a connection of its own, closed with the client (pymilvus otherwise shares one
+    per address and keeps it open after its last client closes; idle for a minute, its keepalive
+    pings get it refused by a Lite server with "too many pings", and the next client fails).
+    """
     if not uri or not uri.strip():
         raise ConfigError(
             "the Milvus URI is empty: set EMBEDQ_MILVUS_URI to http://host:19530 or a Lite path "
@@ -35,7 +42,7 @@ def connect_milvus(uri: str, token: str | None = None, *, timeout_s: float = 10.
     secrets = _secrets(uri, token)
     shown_uri = redact_uri(uri)
     try:
-        return MilvusClient(uri=uri, token=token or "", timeout=timeout_s)
+        return MilvusClient(uri=uri, token=token or "", timeout=timeout_s, dedicated=dedicated)
     except ConnectionConfigException as exc:
         cause = _safe_cause(exc, secrets)
         if "open local milvus failed" in exc.message.lower():

@@ -1,28 +1,16 @@
 """The content hash every embedq row records, so an unchanged document is never encoded twice.
 
-No pymilvus here: the worker's tasks import it before any Milvus connection is needed.
+No pymilvus here: the worker's tasks import it before any Milvus connection is needed. The hash
+itself is part of the protocol (``producer.protocol.content``): sync producers compute it too.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import Any
 
-HASH_KEY = "_embedq_hash"
-"""Metadata key holding a row's content hash (hidden from search hits)."""
-RESERVED_METADATA_KEYS = frozenset({HASH_KEY})
+from producer.protocol.content import HASH_KEY, RESERVED_METADATA_KEYS, content_hash
 
-
-def content_hash(model_id: str, text: str, metadata: dict[str, Any]) -> str:
-    """Return the hash a row records: model, text and metadata (without reserved keys), hex."""
-    visible = {key: value for key, value in metadata.items() if key not in RESERVED_METADATA_KEYS}
-    digest = hashlib.sha256()
-    for part in (model_id, text, json.dumps(visible, sort_keys=True, ensure_ascii=False, allow_nan=False)):
-        encoded = part.encode("utf-8", "surrogatepass")
-        digest.update(len(encoded).to_bytes(8, "little"))
-        digest.update(encoded)
-    return digest.hexdigest()[:32]
+__all__ = ["HASH_KEY", "RESERVED_METADATA_KEYS", "content_hash", "visible_metadata", "with_hash"]
 
 
 def with_hash(metadata: dict[str, Any], hash_hex: str) -> dict[str, Any]:

@@ -155,3 +155,27 @@ def delete_ids(
         result = client.delete(collection, filter=id_filter(ids), timeout=timeout_s)
     # Milvus Lite returns the list of deleted ids, a Milvus server {"delete_count": n}.
     return int(result["delete_count"]) if isinstance(result, dict) else len(result)
+
+
+SYNC_PROPERTY = "embedq.sync"
+"""Collection property ``<generation>:<rows>`` written when a complete sync ends, blanked when a run starts:
+a sync manifest's hashes describe the collection only while it carries the manifest's generation."""
+
+
+def sync_mark(client: MilvusClient, collection: str, *, timeout_s: float) -> str:
+    """Return the sync mark the physical ``collection`` carries ("" if none)."""
+    properties = client.describe_collection(collection, timeout=timeout_s).get("properties") or {}
+    return str(properties.get(SYNC_PROPERTY, ""))
+
+
+def set_sync_mark(
+    client: MilvusClient,
+    collection: str,
+    mark: str,
+    write_guard: AbstractContextManager[object],
+    *,
+    timeout_s: float,
+) -> None:
+    """Record ``mark`` on the physical ``collection`` ("" clears it; Milvus 2.3 cannot drop a property)."""
+    with write_guard:
+        client.alter_collection_properties(collection, properties={SYNC_PROPERTY: mark}, timeout=timeout_s)
