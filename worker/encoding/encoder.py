@@ -297,15 +297,15 @@ class StaticEncoder:
             batch = texts[start : start + DEFAULT_BATCH_SIZE]
             encodings = self._run_tokenizer(batch, limit)
             if limit is not None:
-                raw = (
+                raw = np.asarray(
                     encodings[1]
                     if isinstance(encodings, tuple)
                     else [len(encoding) for encoding in encodings]
                 )
-                char_limit = limit * self._median_token_length
-                truncated[start : start + len(batch)] = [
-                    tokens > limit or len(text) > char_limit for tokens, text in zip(raw, batch, strict=True)
-                ]
+                chars = np.fromiter(map(len, batch), dtype=np.int64, count=len(batch))
+                truncated[start : start + len(batch)] = (raw > limit) | (
+                    chars > limit * self._median_token_length
+                )
             ids, lengths = self._token_ids(encodings, limit)
             out[start : start + len(batch)] = self._pool(ids, lengths, self.normalize)
             counts[start : start + len(batch)] = lengths
