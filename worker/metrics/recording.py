@@ -112,6 +112,30 @@ def record_request(
         _child(metrics.tokens, model).inc(tokens)
 
 
+def record_requests(model: str, kind: str, request_ids: list[str], texts: int, tokens: int) -> None:
+    """Count the successful requests of one batch task at once: three metric writes, not three per request.
+
+    The same counts as :func:`record_request` called per request with outcome ``ok``; in
+    multiprocess mode each write locks and updates a shared file, so a batch of 90 requests
+    paid 270 of them.
+    """
+    if not request_ids:
+        return
+    summary = _state.summary
+    summary.model = model
+    summary.requests += len(request_ids)
+    summary.outcomes.extend(["ok"] * len(request_ids))
+    summary.request_ids.extend(request_ids)
+    summary.texts += texts
+    summary.tokens += tokens
+    metrics = _state.metrics
+    if metrics is None:
+        return
+    _child(metrics.requests, model, kind, "ok").inc(len(request_ids))
+    _child(metrics.texts, model, kind).inc(texts)
+    _child(metrics.tokens, model).inc(tokens)
+
+
 def observe_encode(model: str, seconds: float, batch_texts: int) -> None:
     """Record one encoder call of ``batch_texts`` texts that took ``seconds``."""
     _state.summary.encode_s += seconds

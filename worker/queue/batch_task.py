@@ -33,7 +33,7 @@ from producer.protocol.batches import TASK_EMBED_BATCH, BatchItem, BatchRequest,
 from producer.protocol.messages import EmbedResult
 from producer.protocol.names import VECTOR_DTYPE
 from producer.protocol.texts import validate_texts
-from worker.metrics.recording import encode_observed, record_request
+from worker.metrics.recording import encode_observed, record_request, record_requests
 from worker.queue.tasks import EmbedTask, Encoder, TextLimits, check_model
 
 QueueDepth = Callable[[], int | None]
@@ -93,11 +93,14 @@ def run_batch(
     counts: list[int] | None = None if tokens is None else tokens.tolist()
     row_bytes = dim * np.dtype(VECTOR_DTYPE).itemsize
     start = 0
+    done: dict[str, tuple[list[str], list[int]]] = {}  # kind: (request ids, [texts, tokens])
     for item, texts in accepted:
         item_id, end = item.id, start + len(texts)
         part_tokens = None if counts is None else counts[start:end]
-        item_tokens = 0 if part_tokens is None else sum(part_tokens)
-        record_request(encoder.model_id, item.kind, "ok", len(texts), item_tokens, request_id=item_id)
+        ids, totals = done.setdefault(item.kind, ([], [0, 0]))
+        ids.append(item_id)
+        totals[0] += len(texts)
+        totals[1] += 0 if part_tokens is None else sum(part_tokens)
         result = EmbedResult(
             model=encoder.model_id,
             dim=dim,
@@ -107,6 +110,8 @@ def run_batch(
         )
         start = end
         outcomes[item_id] = ItemOutcome(item_id, result=result.encode())
+    for kind, (ids, (text_total, token_total_)) in done.items():
+        record_requests(encoder.model_id, kind, ids, text_total, token_total_)
     return [outcomes[item.id] for item in batch.items]
 
 
