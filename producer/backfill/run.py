@@ -35,7 +35,7 @@ from producer.backfill.model import (
 from producer.backfill.readers import FieldNames, Rejected, count_records, detect_format, read_documents
 from producer.backfill.shards import local_shards, register_shard, registered_shards, sum_shards
 from producer.backfill.state import BackfillState, load_local_progress, load_progress
-from producer.backfill.target import probe_target
+from producer.backfill.target import Target, probe_target
 from producer.celery_config import broker_client
 from producer.client import EmbeddingClient
 from producer.errors import BrokerUnavailableError, ConfigError, EmbedqError, TransientError
@@ -102,6 +102,8 @@ class _Run:
     pending: list[Document] = field(default_factory=list)
     pending_parts: list[tuple[int, int, int, int]] = field(default_factory=list)
     pending_hashes: list[tuple[str, str]] = field(default_factory=list)
+    # Where the chunks went, as the workers' results said (None: workers of an earlier version).
+    written_to: Target | None = None
 
     def note_error(self, message: str) -> None:
         if len(self.errors) < _MAX_ERRORS_KEPT:
@@ -126,6 +128,8 @@ def _record(run: _Run, task_id: str, outcome: TaskOutcome) -> None:
     result = UpsertResult.decode(outcome.value)
     if run.hashes is not None:
         run.hashes.confirmed(pairs)
+    if result.milvus is not None and result.collection_uuid:
+        run.written_to = Target(result.milvus, result.collection_uuid)
     run.written += result.written
     run.unchanged += result.unchanged
     run.truncated += result.truncated
@@ -248,6 +252,9 @@ def _remember_target(client: EmbeddingClient, collection: str, run: _Run, *, com
     """
     state = run.state
     if state.target is not None or not run.written or not complete:
+        return
+    if run.written_to is not None:  # the chunks' own results said where they went: no probe
+        state.reconcile(run.written_to)
         return
     try:
         state.reconcile(probe_target(client, collection))

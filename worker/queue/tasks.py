@@ -229,6 +229,7 @@ def upsert_request(
     record_milvus_upsert(request.collection, written, time.perf_counter() - started)
     record_request(encoder.model_id, "upsert", "ok", len(texts), token_total(tokens))
     unchanged = len(set(request.ids)) - len({request.ids[row] for row in rows})
+    milvus, collection_uuid = _written_to(sink)
     return UpsertResult(
         model=encoder.model_id,
         collection=request.collection,
@@ -236,7 +237,22 @@ def upsert_request(
         unchanged=unchanged,
         truncated=truncated,
         max_tokens=getattr(encoder, "max_length", None) if truncated else None,
+        milvus=milvus,
+        collection_uuid=collection_uuid,
     )
+
+
+def _written_to(sink: Sink) -> tuple[str | None, str | None]:
+    """Where the rows just written went (the Milvus location, the collection's identity), as known already.
+
+    No round trip: the open sink knows both once it wrote. A backfill records them, so it need not
+    ask a worker afterwards (a probe that opened a cold sink cost seconds on Milvus Lite).
+    """
+    location = getattr(sink, "location", None)
+    uuid = getattr(getattr(sink, "record", None), "collection_uuid", None)
+    if isinstance(location, str) and isinstance(uuid, str) and uuid:
+        return location, uuid
+    return None, None
 
 
 def _holds_passages(sink: Sink) -> bool:
