@@ -25,8 +25,8 @@ from producer.protocol.names import TASK_FOR_KIND, TASK_UPSERT_DOCUMENTS, Kind, 
 from producer.protocol.texts import validate_texts
 from worker.metrics.recording import encode_observed, record_milvus_upsert, record_request, token_total
 from worker.milvus.content import content_hash
-from worker.milvus.passage_rows import StoredDocument, passage_id
-from worker.queue.passage_upsert import SplittingEncoder, encode_counting, upsert_passages
+from worker.milvus.passage_rows import passage_id
+from worker.queue.passage_upsert import PassageSink, SplittingEncoder, encode_counting, upsert_passages
 from worker.queue.payloads import forget_arguments, resolve_arguments
 
 
@@ -97,18 +97,11 @@ class EmbedTask(Task):  # type: ignore[misc]  # Celery ships no type hints
             forget_arguments(self, tuple(args or ()))
 
 
-class Sink(Protocol):
-    """What the upsert task needs of a Milvus collection (worker.milvus.sink.MilvusSink)."""
+class Sink(PassageSink, Protocol):
+    """What the upsert task needs of a Milvus collection (worker.milvus.sink.MilvusSink).
 
-    def upsert(
-        self,
-        ids: Sequence[str],
-        texts: Sequence[str],
-        metadata: Sequence[dict[str, Any]],
-        vectors: np.ndarray,
-        hashes: Sequence[str] | None = None,
-    ) -> int:
-        """Write the rows (recording their content hashes); return how many distinct ids were acknowledged."""
+    The writes, the stored-document lookup and the deletes are the passage path's (PassageSink).
+    """
 
     def stored_hashes(self, ids: Sequence[str]) -> dict[str, str]:
         """Return the content hash recorded for each of ``ids`` that exists."""
@@ -119,15 +112,6 @@ class Sink(Protocol):
     @property
     def location(self) -> str:
         """Where the sink writes, as shown to users (no credentials)."""
-
-    def stored_documents(self, document_ids: Sequence[str]) -> dict[str, StoredDocument]:
-        """Return how each stored document is stored (passages: row #0's hash and count; a plain row)."""
-
-    def delete_rows(self, ids: Sequence[str]) -> int:
-        """Delete rows by exact id."""
-
-    def mark_passages(self) -> None:
-        """Record that the collection holds passages (before the first one is written)."""
 
     def close(self) -> None:
         """Release the connection."""
