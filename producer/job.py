@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from functools import partial
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from celery import Celery
@@ -287,25 +290,68 @@ class Job:
 async def await_future(
     future: concurrent.futures.Future[TaskOutcome], timeout_s: float | None
 ) -> TaskOutcome:
-    """Await a listener Future from an event loop (one ``call_soon_threadsafe`` when it completes).
+    """Await a listener Future from an event loop.
 
     Unlike ``asyncio.wrap_future``, a timeout or cancellation here leaves ``future`` untouched,
-    so the request can be awaited again.
+    so the request can be awaited again. The loop is woken through its ``LoopWaker``: one
+    ``call_soon_threadsafe`` for all the requests a notice completes, not one each.
     """
     if future.done():
         return future.result()
     loop = asyncio.get_running_loop()
     waiter: asyncio.Future[None] = loop.create_future()
-
-    def wake(_: concurrent.futures.Future[TaskOutcome]) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop was closed after its caller gave up
-            loop.call_soon_threadsafe(_set_done, waiter)
-
-    future.add_done_callback(wake)
-    await asyncio.wait_for(waiter, timeout_s)
+    future.add_done_callback(partial(LoopWaker.of(loop).wake, waiter))
+    timer = None if timeout_s is None else loop.call_later(timeout_s, _expire, waiter)
+    try:
+        await waiter
+    finally:
+        if timer is not None:
+            timer.cancel()
     return future.result()
 
 
-def _set_done(waiter: asyncio.Future[None]) -> None:
+def _expire(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
-        waiter.set_result(None)
+        waiter.set_exception(TimeoutError())
+
+
+class LoopWaker:
+    """Completes an event loop's waiters from other threads, waking the loop once per burst."""
+
+    _by_loop: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopWaker]] = (
+        weakref.WeakKeyDictionary()
+    )
+    _by_loop_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._ready: list[asyncio.Future[None]] = []
+        self._scheduled = False
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> LoopWaker:
+        """Return the waker of ``loop`` (made on first use)."""
+        waker = cls._by_loop.get(loop)
+        if waker is None:
+            with cls._by_loop_lock:
+                waker = cls._by_loop.setdefault(loop, cls(loop))
+        return waker
+
+    def wake(self, waiter: asyncio.Future[None], _: object = None) -> None:
+        """Complete ``waiter`` on its loop soon (callable from any thread)."""
+        with self._lock:
+            self._ready.append(waiter)
+            if self._scheduled:
+                return
+            self._scheduled = True
+        with contextlib.suppress(RuntimeError):  # the loop was closed after its callers gave up
+            self._loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        with self._lock:
+            ready, self._ready = self._ready, []
+            self._scheduled = False
+        for waiter in ready:
+            if not waiter.done():
+                waiter.set_result(None)

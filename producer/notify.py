@@ -37,6 +37,16 @@ _RECONNECT_PAUSE_S = 0.5
 _SUBSCRIBE_TIMEOUT_S = 5.0
 
 
+def push_as_is(message: Any) -> Any:
+    """Hand a pub/sub message over unchanged.
+
+    redis-py's default handler formats every message into a debug log line before dropping it
+    (``"Push response: " + str(message)``), whatever the log level: for notices carrying a batch's
+    vectors that was a tenth of a busy client's CPU.
+    """
+    return message
+
+
 class ResultListener:
     """Subscribes to one reply channel and completes the Future of each request it is told about."""
 
@@ -97,7 +107,9 @@ class ResultListener:
 
     def _subscribe(self) -> Any:
         try:
-            pubsub = self._app.backend.client.pubsub(ignore_subscribe_messages=False)
+            pubsub = self._app.backend.client.pubsub(
+                ignore_subscribe_messages=False, push_handler_func=push_as_is
+            )
             pubsub.subscribe(self.channel)
             deadline = time.monotonic() + _SUBSCRIBE_TIMEOUT_S
             while time.monotonic() < deadline:

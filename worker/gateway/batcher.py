@@ -272,7 +272,7 @@ class LoopBatcher:
                 raise failure
 
     async def _subscribe(self) -> Any:
-        pubsub = self._redis.pubsub()
+        pubsub = self._redis.pubsub(push_handler_func=_push_as_is)
         try:
             await pubsub.subscribe(self.channel)
         except (RedisError, OSError) as exc:
@@ -396,3 +396,8 @@ class LoopBatcher:
             with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
                 await self._listener
         self._sender.shutdown(wait=False)
+
+
+async def _push_as_is(message: Any) -> Any:
+    """Hand a pub/sub message over unchanged (see producer.notify.push_as_is: the default formats it)."""
+    return message
