@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import threading
 import time
@@ -11,7 +10,7 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 from celery import Celery
@@ -29,6 +28,9 @@ from producer.errors import (
 )
 from producer.protocol.messages import EmbedResult, JobManifest
 from producer.protocol.names import job_key
+
+if TYPE_CHECKING:
+    from producer.notify import Notice
 
 JobState = Literal["pending", "started", "done", "failed"]
 
@@ -145,7 +147,7 @@ class Job:
         task_ids: Sequence[str],
         model: str,
         *,
-        notice: concurrent.futures.Future[TaskOutcome] | None = None,
+        notice: Notice | None = None,
         queue_depth: QueueDepth | None = None,
         task_rows: Sequence[int] | None = None,
     ) -> None:
@@ -232,8 +234,12 @@ class Job:
         self._final[self.task_ids[0]] = outcome
         if outcome.error is not None:
             raise outcome.error
+        result = EmbedResult.decode(outcome.value)
+        if result.model == self.model and 0 not in self._assembler:  # the usual case, kept short
+            self.token_counts = result.tokens
+            return result.to_array()
         if 0 not in self._assembler:
-            self._assembler.add(0, EmbedResult.decode(outcome.value))
+            self._assembler.add(0, result)
         return self._finish()
 
     def _poll_delays(self, timeout_s: float | None) -> Iterator[float]:
@@ -257,7 +263,7 @@ class Job:
         if self._notice is not None:
             try:
                 outcome = self._notice.result(timeout_s)
-            except concurrent.futures.TimeoutError as exc:
+            except TimeoutError as exc:
                 if isinstance(exc, EmbedqError):  # the error a failed send completed the notice with
                     raise
                 raise self._timeout(timeout_s or 0.0) from None
@@ -287,9 +293,7 @@ class Job:
         return vectors
 
 
-async def await_future(
-    future: concurrent.futures.Future[TaskOutcome], timeout_s: float | None
-) -> TaskOutcome:
+async def await_future(future: Notice, timeout_s: float | None) -> TaskOutcome:
     """Await a listener Future from an event loop.
 
     Unlike ``asyncio.wrap_future``, a timeout or cancellation here leaves ``future`` untouched,
