@@ -90,6 +90,7 @@ class Coalescer:
         self._last_send = 0.0
         self._in_flight: deque[float] = deque()  # send times of unanswered batches, oldest first
         self._closed = False
+        self._idle = False  # the sender waits for a first request
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -98,11 +99,13 @@ class Coalescer:
         with self._cond:
             if self._closed:
                 raise ConfigError("this EmbeddingClient is closed: create a new one")
-            was_empty = not self._pending
             self._pending.append(item)
             self._pending_texts += len(item.texts)
             self._pending_chars += sum(map(len, item.texts))
-            if was_empty or self._full():
+            # Wake the sender only if it waits for a first request or the batch is now full: while
+            # it waits out the window it wakes by itself (a notify costs a lock release and, on a
+            # busy client, a thread switch per request).
+            if self._idle or self._full():
                 self._cond.notify()
 
     @property
@@ -142,7 +145,9 @@ class Coalescer:
             while not self._pending:
                 if self._closed:
                     return None
+                self._idle = True
                 self._cond.wait()
+                self._idle = False
             while not self._closed and not self._full():
                 left_s = self._wait_s(time.monotonic())
                 if left_s <= 0:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import msgpack
 import numpy as np
@@ -94,6 +94,11 @@ class EmbedRequest:
         return cls.decode(_single_argument(args, kwargs, "an embed task"))
 
 
+_REQUIRED_RESULT_KEYS: Final = frozenset({"v", "model", "dim", "count", "dtype", "vectors"})
+_RESULT_KEYS: Final = _REQUIRED_RESULT_KEYS | {"tokens"}
+_VECTOR_NP_DTYPE: Final = np.dtype(VECTOR_DTYPE)
+
+
 @dataclass(frozen=True)
 class EmbedResult:
     """The vectors of one request: ``count`` rows of ``dim`` little-endian float32 as raw bytes."""
@@ -119,6 +124,37 @@ class EmbedResult:
                 f"EmbedResult.vectors holds {len(self.vectors)} bytes, expected {expected} "
                 f"for {self.count} x {self.dim} float32"
             )
+
+    @staticmethod
+    def fast_array(payload: object, model: str) -> tuple[np.ndarray, tuple[int, ...] | None] | None:
+        """Return ``(vectors, tokens)`` of a well-formed result of ``model``, or None to take :meth:`decode`.
+
+        The checks of :meth:`decode` and ``__post_init__`` without building the dataclass: the
+        path of every answered query. None means "anything unusual": the caller decodes in full,
+        which names the problem.
+        """
+        if type(payload) is not dict or not _RESULT_KEYS >= payload.keys() >= _REQUIRED_RESULT_KEYS:
+            return None
+        dim, count, raw, tokens = payload["dim"], payload["count"], payload["vectors"], payload.get("tokens")
+        if (
+            payload["v"] != WIRE_VERSION
+            or payload["model"] != model
+            or payload["dtype"] != VECTOR_DTYPE
+            or type(dim) is not int
+            or type(count) is not int
+            or type(raw) is not bytes
+            or dim < 1
+            or count < 0
+            or len(raw) != count * dim * 4
+        ):
+            return None
+        if tokens is not None:
+            if type(tokens) is not list or len(tokens) != count:
+                return None
+            if tokens and (not set(map(type, tokens)) <= {int} or min(tokens) < 0):
+                return None
+            tokens = tuple(tokens)
+        return np.frombuffer(raw, dtype=_VECTOR_NP_DTYPE).reshape(count, dim).astype(np.float32), tokens
 
     @classmethod
     def from_array(cls, model: str, vectors: np.ndarray, tokens: Sequence[int] | None = None) -> EmbedResult:
