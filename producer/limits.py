@@ -40,8 +40,13 @@ def depth_exceeds(value: object, max_depth: int) -> bool:
     stack: list[tuple[object, int]] = [(value, 0)]
     while stack:
         item, depth = stack.pop()
-        if isinstance(item, Mapping):
-            children: Any = item.values()
+        kind = type(item)
+        if kind is list or kind is tuple:  # exact types first: the ABC check costs more than the rest
+            children: Any = item
+        elif kind is dict:
+            children = item.values()  # type: ignore[attr-defined]  # kind is dict
+        elif isinstance(item, Mapping):
+            children = item.values()
         elif isinstance(item, list | tuple):
             children = item
         else:
