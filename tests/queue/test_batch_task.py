@@ -50,6 +50,10 @@ def test_each_request_of_a_batch_is_answered_alone_under_its_own_id(fake_app: Ce
     messages = [pubsub.get_message(timeout=0.2) for _ in range(3)]  # the first may be the subscription
     message = next(message for message in messages if message is not None)
     assert [item_id for item_id, _ in decode_notice(message["data"])] == ["ok-1", "too-long", "late", "ok-2"]
+    backend = fake_app.backend
+    for item_id in ("ok-1", "too-long"):  # every record expires as Celery's own would
+        ttl = backend.client.ttl(backend.get_key_for_task(item_id))
+        assert 0 < ttl <= int(backend.expires)
 
 
 def test_a_batch_for_another_model_fails_each_request_with_the_model_named(fake_app: Celery) -> None:
