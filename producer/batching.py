@@ -1,11 +1,14 @@
 """Client-side coalescing: small requests sent close together by many threads leave as one task.
 
 One sender thread per client takes the waiting requests and sends them as one batch task. A
-batch leaves when it is full (``max_texts`` texts or ``max_chars`` characters), or when fewer than
-``max_in_flight`` of this client's batches are unanswered and ``wait_ms`` passed since the last
-send. So a lone request leaves at once, and under load the batches grow with the workers' pace
-instead of the queue growing with tasks. The callers never wait for the send: they hold a Job
-and wait for its notice.
+batch leaves when it is full (``max_texts`` texts or ``max_chars`` characters), or, while fewer
+than ``max_in_flight`` of this client's batches are unanswered, ``wait_ms`` after the last send
+and, if a batch is unanswered, ``wait_ms`` after its own first request arrived. So a lone
+request leaves at once, the burst of requests that follows an answered batch (its callers
+asking again) leaves together instead of its first request leaving alone and the rest waiting
+a whole round trip, and under load the batches grow with the workers' pace instead of the
+queue growing with tasks. The callers never wait for the send: they hold a Job and wait for
+its notice.
 """
 
 from __future__ import annotations
@@ -87,6 +90,7 @@ class Coalescer:
         self._pending: deque[BatchItem] = deque()
         self._pending_texts = 0
         self._pending_chars = 0
+        self._first_at = 0.0  # when the oldest waiting request arrived
         self._last_send = 0.0
         self._in_flight: deque[float] = deque()  # send times of unanswered batches, oldest first
         self._closed = False
@@ -99,6 +103,8 @@ class Coalescer:
         with self._cond:
             if self._closed:
                 raise ConfigError("this EmbeddingClient is closed: create a new one")
+            if not self._pending:
+                self._first_at = time.monotonic()
             self._pending.append(item)
             self._pending_texts += len(item.texts)
             self._pending_chars += sum(map(len, item.texts))
@@ -137,7 +143,9 @@ class Coalescer:
             self._in_flight.popleft()  # its notice was lost or it runs long: stop waiting for it
         if len(self._in_flight) >= self._limits.max_in_flight:
             return self._in_flight[0] + STALE_S - now
-        return self._last_send + self._limits.wait_ms / 1000 - now
+        if not self._in_flight:  # a lone request leaves at once unless a batch just left
+            return self._last_send + self._limits.wait_ms / 1000 - now
+        return max(self._last_send, self._first_at) + self._limits.wait_ms / 1000 - now
 
     def _take(self) -> list[BatchItem] | None:
         """Wait for requests and the end of the window; return the next batch (None: closed and empty)."""
@@ -168,7 +176,7 @@ class Coalescer:
                 chars += size
             self._pending_texts -= texts
             self._pending_chars -= chars
-            self._last_send = time.monotonic()
+            self._last_send = self._first_at = time.monotonic()  # what is left behind waits from now
             self._in_flight.append(self._last_send)
             return batch
 
