@@ -113,6 +113,15 @@ class Notice:
                 logger.exception("a callback of request notice failed")
 
 
+def read_notice(raw: bytes, channel: str) -> list[tuple[str, bytes]]:
+    """Return a notice's ``(request id, stored result)`` pairs; a malformed one is logged and read as none."""
+    try:
+        return decode_notice(raw)
+    except MessageDecodeError as exc:
+        logger.warning("ignored a malformed result notice on %s: %s", channel, exc)
+        return []
+
+
 def push_as_is(message: Any) -> Any:
     """Hand a pub/sub message over unchanged.
 
@@ -237,11 +246,7 @@ class ResultListener:
                 logger.warning("still cannot subscribe to result notices: %s", exc)
 
     def _deliver(self, raw: bytes) -> None:
-        try:
-            pairs = decode_notice(raw)
-        except MessageDecodeError as exc:
-            logger.warning("ignored a malformed result notice on %s: %s", self.channel, exc)
-            return
+        pairs = read_notice(raw, self.channel)
         decode = self._app.backend.decode_result
         with self._lock:
             entries = [(self._waiting.pop(request_id, None), stored) for request_id, stored in pairs]

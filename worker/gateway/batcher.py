@@ -39,8 +39,8 @@ from producer.errors import (
     ResultTimeoutError,
 )
 from producer.job import TaskOutcome, outcome_of
-from producer.notify import SWEEP_S
-from producer.protocol.batches import BatchItem, decode_notice, reply_channel
+from producer.notify import SWEEP_S, push_as_is, read_notice
+from producer.protocol.batches import BatchItem, reply_channel
 from producer.protocol.messages import EmbedResult
 from producer.protocol.names import Kind
 
@@ -323,14 +323,9 @@ class LoopBatcher:
                 logger.warning("still cannot subscribe to result notices: %s", exc)
 
     def _deliver(self, raw: bytes) -> None:
-        try:
-            pairs = decode_notice(raw)
-        except MessageDecodeError as exc:
-            logger.warning("ignored a malformed result notice on %s: %s", self.channel, exc)
-            return
         decode = self._app.backend.decode_result
         model = None
-        for item_id, stored in pairs:
+        for item_id, stored in read_notice(raw, self.channel):
             waiting = self._waiting.pop(item_id, None)
             if waiting is not None:
                 model = waiting.model
@@ -400,4 +395,4 @@ class LoopBatcher:
 
 async def _push_as_is(message: Any) -> Any:
     """Hand a pub/sub message over unchanged (see producer.notify.push_as_is: the default formats it)."""
-    return message
+    return push_as_is(message)
