@@ -94,8 +94,6 @@ class EmbedRequest:
         return cls.decode(_single_argument(args, kwargs, "an embed task"))
 
 
-_REQUIRED_RESULT_KEYS: Final = frozenset({"v", "model", "dim", "count", "dtype", "vectors"})
-_RESULT_KEYS: Final = _REQUIRED_RESULT_KEYS | {"tokens"}
 _VECTOR_NP_DTYPE: Final = np.dtype(VECTOR_DTYPE)
 
 
@@ -133,13 +131,19 @@ class EmbedResult:
         path of every answered query. None means "anything unusual": the caller decodes in full,
         which names the problem.
         """
-        if type(payload) is not dict or not _RESULT_KEYS >= payload.keys() >= _REQUIRED_RESULT_KEYS:
+        if type(payload) is not dict or not 6 <= len(payload) <= 7:
             return None
-        dim, count, raw, tokens = payload["dim"], payload["count"], payload["vectors"], payload.get("tokens")
+        try:
+            dim, count, raw = payload["dim"], payload["count"], payload["vectors"]
+            version, its_model, dtype = payload["v"], payload["model"], payload["dtype"]
+        except KeyError:
+            return None
+        tokens = payload.get("tokens")
         if (
-            payload["v"] != WIRE_VERSION
-            or payload["model"] != model
-            or payload["dtype"] != VECTOR_DTYPE
+            (tokens is None and len(payload) == 7)  # a key of another version
+            or version != WIRE_VERSION
+            or its_model != model
+            or dtype != VECTOR_DTYPE
             or type(dim) is not int
             or type(count) is not int
             or type(raw) is not bytes
@@ -154,6 +158,8 @@ class EmbedResult:
             if tokens and (not set(map(type, tokens)) <= {int} or min(tokens) < 0):
                 return None
             tokens = tuple(tokens)
+        if _VECTOR_NP_DTYPE.isnative:  # one call: a writable array over a copy of the bytes
+            return np.ndarray((count, dim), _VECTOR_NP_DTYPE, buffer=bytearray(raw)), tokens
         return np.frombuffer(raw, dtype=_VECTOR_NP_DTYPE).reshape(count, dim).astype(np.float32), tokens
 
     @classmethod
