@@ -224,6 +224,9 @@ class BatchPath:
         return 0 if started is None else started[0].pending
 
     def _start(self) -> tuple[Coalescer, ResultListener]:
+        started = self._started
+        if started is not None and self._pid == os.getpid():  # running in this process: no lock
+            return started
         with self._lock:
             if (
                 self._pid != os.getpid()
