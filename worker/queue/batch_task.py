@@ -101,15 +101,11 @@ def run_batch(
         ids.append(item_id)
         totals[0] += len(texts)
         totals[1] += 0 if part_tokens is None else sum(part_tokens)
-        result = EmbedResult(
-            model=encoder.model_id,
-            dim=dim,
-            count=end - start,
-            vectors=raw[start * row_bytes : end * row_bytes],
-            tokens=None if part_tokens is None else tuple(part_tokens),
+        result = EmbedResult.encoded(
+            encoder.model_id, dim, end - start, raw[start * row_bytes : end * row_bytes], part_tokens
         )
         start = end
-        outcomes[item_id] = ItemOutcome(item_id, result=result.encode())
+        outcomes[item_id] = ItemOutcome(item_id, result=result)
     for kind, (ids, (text_total, token_total_)) in done.items():
         record_requests(encoder.model_id, kind, ids, text_total, token_total_)
     return [outcomes[item.id] for item in batch.items]
