@@ -25,8 +25,9 @@ from dataclasses import dataclass
 from celery import Celery
 
 from producer.errors import ConfigError, EmbedqError
-from producer.job import ResultReader
-from producer.notify import Notice, ResultListener
+from producer.job import ResultReader, TaskOutcome
+from producer.notice import Notice
+from producer.notify import ResultListener
 from producer.protocol.batches import BatchItem
 
 logger = logging.getLogger(__name__)
@@ -210,7 +211,7 @@ class BatchPath:
         self._started: tuple[Coalescer, ResultListener] | None = None
         self._pid = os.getpid()
 
-    def submit(self, item: BatchItem) -> Notice:
+    def submit(self, item: BatchItem) -> Notice[TaskOutcome]:
         """Queue ``item`` for the next batch; return the Notice its answer completes."""
         coalescer, listener = self._start()
         notice = listener.register(item.id)

@@ -11,7 +11,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from celery import Celery
@@ -27,11 +27,9 @@ from producer.errors import (
     ResultTimeoutError,
     error_from_name,
 )
+from producer.notice import Notice
 from producer.protocol.messages import EmbedResult, JobManifest
 from producer.protocol.names import job_key
-
-if TYPE_CHECKING:
-    from producer.notify import Notice
 
 JobState = Literal["pending", "started", "done", "failed"]
 
@@ -148,7 +146,7 @@ class Job:
         task_ids: Sequence[str],
         model: str,
         *,
-        notice: Notice | None = None,
+        notice: Notice[TaskOutcome] | None = None,
         queue_depth: QueueDepth | None = None,
         task_rows: Sequence[int] | None = None,
     ) -> None:
@@ -294,7 +292,7 @@ class Job:
         return vectors
 
 
-async def await_future(future: Notice, timeout_s: float | None) -> TaskOutcome:
+async def await_future(future: Notice[TaskOutcome], timeout_s: float | None) -> TaskOutcome:
     """Await a listener Notice from an event loop.
 
     Unlike ``asyncio.wrap_future``, a timeout or cancellation here leaves ``future`` untouched,

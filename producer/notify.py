@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any
 
 from celery import Celery
 from kombu.exceptions import OperationalError
@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 
 from producer.errors import BrokerUnavailableError, EmbedqError, MessageDecodeError, ResultTimeoutError
 from producer.job import ResultReader, TaskOutcome, outcome_of
+from producer.notice import Notice
 from producer.protocol.batches import decode_notice, reply_channel
 
 logger = logging.getLogger(__name__)
@@ -34,83 +35,6 @@ MAX_WAIT_S = 24 * 3600.0
 """A request nobody answered for this long is forgotten (its Future fails with ResultTimeoutError)."""
 _RECONNECT_PAUSE_S = 0.5
 _SUBSCRIBE_TIMEOUT_S = 5.0
-
-
-class Notice:
-    """The outcome of one batched request, completed once by the client's listener.
-
-    The part of ``concurrent.futures.Future`` the client uses (``done``, ``result``,
-    ``add_done_callback``, ``set_result``, ``set_exception``), at a fraction of its cost: a
-    Future builds a ``threading.Condition`` for every request, and a client answering
-    thousands of requests a second spent about a tenth of a request's CPU on it. A thread that
-    waits gets an Event, made when it first waits.
-    """
-
-    __slots__ = ("_callbacks", "_done", "_error", "_event", "_outcome")
-    _lock: ClassVar[threading.Lock] = (
-        threading.Lock()
-    )  # one for all notices: every critical section is a few attribute writes
-
-    def __init__(self) -> None:
-        self._done = False
-        self._outcome: TaskOutcome | None = None
-        self._error: BaseException | None = None
-        self._callbacks: list[Callable[[Notice], object]] | None = None
-        self._event: threading.Event | None = None
-
-    def done(self) -> bool:
-        """Whether the outcome (or an error) is in."""
-        return self._done
-
-    def set_result(self, outcome: TaskOutcome) -> None:
-        """Complete with ``outcome`` (a second completion is ignored)."""
-        self._complete(outcome, None)
-
-    def set_exception(self, error: BaseException) -> None:
-        """Complete with ``error`` (a second completion is ignored)."""
-        self._complete(None, error)
-
-    def add_done_callback(self, callback: Callable[[Notice], object]) -> None:
-        """Call ``callback(self)`` once complete (at once, in this thread, if it already is)."""
-        with self._lock:
-            if not self._done:
-                if self._callbacks is None:
-                    self._callbacks = []
-                self._callbacks.append(callback)
-                return
-        callback(self)
-
-    def result(self, timeout: float | None = None) -> TaskOutcome:
-        """Wait up to ``timeout`` seconds; return the outcome or raise the error.
-
-        Raises ``TimeoutError`` (as ``concurrent.futures.Future.result`` does) if still not done.
-        """
-        if not self._done:
-            with self._lock:
-                if not self._done and self._event is None:
-                    self._event = threading.Event()
-                event = self._event
-            if event is not None and not event.wait(timeout):
-                raise TimeoutError()
-        if self._error is not None:
-            raise self._error
-        assert self._outcome is not None  # done without an error
-        return self._outcome
-
-    def _complete(self, outcome: TaskOutcome | None, error: BaseException | None) -> None:
-        with self._lock:
-            if self._done:
-                return
-            self._outcome, self._error, self._done = outcome, error, True
-            callbacks, event = self._callbacks, self._event
-            self._callbacks = None
-        if event is not None:
-            event.set()
-        for callback in callbacks or ():
-            try:
-                callback(self)
-            except Exception:
-                logger.exception("a callback of request notice failed")
 
 
 def read_notice(raw: bytes, channel: str) -> list[tuple[str, bytes]]:
@@ -149,7 +73,7 @@ class ResultListener:
         self._reader = reader
         self._sweep_s = sweep_s
         self._lock = threading.Lock()
-        self._waiting: dict[str, tuple[Notice, float]] = {}
+        self._waiting: dict[str, tuple[Notice[TaskOutcome], float]] = {}
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
         self._pubsub: Any = None
@@ -170,9 +94,9 @@ class ResultListener:
         """
         self._stopped.set()
 
-    def register(self, request_id: str) -> Notice:
+    def register(self, request_id: str) -> Notice[TaskOutcome]:
         """Return the Notice that completes with the outcome of ``request_id`` (register before sending)."""
-        future = Notice()
+        future: Notice[TaskOutcome] = Notice()
         with self._lock:
             self._waiting[request_id] = (future, time.monotonic())
         return future

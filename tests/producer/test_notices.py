@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from producer.job import LoopWaker, TaskOutcome, await_future
-from producer.notify import Notice
+from producer.notice import Notice
 
 
 def test_a_notice_completes_once_for_threads_and_callbacks() -> None:
