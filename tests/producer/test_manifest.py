@@ -50,7 +50,12 @@ def test_the_generation_is_dropped_when_a_run_starts_and_hashes_when_it_is_not_t
 
 def test_a_line_recorded_with_a_trusted_hash_is_not_parsed_again(tmp_path: Path) -> None:
     path = tmp_path / "day.jsonl"
-    lines = ['{"id": "a", "text": "one"}', '{"id": "b", "text": "two"}', "not json", '{"id": "c", "text": "3"}']
+    lines = [
+        '{"id": "a", "text": "one"}',
+        '{"id": "b", "text": "two"}',
+        "not json",
+        '{"id": "c", "text": "3"}',
+    ]
     path.write_text("\n".join(lines) + "\n")
     manifest = SyncManifest(tmp_path / "m.sqlite")
     first = LocalHashes(manifest, "m", trusted=False)
