@@ -157,7 +157,7 @@ def reindex_command(args: argparse.Namespace, settings: Settings) -> int:
     from producer.client import EmbeddingClient
     from worker.cli.deletes import delete_missing
     from worker.cli.output import BackfillProgressBar
-    from worker.milvus.aliases import adopt, drop, physical_name, point_alias
+    from worker.milvus.aliases import adopt, drop, flush, physical_name, point_alias
 
     model = check_model_id(args.model, "--model")
     if args.source is not None and not args.source.is_file():
@@ -177,6 +177,8 @@ def reindex_command(args: argparse.Namespace, settings: Settings) -> int:
                 f"collection {args.collection!r} already holds vectors of model {model!r}: nothing to "
                 "reindex (to refresh its texts, run embedq backfill)"
             )
+        if args.source is None and old is not None:
+            flush(access, old)  # Lite: read back page by page, rows still in memory are copied per page
         source = args.source or _dump_texts(access, args.collection, target)
     finally:
         access.close()  # not held across the start of local workers
