@@ -47,6 +47,7 @@ from producer.protocol.messages import UpsertResult
 log = logging.getLogger(__name__)
 
 _POLL_S = 0.02
+_LOOK_EVERY_S = 0.05  # between looks at finished chunks while reading (a rerun reads 100 chunks in ~0.5 s)
 _WORKER_CHECK_AFTER_S = 10.0
 _STOP_AFTER_TRANSIENT_FAILURES = 3
 _MAX_ERRORS_KEPT = 20
@@ -100,6 +101,8 @@ class _Run:
     # task id -> the chunks it carries: (chunk index, documents sent, records rejected, left out unchanged)
     in_flight: dict[str, list[tuple[int, int, int, int]]] = field(default_factory=dict)
     transient_failures_in_a_row: int = 0
+    last_look: float = 0.0
+    tasks_sent: int = 0
     hashes: LocalHashes | None = None
     sent_hashes: dict[str, list[Confirmed]] = field(default_factory=dict)
     # With local hashes, the few documents left to send from several chunks go as one task.
@@ -146,13 +149,16 @@ def _record(run: _Run, task_id: str, outcome: TaskOutcome) -> None:
         run.state.confirm(ChunkRecord(chunk_index, stored + left_out, rejected))
 
 
-def _collect(client: EmbeddingClient, run: _Run, *, block: bool) -> None:
+def _collect(client: EmbeddingClient, run: _Run, *, block: bool, throttled: bool = False) -> None:
     """Record finished chunks; with ``block``, wait until at least one in-flight chunk finishes.
 
     While nothing finishes for a while, check that a worker still serves the queue: with none,
     NoWorkerError ends the run (resumable) instead of waiting forever.
     """
     last_progress = time.monotonic()
+    if throttled and last_progress - run.last_look < _LOOK_EVERY_S:
+        return  # looked a moment ago: one Redis round trip per chunk adds up when chunks are skipped fast
+    run.last_look = last_progress
     while run.in_flight:
         task_ids = list(run.in_flight)
         finished = 0
@@ -187,6 +193,7 @@ def _process_chunk(
         if done is not None and not stopped:
             run.skipped += done.written + done.rejected
         return  # stopped: Milvus or the workers are down, more chunks would only fail one by one
+    sent_before = run.tasks_sent
     rejected = [record for record in chunk if isinstance(record, Rejected)]
     unchanged = [record.id for record in chunk if isinstance(record, Unchanged)]
     for record in rejected:
@@ -209,10 +216,12 @@ def _process_chunk(
             options.collection, documents, skip_unchanged=options.skip_unchanged, split=options.split
         )
         run.in_flight[task_id] = [(chunk_index, len(documents), len(rejected), 0)]
+        run.tasks_sent += 1
     else:
         run.failed += len(rejected)
         run.state.confirm(ChunkRecord(chunk_index, 0, len(rejected)))
-    _collect(client, run, block=False)
+    # A chunk that sent nothing (unchanged, or gathered for a later task) looks at most every 50 ms.
+    _collect(client, run, block=False, throttled=run.tasks_sent == sent_before)
     report("running")
 
 
@@ -233,6 +242,7 @@ def _send_pending(
         options.collection, run.pending, skip_unchanged=options.skip_unchanged, split=options.split
     )
     run.in_flight[task_id] = run.pending_parts
+    run.tasks_sent += 1
     run.sent_hashes[task_id] = run.pending_hashes
     run.pending, run.pending_parts, run.pending_hashes = [], [], []
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -222,7 +223,9 @@ def reindex_command(args: argparse.Namespace, settings: Settings) -> int:
             return EXIT_FAILED
         _keep_passages_mark(access, old, target)
         if old == args.collection:
+            started = time.monotonic()
             old = adopt(access, args.collection)
+            note(f"adopted {args.collection!r}: renamed to {old!r} in {time.monotonic() - started:.1f} s")
         point_alias(access, args.collection, target)
         reused = (
             f"; {summary.unchanged} were already written by an earlier attempt" if summary.unchanged else ""

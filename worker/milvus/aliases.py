@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     from pymilvus import MilvusClient
 
 _MAX_NAME = 255
+RENAME_TIMEOUT_S = 1800.0
+"""Deadline of an adoption's rename (Milvus Lite waits for the collection's pending index builds)."""
 _SEPARATOR = "__"
 
 
@@ -103,7 +105,9 @@ def adopt(access: MilvusAccess, name: str) -> str | None:
         assert model is not None  # checked by current_physical
         target = physical_name(name, model[0])
         with access.write_guard:
-            client.rename_collection(name, target, timeout=timeout_s)
+            # Not cut short by the usual deadline: a rename the server finishes after the client
+            # gave up would leave the name unset until the next reindex.
+            client.rename_collection(name, target, timeout=max(timeout_s, RENAME_TIMEOUT_S))
             client.create_alias(target, name, timeout=timeout_s)
         client.load_collection(target, timeout=timeout_s)  # a rename releases the collection
         return target
