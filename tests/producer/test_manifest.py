@@ -61,7 +61,7 @@ def test_a_line_recorded_with_a_trusted_hash_is_not_parsed_again(tmp_path: Path)
     first = LocalHashes(manifest, "m", trusted=False)
     records = list(read_records(path, None, FieldNames(), first))
     assert [type(record) for record in records] == [Document, Document, Rejected, Document]
-    send, confirmed, _ = first.split([record for record in records if isinstance(record, Document)])
+    _, confirmed, _ = first.split([record for record in records if isinstance(record, Document)])
     first.confirmed(confirmed[:2])  # the chunk holding c was not confirmed
     path.write_text("\n".join([lines[0], '{"id": "b", "text": "2"}', *lines[2:]]) + "\n")
     rerun = LocalHashes(manifest, "m", trusted=True)
