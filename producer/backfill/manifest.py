@@ -50,7 +50,8 @@ class SyncManifest:
     def for_collection(cls, state_dir: Path, milvus_uri: str, collection: str) -> SyncManifest:
         """Return the manifest of ``collection`` at ``milvus_uri``, under ``state_dir``."""
         key = hashlib.sha256(f"{milvus_uri}\0{collection}".encode()).hexdigest()[:16]
-        return cls(state_dir / f"{collection}-{key}.v2.sqlite")
+        # v3: rows carry line digests, which an earlier version's inserts (two values) would refuse.
+        return cls(state_dir / f"{collection}-{key}.v3.sqlite")
 
     def exists(self) -> bool:
         """Whether an earlier sync left this manifest."""
