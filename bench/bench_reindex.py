@@ -5,7 +5,9 @@ Usage: python -m bench.bench_reindex [--docs 100000] [--kinds lite,server] [--se
 Per Milvus kind (Milvus Lite through the shared Lite server; the Milvus 2.3.5 server of the
 ``milvus`` wheel): a worker of the bundled model backfills ``--docs`` paragraphs into the
 physical collection ``docs__<model>`` with ``docs`` an alias of it (what adopting an old-style
-collection leaves; ``--adopt`` backfills ``docs`` itself and times its adoption first), then `embedq reindex --collection docs --model NEXT` runs as a command
+collection leaves; ``--adopt`` backfills ``docs`` itself, an old-style collection that the reindex
+adopts at its switch; ``--adopt-first`` times that adoption on its own before the reindex), then
+`embedq reindex --collection docs --model NEXT` runs as a command
 (with a worker of NEXT, a 16-dimensional model built in the temp directory, on the same Redis)
 while ``--searchers`` threads search ``docs`` through ``search_text`` (as the CLI and the gateway
 do), each query the exact text of a stored document, embedded in this process with the model the
@@ -105,6 +107,9 @@ def _reindex(redis_url: str, uri: str, model: Path, cwd: Path, drop_old: bool) -
     )
     if done.returncode != 0:
         raise SystemExit(f"embedq reindex failed ({done.returncode}): {done.stderr[-2000:]}")
+    for line in done.stderr.splitlines():
+        if "adopted" in line:
+            print(f"  {line.strip()}")
     return time.monotonic() - started, done.stdout.strip().splitlines()[-1]
 
 
@@ -149,8 +154,9 @@ def bench_kind(target: MilvusTarget, redis_url: str, args: argparse.Namespace, t
     new_worker = start_worker(redis_url, tmp / "worker-new.log", str(next_model), milvus_uri=target.uri)
     try:
         # Filled under its physical name with ``docs`` an alias of it: what the adoption of an
-        # old-style collection leaves (timed apart with --adopt: a rename on Lite rewrites it).
-        physical = "docs" if args.adopt else physical_name("docs", old_worker.settings.model_id)
+        # old-style collection leaves (with --adopt: an old-style collection, adopted by the reindex).
+        old_style = args.adopt or args.adopt_first
+        physical = "docs" if old_style else physical_name("docs", old_worker.settings.model_id)
         with EmbeddingClient(redis_url, max_texts_per_task=10_000) as client:
             started = time.monotonic()
             options = BackfillOptions(
@@ -164,6 +170,8 @@ def bench_kind(target: MilvusTarget, redis_url: str, args: argparse.Namespace, t
         try:
             started = time.monotonic()
             if args.adopt:
+                pass  # searched as it is; `embedq reindex` adopts it when the new collection is ready
+            elif args.adopt_first:
                 adopt(access, "docs")
                 print(
                     f"  {target.kind}: adoption of the old-style collection {time.monotonic() - started:.1f} s"
@@ -212,7 +220,10 @@ def main() -> None:
     parser.add_argument("--searchers", type=int, default=2)
     parser.add_argument("--drop-old", action="store_true")
     parser.add_argument(
-        "--adopt", action="store_true", help="backfill an old-style collection and time its adoption first"
+        "--adopt", action="store_true", help="backfill an old-style collection: the reindex adopts it"
+    )
+    parser.add_argument(
+        "--adopt-first", action="store_true", help="backfill an old-style collection, time its adoption first"
     )
     args = parser.parse_args()
     print(f"reindex under a search loop: {args.docs} documents, {args.searchers} searching threads")

@@ -14,11 +14,14 @@ import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import TypeVar
 
+from producer.backfill.known_lines import Unchanged
 from producer.backfill.readers import Rejected
 from producer.protocol.documents import Document
 
 _INSERT_BATCH = 10_000
+Record = TypeVar("Record", Document | Rejected, Document | Rejected | Unchanged)
 _LOOKUP_BATCH = 500  # bound parameters per SELECT (SQLite's limit is 999 on old builds)
 
 
@@ -76,11 +79,11 @@ class SeenIds:
         """Whether every record of the file was read and none was rejected (so deletes are safe)."""
         return self.read_to_end and self.rejected == 0
 
-    def recording(self, records: Iterable[Document | Rejected]) -> Iterator[Document | Rejected]:
+    def recording(self, records: Iterable[Record]) -> Iterator[Record]:
         """Pass ``records`` through, recording document ids; mark the end once the last one is read."""
         iterator = iter(records)
         while batch := list(itertools.islice(iterator, _INSERT_BATCH)):
-            self.ids.add(record.id for record in batch if isinstance(record, Document))
+            self.ids.add(record.id for record in batch if isinstance(record, Document | Unchanged))
             self.rejected += sum(1 for record in batch if isinstance(record, Rejected))
             yield from batch
         self.read_to_end = True

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from producer.backfill.ids import document_id
+from producer.backfill.known_lines import LineIndex, Unchanged, line_digest, line_key
 from producer.backfill.records import (
     COMPRESSED_SUFFIXES,
     bounded_lines,
@@ -26,6 +28,7 @@ from producer.errors import InvalidInputError
 from producer.limits import document_problem, text_problem
 from producer.protocol.documents import Document
 
+_LINE_BATCH = 1000  # lines digested, then looked up in the sync manifest, at a time
 FORMATS = ("jsonl", "csv", "parquet", "text")
 _SUFFIXES = {
     ".jsonl": "jsonl",
@@ -110,20 +113,52 @@ def _checked_document(record: Mapping[str, Any], fields: FieldNames, where: str)
     return Document(id=doc_id, text=text, metadata=metadata)
 
 
+def _jsonl_record(
+    line: bytes | None, number: int, name: str, fields: FieldNames
+) -> Document | Rejected | None:
+    """Return the record of one JSONL line (None: a blank line)."""
+    if line is None:
+        where = f"{name} line {number}"
+        return Rejected(where, f"{where}: the line is longer than the limit of one record: split it")
+    if not line.strip():
+        return None
+    record = json_record(line)
+    if isinstance(record, str):
+        where = f"{name} line {number}"
+        return Rejected(where, f"{where}: {record}")
+    return _document(record, fields, f"{name} line {number}")
+
+
 def _jsonl(path: Path, fields: FieldNames) -> Iterator[Document | Rejected]:
+    name = path.name
     with open_corpus(path) as handle:
         for number, line in bounded_lines(handle):
-            where = f"{path.name} line {number}"
-            if line is None:
-                yield Rejected(where, f"{where}: the line is longer than the limit of one record: split it")
-                continue
-            if not line.strip():
-                continue
-            record = json_record(line)
-            if isinstance(record, str):
-                yield Rejected(where, f"{where}: {record}")
-            else:
-                yield _document(record, fields, where)
+            record = _jsonl_record(line, number, name, fields)
+            if record is not None:
+                yield record
+
+
+def _known_jsonl(
+    path: Path, fields: FieldNames, index: LineIndex
+) -> Iterator[Document | Rejected | Unchanged]:
+    """Read JSONL like ``_jsonl``, but a line whose digest ``index`` knows comes as :class:`Unchanged`."""
+    key = line_key(index.model_id, fields.id, fields.text, fields.metadata)
+    name = path.name
+    with open_corpus(path) as handle:
+        lines = bounded_lines(handle)
+        while batch := list(itertools.islice(lines, _LINE_BATCH)):
+            digests = [b"" if line is None else line_digest(line, key) for _, line in batch]
+            known = index.known_lines([digest for digest in digests if digest])
+            for (number, line), digest in zip(batch, digests, strict=True):
+                doc_id = known.get(digest) if known else None
+                if doc_id is not None:
+                    yield Unchanged(doc_id)
+                    continue
+                record = _jsonl_record(line, number, name, fields)
+                if isinstance(record, Document):
+                    index.parsed(record.id, digest)
+                if record is not None:
+                    yield record
 
 
 def _csv(path: Path, fields: FieldNames) -> Iterator[Document | Rejected]:
@@ -203,3 +238,13 @@ def read_documents(
     if not path.is_file():
         raise InvalidInputError(f"{path} is not a file")
     return _READERS[detect_format(path, format_name)](path, fields or FieldNames())
+
+
+def read_records(
+    path: Path, format_name: str | None, fields: FieldNames, lines: LineIndex | None
+) -> Iterator[Document | Rejected | Unchanged]:
+    """Like ``read_documents``; with ``lines`` (a sync's), a known JSONL line comes as :class:`Unchanged`."""
+    records = read_documents(path, format_name, fields)
+    if lines is not None and detect_format(path, format_name) == "jsonl":
+        return _known_jsonl(path, fields, lines)
+    return records

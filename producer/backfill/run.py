@@ -24,7 +24,8 @@ from typing import Any
 from producer.backfill.fleet import pool_reader
 from producer.backfill.idset import SeenIds
 from producer.backfill.in_flight import InFlightLimit
-from producer.backfill.manifest import LocalHashes
+from producer.backfill.known_lines import Unchanged
+from producer.backfill.manifest import Confirmed, LocalHashes
 from producer.backfill.model import (
     DEFAULT_STATE_DIR,
     BackfillOptions,
@@ -32,7 +33,7 @@ from producer.backfill.model import (
     BackfillSummary,
     ChunkRecord,
 )
-from producer.backfill.readers import FieldNames, Rejected, count_records, detect_format, read_documents
+from producer.backfill.readers import FieldNames, Rejected, count_records, detect_format, read_records
 from producer.backfill.shards import local_shards, register_shard, registered_shards, sum_shards
 from producer.backfill.state import BackfillState, load_local_progress, load_progress
 from producer.backfill.target import Target, probe_target
@@ -46,6 +47,7 @@ from producer.protocol.messages import UpsertResult
 log = logging.getLogger(__name__)
 
 _POLL_S = 0.02
+_LOOK_EVERY_S = 0.05  # between looks at finished chunks while reading (a rerun reads 100 chunks in ~0.5 s)
 _WORKER_CHECK_AFTER_S = 10.0
 _STOP_AFTER_TRANSIENT_FAILURES = 3
 _MAX_ERRORS_KEPT = 20
@@ -72,7 +74,10 @@ def job_id_for(options: BackfillOptions, model: str) -> str:
     return job_id if options.shard is None else options.shard.job_id(job_id)
 
 
-def _chunks(records: Iterable[Document | Rejected], size: int) -> Iterator[list[Document | Rejected]]:
+Record = Document | Rejected | Unchanged
+
+
+def _chunks(records: Iterable[Record], size: int) -> Iterator[list[Record]]:
     iterator = iter(records)
     while chunk := list(itertools.islice(iterator, size)):
         yield chunk
@@ -96,12 +101,14 @@ class _Run:
     # task id -> the chunks it carries: (chunk index, documents sent, records rejected, left out unchanged)
     in_flight: dict[str, list[tuple[int, int, int, int]]] = field(default_factory=dict)
     transient_failures_in_a_row: int = 0
+    last_look: float = 0.0
+    tasks_sent: int = 0
     hashes: LocalHashes | None = None
-    sent_hashes: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    sent_hashes: dict[str, list[Confirmed]] = field(default_factory=dict)
     # With local hashes, the few documents left to send from several chunks go as one task.
     pending: list[Document] = field(default_factory=list)
     pending_parts: list[tuple[int, int, int, int]] = field(default_factory=list)
-    pending_hashes: list[tuple[str, str]] = field(default_factory=list)
+    pending_hashes: list[Confirmed] = field(default_factory=list)
     # Where the chunks went, as the workers' results said (None: workers of an earlier version).
     written_to: Target | None = None
 
@@ -142,13 +149,16 @@ def _record(run: _Run, task_id: str, outcome: TaskOutcome) -> None:
         run.state.confirm(ChunkRecord(chunk_index, stored + left_out, rejected))
 
 
-def _collect(client: EmbeddingClient, run: _Run, *, block: bool) -> None:
+def _collect(client: EmbeddingClient, run: _Run, *, block: bool, throttled: bool = False) -> None:
     """Record finished chunks; with ``block``, wait until at least one in-flight chunk finishes.
 
     While nothing finishes for a while, check that a worker still serves the queue: with none,
     NoWorkerError ends the run (resumable) instead of waiting forever.
     """
     last_progress = time.monotonic()
+    if throttled and last_progress - run.last_look < _LOOK_EVERY_S:
+        return  # looked a moment ago: one Redis round trip per chunk adds up when chunks are skipped fast
+    run.last_look = last_progress
     while run.in_flight:
         task_ids = list(run.in_flight)
         finished = 0
@@ -170,22 +180,26 @@ def _process_chunk(
     options: BackfillOptions,
     run: _Run,
     chunk_index: int,
-    chunk: list[Document | Rejected],
+    chunk: list[Record],
     report: Callable[[str], None],
 ) -> None:
     """Skip a confirmed chunk, or send it once fewer than ``max_in_flight`` chunks are queued."""
     done = run.state.confirmed(chunk_index)
-    if run.transient_failures_in_a_row >= _STOP_AFTER_TRANSIENT_FAILURES:
-        return  # Milvus or the workers are down: more chunks would only fail one by one
-    if done is not None:
-        run.skipped += done.written + done.rejected
-        return
     documents = [record for record in chunk if isinstance(record, Document)]
+    stopped = run.transient_failures_in_a_row >= _STOP_AFTER_TRANSIENT_FAILURES
+    if stopped or done is not None:
+        if run.hashes is not None:
+            run.hashes.skip(documents)
+        if done is not None and not stopped:
+            run.skipped += done.written + done.rejected
+        return  # stopped: Milvus or the workers are down, more chunks would only fail one by one
+    sent_before = run.tasks_sent
     rejected = [record for record in chunk if isinstance(record, Rejected)]
+    unchanged = [record.id for record in chunk if isinstance(record, Unchanged)]
     for record in rejected:
         run.note_error(record.reason)
-    if run.hashes is not None and documents:
-        documents, pairs, left_out = run.hashes.split(documents)
+    if run.hashes is not None and (documents or unchanged):
+        documents, pairs, left_out = run.hashes.split(documents, unchanged)
         if documents:  # sent with the next chunks' changes, as one task
             run.pending.extend(documents)
             run.pending_parts.append((chunk_index, len(documents), len(rejected), left_out))
@@ -202,10 +216,12 @@ def _process_chunk(
             options.collection, documents, skip_unchanged=options.skip_unchanged, split=options.split
         )
         run.in_flight[task_id] = [(chunk_index, len(documents), len(rejected), 0)]
+        run.tasks_sent += 1
     else:
         run.failed += len(rejected)
         run.state.confirm(ChunkRecord(chunk_index, 0, len(rejected)))
-    _collect(client, run, block=False)
+    # A chunk that sent nothing (unchanged, or gathered for a later task) looks at most every 50 ms.
+    _collect(client, run, block=False, throttled=run.tasks_sent == sent_before)
     report("running")
 
 
@@ -226,6 +242,7 @@ def _send_pending(
         options.collection, run.pending, skip_unchanged=options.skip_unchanged, split=options.split
     )
     run.in_flight[task_id] = run.pending_parts
+    run.tasks_sent += 1
     run.sent_hashes[task_id] = run.pending_hashes
     run.pending, run.pending_parts, run.pending_hashes = [], [], []
 
@@ -279,7 +296,9 @@ def run_backfill(
     progress is discarded (see ``target.py``).
     """
     fields = FieldNames(options.id_field, options.text_field, options.metadata_fields)
-    records: Iterable[Document | Rejected] = read_documents(options.path, options.format, fields)
+    # Passages: rows are <id>#<k>, which the manifest's line digests do not describe.
+    lines = hashes if options.split is None else None
+    records: Iterable[Record] = read_records(options.path, options.format, fields, lines)
     if seen is not None:
         records = seen.recording(records)
     job_id = job_id_for(options, client.model)

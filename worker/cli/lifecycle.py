@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -157,7 +158,7 @@ def reindex_command(args: argparse.Namespace, settings: Settings) -> int:
     from producer.client import EmbeddingClient
     from worker.cli.deletes import delete_missing
     from worker.cli.output import BackfillProgressBar
-    from worker.milvus.aliases import adopt, drop, physical_name, point_alias
+    from worker.milvus.aliases import adopt, current_physical, drop, make_ready, physical_name, point_alias
 
     model = check_model_id(args.model, "--model")
     if args.source is not None and not args.source.is_file():
@@ -166,17 +167,22 @@ def reindex_command(args: argparse.Namespace, settings: Settings) -> int:
     target = physical_name(args.collection, served_settings.model_id)
     access = open_milvus(settings)
     try:
-        old = adopt(access, args.collection)
+        # An old-style collection (no alias yet) is adopted at the switch, not now: see aliases.py.
+        old = current_physical(access, args.collection)
         if old is None and args.source is None:
             raise ConfigError(
                 f"collection {args.collection!r} does not exist: fill it with `embedq backfill FILE "
                 f"--collection {args.collection}`, or give the texts with --from FILE"
             )
-        if target == old:
+        if old is not None and physical_name(args.collection, _model_of(access, old)) == target:
             raise InvalidInputError(
                 f"collection {args.collection!r} already holds vectors of model {model!r}: nothing to "
                 "reindex (to refresh its texts, run embedq backfill)"
             )
+        if old is not None:
+            # Lite: rows still in memory are copied for every page read back; and an old-style
+            # collection's index is built now, while the new one fills, not during its rename.
+            make_ready(access, old)
         source = args.source or _dump_texts(access, args.collection, target)
     finally:
         access.close()  # not held across the start of local workers
@@ -216,6 +222,10 @@ def reindex_command(args: argparse.Namespace, settings: Settings) -> int:
             )
             return EXIT_FAILED
         _keep_passages_mark(access, old, target)
+        if old == args.collection:
+            started = time.monotonic()
+            old = adopt(access, args.collection)
+            note(f"adopted {args.collection!r}: renamed to {old!r} in {time.monotonic() - started:.1f} s")
         point_alias(access, args.collection, target)
         reused = (
             f"; {summary.unchanged} were already written by an earlier attempt" if summary.unchanged else ""
@@ -241,6 +251,14 @@ def _keep_passages_mark(access: MilvusAccess, old: str | None, target: str) -> N
     with errors(f"mark {target!r} as holding passages"):
         if has_passages(access.client, old, timeout_s=access.timeout_s):
             mark_passages(access.client, target, access.write_guard, timeout_s=access.timeout_s)
+
+
+def _model_of(access: MilvusAccess, physical: str) -> str:
+    from worker.milvus.aliases import errors
+    from worker.milvus.catalog import collection_model
+
+    with errors(f"read the model of {physical!r}"):
+        return collection_model(access.client, physical, timeout_s=access.timeout_s)[1]
 
 
 def _rows(access: MilvusAccess, physical: str | None) -> int:
