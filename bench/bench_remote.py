@@ -38,15 +38,24 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 _SUCCEEDED = re.compile(rb"\] succeeded in ([0-9.]+)s")
 
 
+def task_runtimes(log: Path, offset: int) -> list[float]:
+    """Return the runtime Celery logged for each task since ``offset`` of the log, in seconds.
+
+    It runs from the task's STARTED write to its result's write, both included: the round trips
+    a pool process makes to the broker for one task, which no prefetch hides, are in it.
+    """
+    with log.open("rb") as handle:
+        handle.seek(offset)
+        return [float(value) for value in _SUCCEEDED.findall(handle.read())]
+
+
 def busy_share(log: Path, offset: int, wall_s: float, processes: int) -> tuple[float, float, int]:
     """Return the pool's busy share, the idle ms per task and the task count since ``offset`` of the log.
 
     Busy time is the runtime Celery logs for each task ("succeeded in X s"); the rest of
     ``wall_s`` x ``processes`` is time a pool process waited (for the broker, or for work).
     """
-    with log.open("rb") as handle:
-        handle.seek(offset)
-        runtimes = [float(value) for value in _SUCCEEDED.findall(handle.read())]
+    runtimes = task_runtimes(log, offset)
     capacity_s = wall_s * processes
     idle_ms = (capacity_s - sum(runtimes)) / max(len(runtimes), 1) * 1000
     return sum(runtimes) / capacity_s, idle_ms, len(runtimes)
@@ -73,6 +82,7 @@ def main() -> None:
     rates: dict[tuple[str, float], list[float]] = {}
     busy: dict[tuple[str, float], list[float]] = {}
     idle: dict[tuple[str, float], list[float]] = {}
+    runtime: dict[tuple[str, float], list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="embedq-bench-remote-") as tmp_name, private_redis() as redis_url:
         tmp = Path(tmp_name)
         corpus = load_corpus(tmp, args.docs)
@@ -122,6 +132,9 @@ def main() -> None:
                                 wall_s = time.perf_counter() - started
                                 backfill_rate = summary.written / wall_s
                                 share, idle_ms, _ = busy_share(worker.log_path, offset, wall_s, 2)
+                                runtime.setdefault(("backfill", delay), []).extend(
+                                    task_runtimes(worker.log_path, offset)
+                                )
                                 busy.setdefault(("backfill", delay), []).append(share)
                                 idle.setdefault(("backfill", delay), []).append(idle_ms)
                                 if summary.written != len(corpus.ids):
@@ -133,6 +146,9 @@ def main() -> None:
                                 embed_rate = len(vectors) / wall_s
                                 time.sleep(0.2)  # the log line of the last task
                                 share, idle_ms, _ = busy_share(worker.log_path, offset, wall_s, 2)
+                                runtime.setdefault(("embed", delay), []).extend(
+                                    task_runtimes(worker.log_path, offset)
+                                )
                                 busy.setdefault(("embed", delay), []).append(share)
                                 idle.setdefault(("embed", delay), []).append(idle_ms)
                                 rates.setdefault(("backfill", delay), []).append(backfill_rate)
@@ -158,7 +174,9 @@ def main() -> None:
                 f"{workload:<8} delay {delay:>4g} ms: {statistics.median(values):>7,.0f} docs/s (median), "
                 f"vs 0 ms {statistics.median(ratios):.2f}x (rounds: {', '.join(f'{r:.2f}' for r in ratios)}); "
                 f"pool busy {statistics.median(busy[(workload, delay)]):.0%}, idle per task "
-                f"{statistics.median(idle[(workload, delay)]):.1f} ms (medians)"
+                f"{statistics.median(idle[(workload, delay)]):.1f} ms (medians); task runtime "
+                f"{statistics.median(runtime[(workload, delay)]) * 1000:.1f} ms (median of "
+                f"{len(runtime[(workload, delay)])} tasks)"
             )
 
 
