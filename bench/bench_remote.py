@@ -10,7 +10,9 @@ The producer talks to the broker directly (it sits next to it); the workers, one
 2 pool processes writing into Milvus Lite, reach broker and results only through the proxy.
 Per round and delay (the order rotating): a fresh backfill of the corpus (chunk 1000, in-flight
 auto) and a bulk embed job of the same texts split into tasks of ``--task-texts``. Printed:
-docs/s, and each delay against 0 ms through the same proxy (median of per-round ratios).
+docs/s, and each delay against 0 ms through the same proxy (median of per-round ratios); first,
+PING round trips direct and through the proxy at each delay (what the proxy itself adds), and
+at the end the median runtime of the tasks (which holds the round trips a pool process makes).
 ``--queues bulk`` runs a bulk-only worker, which reserves a second chunk per pool process
 (prefetch 2); the default worker also reads the queue of queries and keeps prefetch 1.
 """
@@ -61,6 +63,35 @@ def busy_share(log: Path, offset: int, wall_s: float, processes: int) -> tuple[f
     return sum(runtimes) / capacity_s, idle_ms, len(runtimes)
 
 
+def ping_ms(url: str, count: int = 300) -> tuple[float, float]:
+    """Return the p50 and p90 of ``count`` PINGs to ``url``, in milliseconds."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        client.ping()
+        times = []
+        for _ in range(count):
+            started = time.perf_counter()
+            client.ping()
+            times.append((time.perf_counter() - started) * 1000)
+    finally:
+        client.close()
+    times.sort()
+    return statistics.median(times), times[int(len(times) * 0.9)]
+
+
+def check_proxy(control: Path, delays: list[float], direct_url: str, far_url: str) -> None:
+    """Print PING round trips direct and through the proxy at each delay: what the proxy itself adds."""
+    p50, p90 = ping_ms(direct_url)
+    line = f"proxy check, PING p50/p90 ms: direct {p50:.2f}/{p90:.2f}"
+    for delay in delays:
+        _set_delay(control, delay)
+        p50, p90 = ping_ms(far_url)
+        line += f"; through the proxy at {delay:g} ms {p50:.2f}/{p90:.2f}"
+    print(line, flush=True)
+
+
 def _set_delay(control: Path, delay_ms: float) -> None:
     control.write_text(str(delay_ms))
     time.sleep(0.5)  # the proxy re-reads it every 0.2 s
@@ -104,6 +135,7 @@ def main() -> None:
         far_url = f"redis://127.0.0.1:{proxy_port}/0"
         try:
             time.sleep(0.5)
+            check_proxy(control, delays, redis_url, far_url)
             with lite_target(tmp / "lite") as target:
                 worker = start_worker(
                     far_url, tmp / "worker.log", milvus_uri=target.uri, queues=args.queues.split(",")
