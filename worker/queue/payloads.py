@@ -29,16 +29,31 @@ def argument_ref(args: tuple[Any, ...]) -> PayloadRef | None:
     return PayloadRef.from_argument(args[0]) if len(args) == 1 else None
 
 
+def _app_traits(task: Task) -> tuple[bool, bool]:
+    """Return (broker keys ride on the result backend's round trips, STARTED is tracked), once per task.
+
+    Read from the app's configuration at the task's first run (Celery's conf lookups cost
+    microseconds, which the batch path of queries counts).
+    """
+    traits: tuple[bool, bool] | None = task.__dict__.get("_embedq_traits")
+    if traits is None:
+        shares = callable(getattr(task.backend, "store_started", None)) and results_share_broker(task.app)
+        traits = task.__dict__["_embedq_traits"] = (shares, bool(task.app.conf.task_track_started))
+    return traits
+
+
 def _shares_connection(task: Task) -> bool:
     """Whether broker keys can ride on the result backend's round trips (same server, embedq's backend)."""
-    return callable(getattr(task.backend, "store_started", None)) and results_share_broker(task.app)
+    return _app_traits(task)[0]
 
 
 def _tracks_started(task: Task) -> bool:
     """Whether Celery would store this run's STARTED state (``task_track_started``, a result, not eager)."""
     request = task.request
+    if request.is_eager or not _app_traits(task)[1]:
+        return False
     ignore = request.ignore_result if request.ignore_result is not None else task.ignore_result
-    return bool(task.app.conf.task_track_started) and not request.is_eager and not ignore
+    return not ignore
 
 
 def start_task(task: Task, args: tuple[Any, ...]) -> tuple[Any, ...]:
