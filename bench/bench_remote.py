@@ -10,7 +10,9 @@ The producer talks to the broker directly (it sits next to it); the workers, one
 2 pool processes writing into Milvus Lite, reach broker and results only through the proxy.
 Per round and delay (the order rotating): a fresh backfill of the corpus (chunk 1000, in-flight
 auto) and a bulk embed job of the same texts split into tasks of ``--task-texts``. Printed:
-docs/s, and each delay against 0 ms through the same proxy (median of per-round ratios).
+docs/s, and each delay against 0 ms through the same proxy (median of per-round ratios); first,
+PING round trips direct and through the proxy at each delay (what the proxy itself adds), and
+at the end the median runtime of the tasks (which holds the round trips a pool process makes).
 ``--queues bulk`` runs a bulk-only worker, which reserves a second chunk per pool process
 (prefetch 2); the default worker also reads the queue of queries and keeps prefetch 1.
 """
@@ -38,18 +40,56 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 _SUCCEEDED = re.compile(rb"\] succeeded in ([0-9.]+)s")
 
 
+def task_runtimes(log: Path, offset: int) -> list[float]:
+    """Return the runtime Celery logged for each task since ``offset`` of the log, in seconds.
+
+    It runs from the task's STARTED write to its result's write, both included: the round trips
+    a pool process makes to the broker for one task, which no prefetch hides, are in it.
+    """
+    with log.open("rb") as handle:
+        handle.seek(offset)
+        return [float(value) for value in _SUCCEEDED.findall(handle.read())]
+
+
 def busy_share(log: Path, offset: int, wall_s: float, processes: int) -> tuple[float, float, int]:
     """Return the pool's busy share, the idle ms per task and the task count since ``offset`` of the log.
 
     Busy time is the runtime Celery logs for each task ("succeeded in X s"); the rest of
     ``wall_s`` x ``processes`` is time a pool process waited (for the broker, or for work).
     """
-    with log.open("rb") as handle:
-        handle.seek(offset)
-        runtimes = [float(value) for value in _SUCCEEDED.findall(handle.read())]
+    runtimes = task_runtimes(log, offset)
     capacity_s = wall_s * processes
     idle_ms = (capacity_s - sum(runtimes)) / max(len(runtimes), 1) * 1000
     return sum(runtimes) / capacity_s, idle_ms, len(runtimes)
+
+
+def ping_ms(url: str, count: int = 300) -> tuple[float, float]:
+    """Return the p50 and p90 of ``count`` PINGs to ``url``, in milliseconds."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        client.ping()
+        times = []
+        for _ in range(count):
+            started = time.perf_counter()
+            client.ping()
+            times.append((time.perf_counter() - started) * 1000)
+    finally:
+        client.close()
+    times.sort()
+    return statistics.median(times), times[int(len(times) * 0.9)]
+
+
+def check_proxy(control: Path, delays: list[float], direct_url: str, far_url: str) -> None:
+    """Print PING round trips direct and through the proxy at each delay: what the proxy itself adds."""
+    p50, p90 = ping_ms(direct_url)
+    line = f"proxy check, PING p50/p90 ms: direct {p50:.2f}/{p90:.2f}"
+    for delay in delays:
+        _set_delay(control, delay)
+        p50, p90 = ping_ms(far_url)
+        line += f"; through the proxy at {delay:g} ms {p50:.2f}/{p90:.2f}"
+    print(line, flush=True)
 
 
 def _set_delay(control: Path, delay_ms: float) -> None:
@@ -73,6 +113,7 @@ def main() -> None:
     rates: dict[tuple[str, float], list[float]] = {}
     busy: dict[tuple[str, float], list[float]] = {}
     idle: dict[tuple[str, float], list[float]] = {}
+    runtime: dict[tuple[str, float], list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="embedq-bench-remote-") as tmp_name, private_redis() as redis_url:
         tmp = Path(tmp_name)
         corpus = load_corpus(tmp, args.docs)
@@ -94,6 +135,7 @@ def main() -> None:
         far_url = f"redis://127.0.0.1:{proxy_port}/0"
         try:
             time.sleep(0.5)
+            check_proxy(control, delays, redis_url, far_url)
             with lite_target(tmp / "lite") as target:
                 worker = start_worker(
                     far_url, tmp / "worker.log", milvus_uri=target.uri, queues=args.queues.split(",")
@@ -122,6 +164,9 @@ def main() -> None:
                                 wall_s = time.perf_counter() - started
                                 backfill_rate = summary.written / wall_s
                                 share, idle_ms, _ = busy_share(worker.log_path, offset, wall_s, 2)
+                                runtime.setdefault(("backfill", delay), []).extend(
+                                    task_runtimes(worker.log_path, offset)
+                                )
                                 busy.setdefault(("backfill", delay), []).append(share)
                                 idle.setdefault(("backfill", delay), []).append(idle_ms)
                                 if summary.written != len(corpus.ids):
@@ -133,6 +178,9 @@ def main() -> None:
                                 embed_rate = len(vectors) / wall_s
                                 time.sleep(0.2)  # the log line of the last task
                                 share, idle_ms, _ = busy_share(worker.log_path, offset, wall_s, 2)
+                                runtime.setdefault(("embed", delay), []).extend(
+                                    task_runtimes(worker.log_path, offset)
+                                )
                                 busy.setdefault(("embed", delay), []).append(share)
                                 idle.setdefault(("embed", delay), []).append(idle_ms)
                                 rates.setdefault(("backfill", delay), []).append(backfill_rate)
@@ -158,7 +206,9 @@ def main() -> None:
                 f"{workload:<8} delay {delay:>4g} ms: {statistics.median(values):>7,.0f} docs/s (median), "
                 f"vs 0 ms {statistics.median(ratios):.2f}x (rounds: {', '.join(f'{r:.2f}' for r in ratios)}); "
                 f"pool busy {statistics.median(busy[(workload, delay)]):.0%}, idle per task "
-                f"{statistics.median(idle[(workload, delay)]):.1f} ms (medians)"
+                f"{statistics.median(idle[(workload, delay)]):.1f} ms (medians); task runtime "
+                f"{statistics.median(runtime[(workload, delay)]) * 1000:.1f} ms (median of "
+                f"{len(runtime[(workload, delay)])} tasks)"
             )
 
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
-from celery import Celery
+from celery import Celery, states
 from celery.backends.redis import RedisBackend, SentinelBackend
+from celery.exceptions import BackendStoreError
 from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
@@ -37,8 +39,89 @@ class PollingRedisBackend(RedisBackend):  # type: ignore[misc]  # Celery ships n
     def on_task_call(self, producer: Any, task_id: str) -> None:
         """Do not subscribe: results are polled by id."""
 
+    def store_started(self, task_id: str, request: Any, read_key: str | None = None) -> bytes | None:
+        """Store ``task_id`` as STARTED unless it has a state; read ``read_key`` in the same round trip.
+
+        Celery reads a task's state before each write so that nothing replaces a success (a
+        redelivered task's STARTED): two round trips. ``SET NX`` keeps that guarantee in one, for a
+        task's first attempt (no state stored yet, or one left by an attempt that did not finish);
+        the caller stores a retry's STARTED through Celery, over its RETRY state. With ``read_key``
+        (a key on this same server) the value is returned, else None.
+        """
+        meta = self._get_result_meta(
+            result={"pid": os.getpid(), "hostname": getattr(request, "hostname", None)},
+            state=states.STARTED,
+            traceback=None,
+            request=request,
+        )
+        meta["task_id"] = task_id
+        key = self.get_key_for_task(task_id)
+        value = self.encode(meta)
+
+        def write() -> bytes | None:
+            with self.client.pipeline() as pipe:
+                pipe.set(key, value, ex=int(self.expires) if self.expires else None, nx=True)
+                pipe.publish(key, value)
+                if read_key is not None:
+                    pipe.get(read_key)
+                replies = pipe.execute()
+            return replies[2] if read_key is not None else None
+
+        raw: bytes | None = self.ensure(write, ())
+        return raw
+
+    def delete_with_outcome(self, task_id: str, key: str) -> None:
+        """Delete ``key`` (on this same server) in the round trip that stores ``task_id``'s final outcome."""
+        self._outcome_deletes[task_id] = key
+
+    def take_outcome_delete(self, task_id: str) -> str | None:
+        """Return (and forget) the key that still waits to be deleted with ``task_id``'s outcome."""
+        return self._outcome_deletes.pop(task_id, None)
+
+    @property
+    def _outcome_deletes(self) -> dict[str, str]:
+        deletes: dict[str, str] | None = self.__dict__.get("_embedq_outcome_deletes")
+        if deletes is None:
+            deletes = self.__dict__["_embedq_outcome_deletes"] = {}
+        return deletes
+
+    def _store_result(
+        self,
+        task_id: str,
+        result: Any,
+        state: str,
+        traceback: Any = None,
+        request: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Store a task's state; a success in one round trip, with the keys to delete beside it.
+
+        Celery reads the stored state before every write, so that a redelivered task's failure
+        never replaces a success; a success itself replaces nothing worse (it is the same task's
+        answer), so it is written without that read. Other states keep it.
+        """
+        meta = self._get_result_meta(result=result, state=state, traceback=traceback, request=request)
+        meta["task_id"] = task_id if isinstance(task_id, str) else task_id.decode()
+        if state != states.SUCCESS and self._get_task_meta_for(task_id)["status"] == states.SUCCESS:
+            return result
+        deletes: tuple[str, ...] = ()
+        if state in states.READY_STATES and task_id in self._outcome_deletes:
+            deletes = (self._outcome_deletes.pop(task_id),)
+        value = self.encode(meta)
+        if isinstance(value, str) and len(value) > self._MAX_STR_VALUE_SIZE:
+            raise BackendStoreError("value too large for Redis backend", state=state, task_id=task_id)
+        expires = self.failure_expires if state == states.FAILURE else None
+        self.ensure(self._set_deleting, (self.get_key_for_task(task_id), value, expires, deletes))
+        return result
+
     def _set(self, key: str | bytes, value: bytes | str, expires: float | None = None) -> None:
-        """Store a result; publish a large one only if someone listens on its channel.
+        """Store a result (Celery's hook for every write): see ``_set_deleting``."""
+        self._set_deleting(key, value, expires, ())
+
+    def _set_deleting(
+        self, key: str | bytes, value: bytes | str, expires: float | None, deletes: tuple[str, ...]
+    ) -> None:
+        """Store a result, delete ``deletes`` in the same round trip; publish a large one only to listeners.
 
         Celery's Redis backend sends every result twice (SET, then PUBLISH to the task's channel
         for ``AsyncResult.get`` waiters). embedq readers poll by id, so for a bulk task's vectors
@@ -46,15 +129,18 @@ class PollingRedisBackend(RedisBackend):  # type: ignore[misc]  # Celery ships n
         Counting subscribers after the SET keeps stock Celery waiters working: one that subscribed
         before the SET is counted and gets the message; one that subscribes later reads the key.
         """
-        if len(value) < PUBLISH_ALWAYS_MAX_BYTES:
-            super()._set(key, value, expires)
-            return
         ttl_s = self.expires if expires is None else expires
+        small = len(value) < PUBLISH_ALWAYS_MAX_BYTES
         with self.client.pipeline() as pipe:
             pipe.set(key, value, ex=int(ttl_s) if ttl_s else None)
-            pipe.pubsub_numsub(key)
-            _, counts = pipe.execute()
-        if any(count for _, count in counts):
+            if small:
+                pipe.publish(key, value)
+            else:
+                pipe.pubsub_numsub(key)
+            if deletes:
+                pipe.delete(*deletes)
+            replies = pipe.execute()
+        if not small and any(count for _, count in replies[1]):
             self.client.publish(key, value)
 
 
@@ -72,6 +158,11 @@ def backend_setting(url: str) -> str:
         return _SENTINEL_BACKEND_PREFIX + url
     # Celery reads "<backend class>+<url>"; its Redis backend names the unix-socket scheme "socket".
     return _BACKEND_PREFIX + url.replace("redis+socket://", "socket://", 1)
+
+
+def results_share_broker(app: Celery) -> bool:
+    """Whether the app's results live on its broker's server and database (the default)."""
+    return str(app.conf.result_backend) == backend_setting(str(app.conf.broker_url))
 
 
 def backend_url(app: Celery) -> str:

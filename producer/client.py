@@ -31,6 +31,7 @@ from producer.limits import document_problem
 from producer.payload_store import offload_large
 from producer.protocol.batches import TASK_EMBED_BATCH, BatchItem, BatchRequest
 from producer.protocol.documents import Document
+from producer.protocol.fleet import live_pool_processes
 from producer.protocol.messages import EmbedRequest, UpsertRequest, WorkerPresence
 from producer.protocol.names import (
     BUNDLED_MODEL_ID,
@@ -67,6 +68,37 @@ def split_batches(texts: Sequence[str], max_texts: int, max_chars: int) -> list[
         batches.append(texts[start:stop])
         start = stop
     return batches
+
+
+def task_count(count: int, max_texts: int, processes: int) -> int:
+    """Return how many tasks a job of ``count`` texts is split into (at most ``max_texts`` each).
+
+    With ``processes`` live pool processes serving it (0: unknown), the count is rounded up to a
+    multiple of them, so that equal parts end together instead of one process running the last
+    part alone; unless that more than doubles it (a small job on a big fleet keeps its few tasks).
+    """
+    tasks = -(-count // max_texts)
+    if tasks > 1 and processes > 1:
+        rounded = -(-tasks // processes) * processes
+        if rounded <= 2 * tasks:
+            tasks = rounded
+    return tasks
+
+
+def split_even(texts: Sequence[str], tasks: int, max_chars: int) -> list[Sequence[str]]:
+    """Cut ``texts`` into ``tasks`` consecutive parts whose sizes differ by one at most.
+
+    A part over ``max_chars`` characters is cut further (see :func:`split_batches`).
+    """
+    base, extra = divmod(len(texts), tasks)
+    parts: list[Sequence[str]] = []
+    start = 0
+    for index in range(tasks):
+        stop = start + base + (index < extra)
+        if stop > start:
+            parts.extend(split_batches(texts[start:stop], stop - start, max_chars))
+        start = stop
+    return parts
 
 
 class EmbeddingClient:
@@ -109,6 +141,10 @@ class EmbeddingClient:
         are unanswered and ``batch_wait_ms`` passed since the last one; results come back through
         one pub/sub listener. ``request_timeout_s`` is the default deadline of a request: a worker
         drops it unencoded if it is still queued then (None: no deadline).
+
+        A request of more than ``max_texts_per_task`` texts is split into parts of equal size, as
+        many as a multiple of the live pool processes serving its queue (their presence says),
+        so that no process is left running the last part alone.
 
         A request larger than ``inline_max_bytes`` of msgpack (a bulk task) is stored on the broker
         beside its message, which carries a reference (None: always inline; workers of this
@@ -315,9 +351,14 @@ class EmbeddingClient:
             and self.queue_for(len(checked)) == self.queue
         ):
             return self._submit_batched(BatchItem(request_id(), kind, tuple(checked), deadline_s))
-        batches = split_batches(checked, self._max_texts_per_task, self._max_chars_per_task)
         queue = self.queue_for(len(checked))
         self._check_queue(queue)
+        processes = 0
+        if len(checked) > self._max_texts_per_task:
+            with broker_client(self.app) as client:
+                processes = live_pool_processes(client, queue)
+        tasks = task_count(len(checked), self._max_texts_per_task, processes)
+        batches = split_even(checked, tasks, self._max_chars_per_task)
         task_ids = [uuid() for _ in batches]
         job_id = task_ids[0] if len(batches) == 1 else uuid()
         if len(batches) > 1:

@@ -81,7 +81,7 @@ def test_documents_round_trip_equals_in_process_encoding(
     client: EmbeddingClient, encoder: StaticEncoder
 ) -> None:
     job = client.embed_documents(TEXTS)
-    assert len(job.task_ids) == 3  # split in tasks of 4, reassembled in order
+    assert len(job.task_ids) == 4  # at most 4 texts a task, a multiple of the 2 pool processes, in order
     vectors = job.result(timeout_s=30)
     expected = encoder.encode(TEXTS)
     assert vectors.dtype == np.float32 and vectors.shape == (len(TEXTS), encoder.dim)
@@ -118,7 +118,7 @@ def test_status_and_reattach_by_id_from_another_process(client: EmbeddingClient,
         text=True,
         check=True,
     ).stdout
-    assert json.loads(out) == ["done", 3, list(vectors.shape), hashlib.sha256(vectors.tobytes()).hexdigest()]
+    assert json.loads(out) == ["done", 4, list(vectors.shape), hashlib.sha256(vectors.tobytes()).hexdigest()]
 
 
 def test_bad_input_fails_by_id_and_is_never_retried(client: EmbeddingClient, worker: WorkerProcess) -> None:

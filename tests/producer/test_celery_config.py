@@ -2,11 +2,15 @@ from __future__ import annotations
 
 import ssl
 
+import fakeredis
 import pytest
+from celery import Celery
 from kombu.exceptions import ContentDisallowed
 from kombu.serialization import dumps, loads, prepare_accept_content
 
-from producer.celery_config import backend_url, build_celery_app, celery_conf
+from producer.celery_config import backend_url, build_celery_app, celery_conf, results_share_broker
+from producer.errors import MessageDecodeError
+from producer.job import ResultReader, TaskOutcome
 from producer.settings import Settings
 
 
@@ -69,3 +73,27 @@ def test_result_backend_keeps_the_configured_database_and_password() -> None:
         )
     finally:
         app.close()
+
+
+def test_a_task_start_reads_beside_it_and_never_replaces_a_success(
+    fake_app: Celery, fake_redis: fakeredis.FakeRedis
+) -> None:
+    backend = fake_app.backend
+    reader = ResultReader(fake_app)
+    fake_redis.set("embedq:payload:t1", b"request")
+    assert backend.store_started("t1", None, "embedq:payload:t1") == b"request"
+    assert reader.outcomes(["t1"])[0].state == "started"
+    backend.delete_with_outcome("t1", "embedq:payload:t1")
+    backend.store_result("t1", {"answer": 1}, "SUCCESS")
+    assert fake_redis.exists("embedq:payload:t1") == 0  # deleted with the outcome
+    # The same message again (its pool process died before the ack): the success stands.
+    assert backend.store_started("t1", None, "embedq:payload:t1") is None
+    backend.store_result("t1", MessageDecodeError("gone"), "FAILURE")
+    assert reader.outcomes(["t1"])[0] == TaskOutcome("done", value={"answer": 1})
+    assert backend.take_outcome_delete("t1") is None
+
+
+def test_results_share_the_broker_unless_configured_elsewhere() -> None:
+    assert results_share_broker(build_celery_app(Settings(broker_url="redis://h:1/0"), "t"))
+    other = Settings(broker_url="redis://h:1/0", result_backend="redis://h:1/1")
+    assert not results_share_broker(build_celery_app(other, "t"))

@@ -27,6 +27,7 @@ from producer.errors import (
     TaskFailedError,
 )
 from producer.protocol.documents import Document
+from producer.protocol.fleet import PoolPresence, pool_key, pool_set_key
 from producer.protocol.messages import EmbedRequest, EmbedResult, WorkerPresence
 from producer.protocol.names import (
     BUNDLED_MODEL_ID,
@@ -356,7 +357,7 @@ def test_large_requests_and_upserts_go_to_the_bulk_queue(
     client.embed_documents([f"d{i}" for i in range(5)])
     client.submit_upsert("docs", [Document(id="x", text="one document", metadata={})])
 
-    assert [len(task.request.texts) for task in sent_tasks(fake_redis, QUEUE)] == [3, 1]
+    assert [len(task.request.texts) for task in sent_tasks(fake_redis, QUEUE)] == [2, 2]  # equal parts
     assert fake_redis.llen(BULK_QUEUE) == 3  # 5 documents in two tasks, then the upsert
     never_bulk = EmbeddingClient(app=fake_app, model=MODEL, bulk_min_texts=None, batch_wait_ms=None)
     assert never_bulk.queue_for(10**6) == QUEUE and client.queue_for(5) == BULK_QUEUE
@@ -375,3 +376,21 @@ def test_no_worker_on_the_bulk_queue_is_named_while_queries_still_go(
     with pytest.raises(NoWorkerError, match=r"\.bulk"):
         client.model_dim(client.bulk_queue)
     assert client.model_dim() == 4
+
+
+@pytest.mark.parametrize(
+    ("processes", "sizes"),
+    [(0, [3, 3, 2, 2]), (3, [2, 2, 2, 2, 1, 1]), (2, [3, 3, 2, 2]), (9, [3, 3, 2, 2])],
+)
+def test_a_split_job_is_cut_in_equal_parts_a_multiple_of_the_live_pool_processes(
+    client: EmbeddingClient, fake_redis: fakeredis.FakeRedis, processes: int, sizes: list[int]
+) -> None:
+    if processes:
+        fake_redis.sadd(pool_set_key(QUEUE), "w1")
+        fake_redis.set(pool_key(QUEUE, "w1"), PoolPresence("w1", processes, cpus=processes).encode())
+    texts = [f"t{i}" for i in range(10)]
+    job = client.embed_documents(texts)
+    tasks = sent_tasks(fake_redis)
+    assert [len(task.request.texts) for task in tasks] == sizes  # 9 processes: 4 tasks kept, not 9
+    assert [text for task in tasks for text in task.request.texts] == texts
+    assert len(job.task_ids) == len(sizes)

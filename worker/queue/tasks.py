@@ -27,7 +27,7 @@ from worker.metrics.recording import encode_observed, record_milvus_upsert, reco
 from worker.milvus.content import content_hash
 from worker.milvus.passage_rows import passage_id
 from worker.queue.passage_upsert import PassageSink, SplittingEncoder, encode_counting, upsert_passages
-from worker.queue.payloads import forget_arguments, resolve_arguments
+from worker.queue.payloads import forget_arguments, start_task
 
 
 class Encoder(Protocol):
@@ -63,6 +63,7 @@ class EmbedTask(Task):  # type: ignore[misc]  # Celery ships no type hints
 
     acks_late = True
     reject_on_worker_lost = True
+    track_started = False  # stored by start_task, in the round trip that reads a stored request
     typing = False  # arguments are checked by EmbedRequest.decode, as a MessageDecodeError
     throws = (PermanentError, TransientError)  # expected failures: logged without a traceback
     max_retries = 5
@@ -79,11 +80,12 @@ class EmbedTask(Task):  # type: ignore[misc]  # Celery ships no type hints
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run the task; turn a transient error into a delayed retry, let any other error fail it.
 
-        A request stored beside its message (protocol.payloads) is read first; a retry re-sends
-        the reference, so the stored request stays until the task's outcome is stored.
+        The STARTED state is stored and a request stored beside its message (protocol.payloads)
+        read first; a retry re-sends the reference, so the stored request stays until the task's
+        outcome is stored.
         """
         try:
-            return super().__call__(*resolve_arguments(self, args), **kwargs)
+            return super().__call__(*start_task(self, args), **kwargs)
         except PermanentError:
             raise
         except TransientError as exc:
@@ -93,8 +95,7 @@ class EmbedTask(Task):  # type: ignore[misc]  # Celery ships no type hints
         self, status: str, retval: Any, task_id: str, args: Any, kwargs: Any, einfo: Any
     ) -> None:
         """Once the outcome is stored (success or final failure), delete a request stored beside it."""
-        if status in (states.SUCCESS, states.FAILURE):
-            forget_arguments(self, tuple(args or ()))
+        forget_arguments(self, tuple(args or ()), final=status in (states.SUCCESS, states.FAILURE))
 
 
 class Sink(PassageSink, Protocol):
