@@ -91,7 +91,7 @@ class Coalescer:
         self._pending: deque[BatchItem] = deque()
         self._pending_texts = 0
         self._pending_chars = 0
-        self._first_at = 0.0  # when the oldest waiting request arrived
+        self._first_at = 0.0  # when the oldest waiting request arrived, or the last send if later
         self._last_send = 0.0
         self._in_flight: deque[float] = deque()  # send times of unanswered batches, oldest first
         self._closed = False
@@ -146,7 +146,7 @@ class Coalescer:
             return self._in_flight[0] + STALE_S - now
         if not self._in_flight:  # a lone request leaves at once unless a batch just left
             return self._last_send + self._limits.wait_ms / 1000 - now
-        return max(self._last_send, self._first_at) + self._limits.wait_ms / 1000 - now
+        return self._first_at + self._limits.wait_ms / 1000 - now  # never before the last send
 
     def _take(self) -> list[BatchItem] | None:
         """Wait for requests and the end of the window; return the next batch (None: closed and empty)."""

@@ -71,8 +71,8 @@ def test_waiters_time_out_in_order_answered_ones_do_not_and_an_earlier_deadline_
     async def main() -> None:
         waker = LoopWaker.of(asyncio.get_running_loop())
         slow, answered, late = Notice(), Notice(), Notice()
-        first = asyncio.ensure_future(await_future(slow, 0.05))
-        second = asyncio.ensure_future(await_future(answered, 0.05))
+        first = asyncio.ensure_future(await_future(slow, 0.5))
+        second = asyncio.ensure_future(await_future(answered, 0.5))
         third = asyncio.ensure_future(await_future(late, 5.0))
         early = asyncio.ensure_future(await_future(Notice(), 0.02))  # before the tail's deadline
         await asyncio.sleep(0)
