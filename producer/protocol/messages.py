@@ -168,7 +168,7 @@ class EmbedResult:
         if vectors.ndim != 2:
             raise ValueError(f"vectors must be 2-D (n, dim), got shape {vectors.shape}")
         raw = np.ascontiguousarray(vectors, dtype=VECTOR_DTYPE).tobytes()
-        counts = None if tokens is None else tuple(int(count) for count in tokens)
+        counts = None if tokens is None else tuple(map(int, tokens))
         return cls(
             model=model, dim=int(vectors.shape[1]), count=int(vectors.shape[0]), vectors=raw, tokens=counts
         )
