@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import logging
+import statistics
 import sys
-from typing import Any, ClassVar
+import time
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, ClassVar, Final
 
 from celery import Celery, bootsteps
+from redis.exceptions import RedisError
 
 from producer.broker_checks import check_broker_policy
 from producer.celery_config import broker_client
-from producer.errors import EXIT_PERMANENT, ConfigError
+from producer.errors import EXIT_PERMANENT, ConfigError, EmbedqError
 from producer.settings import Settings, redact_url
 
 logger = logging.getLogger(__name__)
@@ -66,3 +71,55 @@ def check_broker_at_start(app: Celery, settings: Settings) -> None:
     if not checked:
         attributes = {"allow_evicting": settings.allow_evicting_broker, "done": False}
         app.steps["consumer"].add(type("DeferredPolicyCheck", (DeferredPolicyCheck,), attributes))
+
+
+FAR_BROKER_MS: Final = 0.5
+"""A broker this far (median PING round trip) costs a worker that also serves queries bulk throughput."""
+_PINGS: Final = 5
+
+
+def broker_round_trip_ms(
+    open_client: Callable[[], AbstractContextManager[Any]], pings: int = _PINGS
+) -> float:
+    """Return the median PING round trip to the broker in ms (BrokerUnavailableError if unreachable)."""
+    samples = []
+    with open_client() as client:
+        client.ping()  # the connection itself is not part of a round trip
+        for _ in range(pings):
+            start = time.perf_counter()
+            client.ping()
+            samples.append((time.perf_counter() - start) * 1000)
+    return statistics.median(samples)
+
+
+def far_broker_note(round_trip_ms: float, queues: Sequence[str], bulk_queue: str) -> str | None:
+    """Return the note for a worker serving queries and bulk work ``round_trip_ms`` from its broker, or None.
+
+    A worker that also reads the queue of queries reserves one task per pool process (so that a
+    query never waits behind a reserved chunk): after each bulk task, its pool process waits for
+    the ack, the next fetch and their bookkeeping, about five round trips. A bulk-only worker
+    reserves the next chunk ahead and hides them (docs/SCALING.md, "Workers far from the broker").
+    """
+    if round_trip_ms < FAR_BROKER_MS or bulk_queue not in queues or list(queues) == [bulk_queue]:
+        return None
+    return (
+        f"the broker is {round_trip_ms:.1f} ms away (median PING). This worker also serves queries, so it "
+        f"reserves one task per pool process and each bulk task waits about {5 * round_trip_ms:.0f} ms of "
+        "round trips for the next (at 1 ms, bulk jobs of 1000-text tasks ran at 0.82x the docs/s of a "
+        "near worker). For bulk work on far hosts, run workers with --queues bulk: they reserve the next "
+        "chunk ahead (docs/SCALING.md)"
+    )
+
+
+def note_broker_distance(app: Celery, bulk_queue: str, say: Callable[[int, str], None] = _say) -> None:
+    """Measure the broker's round trip at start and say so when it slows this worker's bulk work."""
+    queues = [queue.name for queue in app.conf.task_queues or ()]
+    if bulk_queue not in queues or queues == [bulk_queue]:
+        return
+    try:
+        round_trip_ms = broker_round_trip_ms(lambda: broker_client(app))
+    except (EmbedqError, RedisError, OSError):
+        return  # not reachable yet: Celery waits for it, and the distance is not known
+    note = far_broker_note(round_trip_ms, queues, bulk_queue)
+    if note is not None:
+        say(logging.WARNING, note)
