@@ -1,6 +1,6 @@
 """Workers far from the broker: docs/s of a backfill and of a bulk embed job at 0, 1 and 10 ms added RTT.
 
-Usage: python -m bench.bench_remote [--docs 20000] [--rounds 3] [--delays 0,1,10] [--task-texts 1000]
+Usage: python -m bench.bench_remote [--docs 20000] [--rounds 3] [--delays 0,1,10] [--task-texts 4096,1000]
                                     [--queues interactive,bulk | bulk]
 
 This machine's kernel has no ``sch_netem`` (``tc qdisc add ... netem`` answers "Specified qdisc
@@ -9,7 +9,8 @@ the workers and the broker, adding the round-trip time set in its control file (
 The producer talks to the broker directly (it sits next to it); the workers, one worker of
 2 pool processes writing into Milvus Lite, reach broker and results only through the proxy.
 Per round and delay (the order rotating): a fresh backfill of the corpus (chunk 1000, in-flight
-auto) and a bulk embed job of the same texts split into tasks of ``--task-texts``. Printed:
+auto) and a bulk embed job of the same texts for each of ``--task-texts`` (texts per task: the
+client's default, 4096, and the backfill's chunk of 1000). Printed:
 docs/s, and each delay against 0 ms through the same proxy (median of per-round ratios); first,
 PING round trips direct and through the proxy at each delay (what the proxy itself adds), and
 at the end the median runtime of the tasks (which holds the round trips a pool process makes).
@@ -20,6 +21,7 @@ at the end the median runtime of the tasks (which holds the round trips a pool p
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import statistics
 import subprocess
@@ -106,10 +108,12 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--delays", default="0,1,10")
-    parser.add_argument("--task-texts", type=int, default=1000)
+    parser.add_argument("--task-texts", default="4096,1000", help="texts per task of the bulk embed jobs")
     parser.add_argument("--queues", default="interactive,bulk", help="the worker's --queues")
     args = parser.parse_args()
     delays = [float(value) for value in args.delays.split(",")]
+    task_sizes = [int(value) for value in args.task_texts.split(",")]
+    workloads = ["backfill", *(f"embed@{size}" for size in task_sizes)]
     rates: dict[tuple[str, float], list[float]] = {}
     busy: dict[tuple[str, float], list[float]] = {}
     idle: dict[tuple[str, float], list[float]] = {}
@@ -141,7 +145,12 @@ def main() -> None:
                     far_url, tmp / "worker.log", milvus_uri=target.uri, queues=args.queues.split(",")
                 )
                 try:
-                    with EmbeddingClient(redis_url, max_texts_per_task=args.task_texts) as client:
+                    with contextlib.ExitStack() as clients:
+                        client = clients.enter_context(EmbeddingClient(redis_url))
+                        embedders = {
+                            size: clients.enter_context(EmbeddingClient(redis_url, max_texts_per_task=size))
+                            for size in task_sizes
+                        }
                         print(
                             f"corpus {len(corpus.ids):,} paragraphs; worker of 2 pool processes ({args.queues}) behind the proxy; "
                             f"delays {delays} ms added RTT rotating, {args.rounds} rounds"
@@ -171,25 +180,30 @@ def main() -> None:
                                 idle.setdefault(("backfill", delay), []).append(idle_ms)
                                 if summary.written != len(corpus.ids):
                                     raise RuntimeError(f"backfill wrote {summary.written}: {summary.errors}")
-                                offset = worker.log_path.stat().st_size
-                                started = time.perf_counter()
-                                vectors = client.embed_documents(corpus.texts).result(timeout_s=600)
-                                wall_s = time.perf_counter() - started
-                                embed_rate = len(vectors) / wall_s
-                                time.sleep(0.2)  # the log line of the last task
-                                share, idle_ms, _ = busy_share(worker.log_path, offset, wall_s, 2)
-                                runtime.setdefault(("embed", delay), []).extend(
-                                    task_runtimes(worker.log_path, offset)
-                                )
-                                busy.setdefault(("embed", delay), []).append(share)
-                                idle.setdefault(("embed", delay), []).append(idle_ms)
                                 rates.setdefault(("backfill", delay), []).append(backfill_rate)
-                                rates.setdefault(("embed", delay), []).append(embed_rate)
+                                for size in task_sizes:
+                                    workload = f"embed@{size}"
+                                    offset = worker.log_path.stat().st_size
+                                    started = time.perf_counter()
+                                    vectors = (
+                                        embedders[size].embed_documents(corpus.texts).result(timeout_s=600)
+                                    )
+                                    wall_s = time.perf_counter() - started
+                                    time.sleep(0.2)  # the log line of the last task
+                                    share, idle_ms, _ = busy_share(worker.log_path, offset, wall_s, 2)
+                                    runtime.setdefault((workload, delay), []).extend(
+                                        task_runtimes(worker.log_path, offset)
+                                    )
+                                    busy.setdefault((workload, delay), []).append(share)
+                                    idle.setdefault((workload, delay), []).append(idle_ms)
+                                    rates.setdefault((workload, delay), []).append(len(vectors) / wall_s)
                                 print(
-                                    f"  round {round_no + 1} delay {delay:>4g} ms: backfill {backfill_rate:>7,.0f} "
-                                    f"docs/s (pool busy {busy[('backfill', delay)][-1]:.0%}, idle "
-                                    f"{idle[('backfill', delay)][-1]:.0f} ms/task)  bulk embed {embed_rate:>7,.0f} "
-                                    f"docs/s (busy {busy[('embed', delay)][-1]:.0%}, idle {idle[('embed', delay)][-1]:.0f} ms/task)",
+                                    f"  round {round_no + 1} delay {delay:>4g} ms: "
+                                    + "  ".join(
+                                        f"{workload} {rates[(workload, delay)][-1]:>7,.0f} docs/s (busy "
+                                        f"{busy[(workload, delay)][-1]:.0%}, idle {idle[(workload, delay)][-1]:.0f} ms/task)"
+                                        for workload in workloads
+                                    ),
                                     flush=True,
                                 )
                 finally:
@@ -197,13 +211,13 @@ def main() -> None:
         finally:
             proxy.kill()
             proxy.wait()
-    for workload in ("backfill", "embed"):
+    for workload in workloads:
         base = rates[(workload, 0.0)]
         for delay in delays:
             values = rates[(workload, delay)]
             ratios = [value / ref for value, ref in zip(values, base, strict=True)]
             print(
-                f"{workload:<8} delay {delay:>4g} ms: {statistics.median(values):>7,.0f} docs/s (median), "
+                f"{workload:<10} delay {delay:>4g} ms: {statistics.median(values):>7,.0f} docs/s (median), "
                 f"vs 0 ms {statistics.median(ratios):.2f}x (rounds: {', '.join(f'{r:.2f}' for r in ratios)}); "
                 f"pool busy {statistics.median(busy[(workload, delay)]):.0%}, idle per task "
                 f"{statistics.median(idle[(workload, delay)]):.1f} ms (medians); task runtime "
