@@ -11,11 +11,8 @@ import fakeredis
 import numpy as np
 import pytest
 from celery import Celery
-from hypothesis import given
-from hypothesis import strategies as st
 
 from producer import EmbeddingClient, Model2VecEmbeddingFunction
-from producer.client import split_batches
 from producer.errors import (
     BrokerUnavailableError,
     ConfigError,
@@ -295,19 +292,6 @@ def test_constructor_checks(fake_app: Celery) -> None:
     assert "s3cret" not in repr(client) and client.model == BUNDLED_MODEL_ID
     assert client.queue == f"embedq.{BUNDLED_MODEL_ID}"
     client.close()
-
-
-@given(
-    texts=st.lists(st.text(max_size=30), max_size=40),
-    max_texts=st.integers(1, 10),
-    max_chars=st.integers(1, 60),
-)
-def test_split_batches_keeps_order_and_limits(texts: list[str], max_texts: int, max_chars: int) -> None:
-    batches = split_batches(texts, max_texts, max_chars)
-    assert [text for batch in batches for text in batch] == texts
-    for batch in batches:
-        assert 1 <= len(batch) <= max_texts
-        assert len(batch) == 1 or sum(map(len, batch)) <= max_chars
 
 
 def test_importing_producer_pulls_in_no_model_stack() -> None:
