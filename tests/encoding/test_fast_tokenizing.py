@@ -17,7 +17,7 @@ from producer.settings import load_settings
 from tests.support.corpora import module_paragraphs
 from tests.support.models import PARITY_TEXTS, build_model
 from worker.encoding.encoder import StaticEncoder
-from worker.encoding.fast_tokenizing import ALLOWED_NON_PRINTABLE, probe_texts
+from worker.encoding.fast_tokenizing import ALLOWED_NON_PRINTABLE, is_printable, probe_texts
 
 TOKENLEARN_MODEL = Path(static_model.__file__).resolve().parent / "model"
 # Texts in the classes where tokie 0.1.4 differs, and their neighbours that it handles alike.
@@ -143,3 +143,13 @@ def test_fast_path_works_in_a_forked_child_after_use_in_the_parent(
         os.close(read)
         os.waitpid(pid, 0)
     assert answer == b"1"
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=0x7F)) | st.text())
+def test_the_fast_printable_check_agrees_with_str_isprintable(text: str) -> None:
+    assert is_printable(text) == text.isprintable()
+
+
+@pytest.mark.parametrize("control", [chr(code) for code in [*range(0x20), 0x7F]])
+def test_every_ascii_control_is_not_printable(control: str) -> None:
+    assert not is_printable(f"plain text {control} around it") and is_printable("plain text, no control ~")
