@@ -17,9 +17,11 @@ import psutil
 import pytest
 import redis
 
+from producer.client import EmbeddingClient
 from producer.protocol.names import presence_key
 from producer.settings import Settings, load_settings
 from worker.milvus.lite_server import stop_lite_server
+from worker.milvus.sink import MilvusSink, open_sink
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EMBEDQ = Path(sys.executable).with_name("embedq")
@@ -150,3 +152,15 @@ def lite_server_stopped_after_module(worker: WorkerProcess) -> Iterator[None]:
     """Stop the session worker's shared Lite server once the module's tests are done with it."""
     yield
     stop_lite_server(worker.settings.milvus_uri)
+
+
+@pytest.fixture(scope="module")
+def client(worker: WorkerProcess) -> Iterator[EmbeddingClient]:
+    """A client of the session worker, shared by a module's tests (a module may define its own)."""
+    with EmbeddingClient.from_settings(worker.settings) as embedding_client:
+        yield embedding_client
+
+
+def worker_sink(worker: WorkerProcess, collection: str, dim: int = 256) -> MilvusSink:
+    """A sink on ``collection`` of the worker's Milvus, for its model (the bundled one's dim by default)."""
+    return open_sink(worker.settings.milvus_uri, None, collection, worker.settings.model_id, dim)
