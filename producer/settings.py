@@ -34,6 +34,7 @@ class Settings:
     max_text_chars: int = 100_000
     task_time_limit_s: int = 300
     visibility_timeout_s: int = 3600
+    retry_backoff_s: float = 1.0  # a transient failure's first retry delay; doubles, capped at a minute
     milvus_uri: str = DEFAULT_MILVUS_URI
     milvus_token: str | None = None
     concurrency: int | None = None
@@ -70,9 +71,7 @@ class Settings:
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive whole number, got {value!r}")
-        wait_ms = self.batch_wait_ms
-        if wait_ms is not None and (isinstance(wait_ms, bool) or not 0 <= wait_ms <= 1000):
-            raise ConfigError(f"EMBEDQ_BATCH_WAIT_MS must be between 0 and 1000 or 'off', got {wait_ms!r}")
+        self._check_delays()
         if self.metrics_port is not None and not 0 < self.metrics_port < 65536:
             raise ConfigError(f"EMBEDQ_METRICS_PORT must be a TCP port 1-65535, got {self.metrics_port!r}")
         if self.log_format not in LOG_FORMATS:
@@ -90,6 +89,16 @@ class Settings:
                 "to a second worker; raise the visibility timeout or lower the time limit"
             )
 
+    def _check_delays(self) -> None:
+        wait_ms = self.batch_wait_ms
+        if wait_ms is not None and (isinstance(wait_ms, bool) or not 0 <= wait_ms <= 1000):
+            raise ConfigError(f"EMBEDQ_BATCH_WAIT_MS must be between 0 and 1000 or 'off', got {wait_ms!r}")
+        backoff_s = self.retry_backoff_s
+        if isinstance(backoff_s, bool) or not isinstance(backoff_s, (int, float)) or not 0 < backoff_s <= 60:
+            raise ConfigError(
+                f"EMBEDQ_RETRY_BACKOFF_S must be above 0 and at most 60 seconds, got {backoff_s!r}"
+            )
+
     @property
     def model_id(self) -> str:
         """The id a worker serving this configuration reports (and routes by)."""
@@ -102,7 +111,8 @@ class Settings:
             f"result_backend={redact_url(self.result_backend)!r}, model={self.model!r}, "
             f"result_ttl_s={self.result_ttl_s}, max_texts_per_request={self.max_texts_per_request}, "
             f"max_text_chars={self.max_text_chars}, task_time_limit_s={self.task_time_limit_s}, "
-            f"visibility_timeout_s={self.visibility_timeout_s}, milvus_uri={redact_url(self.milvus_uri)!r}, "
+            f"visibility_timeout_s={self.visibility_timeout_s}, retry_backoff_s={self.retry_backoff_s}, "
+            f"milvus_uri={redact_url(self.milvus_uri)!r}, "
             f"milvus_token={token!r}, concurrency={self.concurrency}, "
             f"max_queue_depth={self.max_queue_depth}, metrics_port={self.metrics_port}, "
             f"log_format={self.log_format!r}, batch_wait_ms={self.batch_wait_ms}, "
@@ -154,6 +164,16 @@ def _int(environ: Mapping[str, str], name: str, default: int) -> int:
         raise ConfigError(f"{name} must be a positive whole number, got {raw!r}") from None
 
 
+def _seconds(environ: Mapping[str, str], name: str, default: float) -> float:
+    raw = _text(environ, name)
+    if raw is None:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, got {raw!r}") from None
+
+
 def _wait_ms(environ: Mapping[str, str], name: str, default: float) -> float | None:
     raw = _text(environ, name)
     if raw is None:
@@ -196,6 +216,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         max_text_chars=_int(env, "EMBEDQ_MAX_TEXT_CHARS", 100_000),
         task_time_limit_s=_int(env, "EMBEDQ_TASK_TIME_LIMIT_S", 300),
         visibility_timeout_s=_int(env, "EMBEDQ_VISIBILITY_TIMEOUT_S", 3600),
+        retry_backoff_s=_seconds(env, "EMBEDQ_RETRY_BACKOFF_S", 1.0),
         milvus_uri=_text(env, "EMBEDQ_MILVUS_URI") or DEFAULT_MILVUS_URI,
         milvus_token=_text(env, "EMBEDQ_MILVUS_TOKEN"),
         concurrency=None if concurrency is None else _int(env, "EMBEDQ_CONCURRENCY", 0),

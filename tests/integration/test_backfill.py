@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,23 +21,12 @@ from producer.backfill.ids import document_id
 from producer.celery_config import broker_client
 from producer.client import EmbeddingClient
 from tests.support.corpora import write_jsonl_corpus
-from tests.support.workers import WorkerProcess
+from tests.support.workers import WorkerProcess, worker_sink
 from worker.encoding.encoder import StaticEncoder
-from worker.milvus.sink import MilvusSink, open_sink
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("lite_server_stopped_after_module")]
 
 DOCS = 3_000
-
-
-@pytest.fixture(scope="module")
-def client(worker: WorkerProcess) -> Iterator[EmbeddingClient]:
-    with EmbeddingClient.from_settings(worker.settings) as embedding_client:
-        yield embedding_client
-
-
-def _sink(worker: WorkerProcess, collection: str) -> MilvusSink:
-    return open_sink(worker.settings.milvus_uri, None, collection, worker.settings.model_id, 256)
 
 
 def test_backfill_writes_every_document_and_a_rerun_skips_them(
@@ -52,7 +40,7 @@ def test_backfill_writes_every_document_and_a_rerun_skips_them(
     summary = run_backfill(client, options, on_progress=seen.append)
     assert (summary.written, summary.failed, summary.skipped) == (DOCS, 0, 0)
     assert seen[-1].state == "done" and seen[-1].docs_total == DOCS
-    sink = _sink(worker, "backfill_full")
+    sink = worker_sink(worker, "backfill_full")
     assert sink.count() == DOCS
     # The stored vector is the encoder's vector of the text.
     hit = sink.search(
@@ -93,7 +81,7 @@ def test_interrupted_backfill_resumes_without_redoing_confirmed_chunks(
     assert resumed.skipped >= 1_000
     assert resumed.written + resumed.skipped >= DOCS
     assert resumed.written < DOCS
-    assert _sink(worker, "backfill_resume").count() == DOCS
+    assert worker_sink(worker, "backfill_resume").count() == DOCS
 
 
 def test_bad_records_are_counted_as_failed_and_the_rest_lands(
@@ -105,7 +93,7 @@ def test_bad_records_are_counted_as_failed_and_the_rest_lands(
     )
     assert (summary.written, summary.failed) == (450, 50)
     assert any("not valid JSON" in error for error in summary.errors)
-    assert _sink(worker, "backfill_bad").count() == 450
+    assert worker_sink(worker, "backfill_bad").count() == 450
 
 
 def test_documents_without_ids_get_text_hashes_and_never_duplicate(
@@ -120,7 +108,7 @@ def test_documents_without_ids_get_text_hashes_and_never_duplicate(
     )
     assert first.written == 300
     assert (second.written, second.skipped) == (300, 0)
-    sink = _sink(worker, "backfill_text")
+    sink = worker_sink(worker, "backfill_text")
     assert sink.count() == 300
     vector = np.asarray(StaticEncoder.from_pretrained().encode(["line number 5"])[0])
     assert sink.search(vector, 1)[0]["id"] == document_id("line number 5")
@@ -136,7 +124,7 @@ def test_a_record_with_a_metadata_object_keeps_its_other_fields(
         run_backfill(client, BackfillOptions(corpus, "backfill_merged", state_dir=tmp_path / "s")).written
         == 1
     )
-    stored = _sink(worker, "backfill_merged").client.query(
+    stored = worker_sink(worker, "backfill_merged").client.query(
         "backfill_merged", ids=["r1"], output_fields=["metadata"]
     )
     assert {k: v for k, v in stored[0]["metadata"].items() if not k.startswith("_")} == {

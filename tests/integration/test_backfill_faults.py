@@ -248,23 +248,34 @@ class LiteServer:
             self.process.wait()
 
 
+DOWN_CHUNK = 1_000  # what is checked is the last chunk failing alone, not the volume
+DOWN_DOCS = 4 * DOWN_CHUNK
+
+
 def test_a_milvus_that_stays_down_fails_the_backfill_by_task_and_job_id_without_false_counts(
     redis_url: str, tmp_path: Path
 ) -> None:
-    """Chunks of 5,000, one in flight: the fault hits the last chunk, which fails after its retries."""
+    """Four chunks, one in flight: the fault hits the last chunk, which fails after its retries."""
     lite = LiteServer(tmp_path / "lite-data")
     lite.start()
     model = str(build_model(tmp_path / "model", dim=TINY_DIM))  # a queue of its own, as in BackfillRig
-    worker = start_worker(redis_url, tmp_path / "worker.log", model, milvus_uri=lite.uri)
-    corpus = write_jsonl_corpus(tmp_path / "corpus.jsonl", BACKFILL_DOCS)
+    # Five retries at the default first delay (1 s, doubling) would wait 15-31 s for the last one.
+    worker = start_worker(
+        redis_url,
+        tmp_path / "worker.log",
+        model,
+        milvus_uri=lite.uri,
+        extra_env={"EMBEDQ_RETRY_BACKOFF_S": "0.1"},
+    )
+    corpus = write_jsonl_corpus(tmp_path / "corpus.jsonl", DOWN_DOCS)
     options = BackfillOptions(
-        corpus, "milvus_down", chunk_size=5_000, max_in_flight=1, state_dir=tmp_path / "state"
+        corpus, "milvus_down", chunk_size=DOWN_CHUNK, max_in_flight=1, state_dir=tmp_path / "state"
     )
     try:
         with EmbeddingClient.from_settings(worker.settings) as client:
 
             def kill_milvus(progress: BackfillProgress) -> None:
-                if progress.docs_done >= BACKFILL_DOCS - 5_000:
+                if progress.docs_done >= DOWN_DOCS - DOWN_CHUNK:
                     lite.kill()
 
             summary = run_backfill(client, options, on_progress=kill_milvus)
@@ -274,11 +285,11 @@ def test_a_milvus_that_stays_down_fails_the_backfill_by_task_and_job_id_without_
     finally:
         stop_worker(worker)
         lite.kill()
-    assert (summary.written, summary.failed) == (BACKFILL_DOCS - 5_000, 5_000)
+    assert (summary.written, summary.failed) == (DOWN_DOCS - DOWN_CHUNK, DOWN_CHUNK)
     assert status is not None and (status.state, status.docs_done, status.docs_failed) == (
         "failed",
-        BACKFILL_DOCS - 5_000,
-        5_000,
+        DOWN_DOCS - DOWN_CHUNK,
+        DOWN_CHUNK,
     )
     assert any("SinkUnavailableError" in error for error in summary.errors)
     assert [(s.state, s.error_type) for s in task_statuses] == [("failed", "SinkUnavailableError")]
@@ -289,10 +300,10 @@ def test_a_milvus_that_stays_down_fails_the_backfill_by_task_and_job_id_without_
         sink.ensure_collection()  # loads it: a restarted Milvus has every collection released
         rows = sink.client.query(
             "milvus_down",
-            filter=f"id in {json.dumps([f'doc-{i}' for i in range(BACKFILL_DOCS - 5_000)])}",
+            filter=f"id in {json.dumps([f'doc-{i}' for i in range(DOWN_DOCS - DOWN_CHUNK)])}",
             output_fields=["id"],
             consistency_level="Strong",
-            limit=BACKFILL_DOCS,
+            limit=DOWN_DOCS,
         )
         assert len(rows) == summary.written
         sink.close()

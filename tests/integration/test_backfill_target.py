@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -13,22 +12,11 @@ from producer.backfill.target import target_file, target_key
 from producer.celery_config import broker_client
 from producer.client import EmbeddingClient
 from tests.support.corpora import write_jsonl_corpus
-from tests.support.workers import WorkerProcess
-from worker.milvus.sink import MilvusSink, open_sink
+from tests.support.workers import WorkerProcess, worker_sink
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("lite_server_stopped_after_module")]
 
 DOCS = 300
-
-
-@pytest.fixture(scope="module")
-def client(worker: WorkerProcess) -> Iterator[EmbeddingClient]:
-    with EmbeddingClient.from_settings(worker.settings) as embedding_client:
-        yield embedding_client
-
-
-def _sink(worker: WorkerProcess, collection: str) -> MilvusSink:
-    return open_sink(worker.settings.milvus_uri, None, collection, worker.settings.model_id, 256)
 
 
 def _options(tmp_path: Path, collection: str) -> BackfillOptions:
@@ -41,7 +29,7 @@ def test_a_collection_dropped_or_made_again_is_backfilled_again_not_skipped(
 ) -> None:
     options = _options(tmp_path, "target_dropped")
     assert run_backfill(client, options).written == DOCS
-    sink = _sink(worker, "target_dropped")
+    sink = worker_sink(worker, "target_dropped")
 
     sink.client.drop_collection("target_dropped")
     notices: list[str] = []
@@ -52,7 +40,7 @@ def test_a_collection_dropped_or_made_again_is_backfilled_again_not_skipped(
 
     # Dropped and made again (one unrelated row) before the next run: not the same collection.
     sink.client.drop_collection("target_dropped")
-    _sink(worker, "target_dropped").upsert(["x"], ["another"], [{}], np.ones((1, 256), np.float32))
+    worker_sink(worker, "target_dropped").upsert(["x"], ["another"], [{}], np.ones((1, 256), np.float32))
     notices.clear()
     third = run_backfill(client, options, on_notice=notices.append)
     assert (third.written, third.skipped) == (DOCS, 0)
@@ -76,7 +64,7 @@ def test_progress_saved_without_a_target_is_void_once_the_collection_is_gone(
     assert (kept.written, kept.skipped) == (0, DOCS)
 
     target_file(options.state_dir, summary.job_id).unlink()
-    _sink(worker, "target_earlier").client.drop_collection("target_earlier")
+    worker_sink(worker, "target_earlier").client.drop_collection("target_earlier")
     notices: list[str] = []
     again = run_backfill(client, options, on_notice=notices.append)
     assert (again.written, again.skipped) == (DOCS, 0) and len(notices) == 1

@@ -10,8 +10,7 @@ import pytest
 
 from producer.backfill import BackfillOptions, run_backfill
 from producer.client import EmbeddingClient
-from tests.support.workers import WorkerProcess
-from worker.milvus.sink import open_sink
+from tests.support.workers import WorkerProcess, worker_sink
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("lite_server_stopped_after_module")]
 
@@ -46,7 +45,7 @@ def test_bad_records_are_rejected_alone_and_the_rest_written(worker: WorkerProce
         summary = run_backfill(client, options)
     assert (summary.written, summary.failed) == (GOOD, len(bad))
     assert [int(error.split(" line ")[1].split(":")[0]) for error in summary.errors] == bad_line_numbers
-    sink = open_sink(worker.settings.milvus_uri, None, "bad_records", worker.settings.model_id, 256)
+    sink = worker_sink(worker, "bad_records")
     try:
         assert sink.count() == GOOD
     finally:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,20 +13,13 @@ from producer.backfill.manifest import SyncManifest
 from producer.client import EmbeddingClient
 from producer.errors import ConfigError
 from tests.support.models import CORPUS
-from tests.support.workers import WorkerProcess
+from tests.support.workers import WorkerProcess, worker_sink
 from worker.cli.deletes import delete_missing
 from worker.cli.output import backfill_summary_line
-from worker.milvus.sink import open_sink
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("lite_server_stopped_after_module")]
 
 LONG = " ".join(CORPUS * 3)  # about 600 tokens of the bundled model: more than its 512
-
-
-@pytest.fixture(scope="module")
-def client(worker: WorkerProcess) -> Iterator[EmbeddingClient]:
-    with EmbeddingClient.from_settings(worker.settings) as embedding_client:
-        yield embedding_client
 
 
 def _write(path: Path, docs: dict[str, str]) -> Path:
@@ -55,7 +47,7 @@ def _sync(
 
 
 def _ids(worker: WorkerProcess, collection: str) -> set[str]:
-    sink = open_sink(worker.settings.milvus_uri, None, collection, worker.settings.model_id, 256)
+    sink = worker_sink(worker, collection)
     try:
         rows = sink.client.query(
             collection, filter='id != ""', output_fields=["id"], consistency_level="Strong"

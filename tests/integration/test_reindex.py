@@ -31,12 +31,12 @@ _DOCS = 1500
 
 
 @pytest.fixture
-def lite_db(milvus_uri: str) -> Iterator[str]:
+def lite_db(milvus_target: str) -> Iterator[str]:
     """The test's Milvus: a Lite database (its shared server stopped after) or the session's server."""
     try:
-        yield milvus_uri
+        yield milvus_target
     finally:
-        stop_lite_server(milvus_uri)  # nothing to stop for a server URI
+        stop_lite_server(milvus_target)  # nothing to stop for a server URI
 
 
 @pytest.fixture

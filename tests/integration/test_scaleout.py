@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,17 +13,10 @@ from producer.backfill.model import Shard
 from producer.client import EmbeddingClient
 from producer.protocol.names import PRESENCE_TTL_S
 from tests.support.corpora import write_jsonl_corpus
-from tests.support.workers import WorkerProcess, start_worker, stop_worker
-from worker.milvus.sink import open_sink
+from tests.support.workers import WorkerProcess, start_worker, stop_worker, worker_sink
 from worker.queue.fleet import usable_cpus
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("lite_server_stopped_after_module")]
-
-
-@pytest.fixture(scope="module")
-def client(worker: WorkerProcess) -> Iterator[EmbeddingClient]:
-    with EmbeddingClient.from_settings(worker.settings) as embedding_client:
-        yield embedding_client
 
 
 def test_producers_count_the_pool_processes_of_workers_as_they_come_and_go(
@@ -75,5 +67,5 @@ def test_shards_of_one_file_write_it_all_once_and_status_sums_them(
     status = backfill_status(client, whole)
     assert status is not None
     assert (status.state, status.docs_done, status.docs_total) == ("done", docs, docs)
-    sink = open_sink(worker.settings.milvus_uri, None, "backfill_shards", worker.settings.model_id, 256)
+    sink = worker_sink(worker, "backfill_shards")
     assert sink.count() == docs

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,17 +12,10 @@ from producer.backfill.manifest import SyncManifest
 from producer.client import EmbeddingClient
 from producer.protocol.documents import Document
 from tests.support.waiting import wait_until
-from tests.support.workers import WorkerProcess
+from tests.support.workers import WorkerProcess, worker_sink
 from worker.cli.sync import sync_backfill
-from worker.milvus.sink import open_sink
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("lite_server_stopped_after_module")]
-
-
-@pytest.fixture(scope="module")
-def client(worker: WorkerProcess) -> Iterator[EmbeddingClient]:
-    with EmbeddingClient.from_settings(worker.settings) as embedding_client:
-        yield embedding_client
 
 
 def _write(path: Path, docs: dict[str, str], bad_line_at: int | None = None, numbered: bool = True) -> Path:
@@ -49,7 +41,7 @@ def _sync(
 
 
 def _stored(worker: WorkerProcess, collection: str) -> dict[str, str]:
-    sink = open_sink(worker.settings.milvus_uri, None, collection, worker.settings.model_id, 256)
+    sink = worker_sink(worker, collection)
     try:
         rows = sink.client.query(
             collection, filter='id != ""', output_fields=["text"], consistency_level="Strong"
@@ -74,7 +66,7 @@ def test_a_daily_sync_writes_changes_deletes_removals_and_never_deletes_after_a_
     bad = _write(tmp_path / "bad.jsonl", {**second, "temp-1": "only in the bad file"}, bad_line_at=250)
     summary, deleted = _sync(client, worker, bad, tmp_path / "s2")
     assert deleted is None and summary.failed == 1
-    sink = open_sink(worker.settings.milvus_uri, None, "daily", worker.settings.model_id, 256)
+    sink = worker_sink(worker, "daily")
     assert sink.count() == 500 + 4 + 1  # the removed documents are all still there
 
     # The next complete sync deletes the removed ones and the one the failed run wrote.

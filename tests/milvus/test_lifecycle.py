@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -95,13 +95,6 @@ def test_a_rerun_encodes_and_writes_only_new_and_changed_documents(
     # Search hits never show the recorded hash.
     hit = sink.search(encoder.encode(["text 10"])[0], top_k=1, consistency_level="Strong")[0]
     assert set(hit["metadata"]) == {"lang"}
-
-
-@pytest.fixture
-def lite_client(tmp_path: pytest.TempPathFactory) -> Iterator[MilvusClient]:
-    client = MilvusClient(str(tmp_path / "lite.db"))  # type: ignore[operator]
-    yield client
-    client.close()
 
 
 def _fill(client: MilvusClient, collection: str, model_id: str, count: int, seed: int) -> np.ndarray:

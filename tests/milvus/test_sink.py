@@ -180,7 +180,7 @@ def test_search_loads_a_collection_released_as_after_a_restart(
 def test_concurrent_creation_gives_one_collection_both_sinks_can_use(
     milvus_uri: str, milvus_client: MilvusClient, make_sink: SinkFactory
 ) -> None:
-    clients = [milvus_client, connect_milvus(milvus_uri)]
+    clients = [milvus_client, connect_milvus(milvus_uri, dedicated=True)]
     sinks = [make_sink(client=client) for client in clients]
     barrier = threading.Barrier(len(sinks))
     errors: list[BaseException] = []
@@ -206,8 +206,8 @@ def test_concurrent_creation_gives_one_collection_both_sinks_can_use(
     clients[1].close()
 
 
-def test_server_kind_is_detected(milvus_uri: str, make_sink: SinkFactory) -> None:
-    assert make_sink().server_kind == ("lite" if milvus_uri.endswith(".db") else "server")
+def test_server_kind_is_detected(milvus_kind: str, make_sink: SinkFactory) -> None:
+    assert make_sink().server_kind == milvus_kind
 
 
 AWKWARD_ROWS = {

@@ -36,6 +36,7 @@ def test_every_variable_is_read() -> None:
             "EMBEDQ_MILVUS_TOKEN": "root:Milvus",
             "EMBEDQ_CONCURRENCY": "3",
             "EMBEDQ_MAX_QUEUE_DEPTH": "50",
+            "EMBEDQ_RETRY_BACKOFF_S": "0.25",
         }
     )
     assert settings == Settings(
@@ -51,6 +52,7 @@ def test_every_variable_is_read() -> None:
         milvus_token="root:Milvus",
         concurrency=3,
         max_queue_depth=50,
+        retry_backoff_s=0.25,
     )
     assert settings.model_id == "minishlab/potion-base-8M"
 
@@ -75,6 +77,9 @@ def test_empty_values_mean_unset() -> None:
         ({"EMBEDQ_BROKER_URL": "redis://host:port/0"}, "EMBEDQ_BROKER_URL"),
         ({"EMBEDQ_RESULT_BACKEND": "redis://host/zero"}, "EMBEDQ_RESULT_BACKEND"),
         ({"EMBEDQ_MODEL": "has space"}, "EMBEDQ_MODEL"),
+        ({"EMBEDQ_RETRY_BACKOFF_S": "0"}, "EMBEDQ_RETRY_BACKOFF_S"),
+        ({"EMBEDQ_RETRY_BACKOFF_S": "61"}, "EMBEDQ_RETRY_BACKOFF_S"),
+        ({"EMBEDQ_RETRY_BACKOFF_S": "1s"}, "EMBEDQ_RETRY_BACKOFF_S"),
     ],
 )
 def test_invalid_settings_name_the_variable(environ: dict[str, str], variable: str) -> None:

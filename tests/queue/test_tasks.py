@@ -116,6 +116,14 @@ def test_backoff_doubles_up_to_the_cap() -> None:
     assert task.retry_countdown_s(30) <= EmbedTask.retry_backoff_max_s
 
 
+def test_the_first_retry_delay_is_set_at_registration(eager_app: Celery) -> None:
+    register_tasks(eager_app, FakeEncoder(), LIMITS, retry_backoff_s=0.1)
+    task = eager_app.tasks[TASK_EMBED_DOCUMENTS]
+    delays = [[task.retry_countdown_s(retries) for _ in range(50)] for retries in range(3)]
+    assert [(min(d) >= 0.05 * 2**n, max(d) <= 0.1 * 2**n) for n, d in enumerate(delays)] == [(True, True)] * 3
+    assert EmbedTask.retry_backoff_base_s == 1.0  # other apps keep the default
+
+
 def test_tasks_are_registered_only_on_their_app(eager_app: Celery) -> None:
     register_tasks(eager_app, FakeEncoder(), LIMITS)
     other = Celery("embedq-other", set_as_current=False)

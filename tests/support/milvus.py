@@ -1,4 +1,4 @@
-"""Real Milvus for the tests: a standalone server (the ``milvus`` wheel) per session, Lite per test."""
+"""Real Milvus for the tests: a standalone server (the ``milvus`` wheel) and a Lite server per session."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 from pymilvus import MilvusClient
 
+from producer.errors import SinkUnavailableError
 from worker.milvus.connection import connect_milvus
+from worker.milvus.lite_server import ensure_lite_server, stop_lite_server
 from worker.milvus.sink import MilvusSink
 from worker.ports import free_port
 
@@ -57,9 +59,34 @@ def milvus_server_uri() -> Iterator[str]:
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def lite_server_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Start one Milvus Lite server the way the workers do (``ensure_lite_server``); stop it at the end.
+
+    Not pymilvus's own Lite for a ``.db`` path: that one runs in this process, one server per path
+    for the whole session, on a connection pymilvus makes in a single attempt.
+    """
+    database = tmp_path_factory.mktemp("milvus-lite") / "lite.db"
+    try:
+        uri = ensure_lite_server(database)
+    except SinkUnavailableError as exc:
+        pytest.fail(f"the Milvus Lite server did not start: {exc}", pytrace=False)
+    try:
+        yield uri
+    finally:
+        stop_lite_server(database)
+
+
 @pytest.fixture(params=MILVUS_KINDS)
-def milvus_uri(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """Where the test's Milvus is: a fresh Milvus Lite database, or the session's Milvus server."""
+def milvus_uri(request: pytest.FixtureRequest) -> str:
+    """Where the test's Milvus is: the session's Milvus Lite server or its Milvus server."""
+    uri: str = request.getfixturevalue("lite_server_uri" if request.param == "lite" else "milvus_server_uri")
+    return uri
+
+
+@pytest.fixture(params=MILVUS_KINDS)
+def milvus_target(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """What a worker is given: a fresh Lite database path (the product serves it) or the Milvus server."""
     if request.param == "lite":
         return str(tmp_path / "lite.db")
     uri: str = request.getfixturevalue("milvus_server_uri")
@@ -67,16 +94,22 @@ def milvus_uri(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
+def milvus_kind(request: pytest.FixtureRequest, milvus_uri: str) -> str:
+    """Which Milvus ``milvus_uri`` is: "lite" or "server" (the URI alone does not tell)."""
+    return str(request.node.callspec.params["milvus_uri"])
+
+
+@pytest.fixture
 def milvus_client(milvus_uri: str) -> Iterator[MilvusClient]:
-    """A client of the test's Milvus (Lite runs in this process)."""
-    client = connect_milvus(milvus_uri)
+    """A client of the test's Milvus, on a connection of its own (closed with it)."""
+    client = connect_milvus(milvus_uri, dedicated=True)
     yield client
     client.close()
 
 
 @pytest.fixture
 def collection_name(milvus_client: MilvusClient) -> Iterator[str]:
-    """A collection name unique to the test, dropped afterwards (the server outlives the test)."""
+    """A collection name unique to the test, dropped afterwards (the servers outlive the test)."""
     name = f"t_{uuid.uuid4().hex[:16]}"
     yield name
     if milvus_client.has_collection(name):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -17,9 +16,12 @@ import psutil
 import pytest
 import redis
 
+from producer.client import EmbeddingClient
 from producer.protocol.names import presence_key
 from producer.settings import Settings, load_settings
+from worker.local.cluster import stop_process_group
 from worker.milvus.lite_server import stop_lite_server
+from worker.milvus.sink import MilvusSink, open_sink
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EMBEDQ = Path(sys.executable).with_name("embedq")
@@ -99,7 +101,12 @@ def start_worker(
     settings = load_settings(env)
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-c", _RUN_WORKER], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-c", _RUN_WORKER],
+            cwd=cwd,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # a process group of its own, stopped as one by stop_worker
         )
     worker = WorkerProcess(process, log_path, settings)
     client = broker_redis(redis_url, settings.sentinel_master)
@@ -117,19 +124,19 @@ def start_worker(
 
 
 def stop_worker(worker: WorkerProcess) -> None:
-    """Warm-stop the worker (SIGTERM); SIGKILL it and its pool if it does not exit in time."""
+    """Stop the worker as the local run stops its own: SIGTERM to its process group, SIGKILL after a grace.
+
+    Signalling the pool processes too ends them at once instead of after the pool's polling
+    interval (seconds per stop with SIGTERM to the main process alone). What it started in
+    sessions of their own (a Lite server and its guardian) is killed after.
+    """
     if worker.process.poll() is not None:
         return
     try:
         children = psutil.Process(worker.process.pid).children(recursive=True)
     except psutil.NoSuchProcess:
         children = []
-    worker.process.send_signal(signal.SIGTERM)
-    try:
-        worker.process.wait(WORKER_STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        worker.process.kill()
-        worker.process.wait()
+    stop_process_group(worker.process, WORKER_STOP_TIMEOUT_S)
     for child in children:
         if child.is_running():
             child.kill()
@@ -150,3 +157,15 @@ def lite_server_stopped_after_module(worker: WorkerProcess) -> Iterator[None]:
     """Stop the session worker's shared Lite server once the module's tests are done with it."""
     yield
     stop_lite_server(worker.settings.milvus_uri)
+
+
+@pytest.fixture(scope="module")
+def client(worker: WorkerProcess) -> Iterator[EmbeddingClient]:
+    """A client of the session worker, shared by a module's tests (a module may define its own)."""
+    with EmbeddingClient.from_settings(worker.settings) as embedding_client:
+        yield embedding_client
+
+
+def worker_sink(worker: WorkerProcess, collection: str, dim: int = 256) -> MilvusSink:
+    """A sink on ``collection`` of the worker's Milvus, for its model (the bundled one's dim by default)."""
+    return open_sink(worker.settings.milvus_uri, None, collection, worker.settings.model_id, dim)

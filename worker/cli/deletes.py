@@ -108,8 +108,8 @@ def delete_missing(
 def _delete_missing(
     settings: Settings, collection: str, seen: SeenIds, manifest: SyncManifest | None, by_row: bool
 ) -> int:
-    from worker.milvus.aliases import errors
     from worker.milvus.catalog import collection_model
+    from worker.milvus.connection import milvus_errors
     from worker.milvus.passages import delete_documents, delete_rows_of_missing_documents, has_passages
     from worker.milvus.sync import count_rows, delete_ids, delete_missing_ids
 
@@ -121,7 +121,7 @@ def _delete_missing(
         def delete(ids: list[str]) -> int:
             return delete_ids(access.client, physical, ids, access.write_guard, timeout_s=timeout_s)
 
-        with errors(f"delete the ids missing from {collection!r}"):
+        with milvus_errors(f"delete the ids missing from {collection!r}"):
             if not by_row and has_passages(access.client, physical, timeout_s=timeout_s):
                 # Rows are passages <id>#<k>: documents are compared, not row ids.
                 if manifest is not None:

@@ -96,12 +96,12 @@ def _embedder(client: EmbeddingClient, timeout_s: float) -> Callable[[str, Seque
 @in_milvus_session
 def collections_command(args: argparse.Namespace, settings: Settings) -> int:
     """List the collections with their aliases, model, dimension and row count."""
-    from worker.milvus.aliases import errors
     from worker.milvus.catalog import list_collections
+    from worker.milvus.connection import milvus_errors
 
     access = open_milvus(settings)
     try:
-        with errors("list collections"):
+        with milvus_errors("list collections"):
             infos = list_collections(access.client)
     finally:
         access.close()
@@ -243,30 +243,30 @@ def reindex_command(args: argparse.Namespace, settings: Settings) -> int:
 
 def _keep_passages_mark(access: MilvusAccess, old: str | None, target: str) -> None:
     """Mark ``target`` as holding passages when ``old`` did (its rows were copied, metadata and all)."""
-    from worker.milvus.aliases import errors
+    from worker.milvus.connection import milvus_errors
     from worker.milvus.passages import has_passages, mark_passages
 
     if old is None:
         return
-    with errors(f"mark {target!r} as holding passages"):
+    with milvus_errors(f"mark {target!r} as holding passages"):
         if has_passages(access.client, old, timeout_s=access.timeout_s):
             mark_passages(access.client, target, access.write_guard, timeout_s=access.timeout_s)
 
 
 def _model_of(access: MilvusAccess, physical: str) -> str:
-    from worker.milvus.aliases import errors
     from worker.milvus.catalog import collection_model
+    from worker.milvus.connection import milvus_errors
 
-    with errors(f"read the model of {physical!r}"):
+    with milvus_errors(f"read the model of {physical!r}"):
         return collection_model(access.client, physical, timeout_s=access.timeout_s)[1]
 
 
 def _rows(access: MilvusAccess, physical: str | None) -> int:
     if physical is None:
         return 0
-    from worker.milvus.aliases import errors
+    from worker.milvus.connection import milvus_errors
 
-    with errors(f"count the rows of {physical!r}"):
+    with milvus_errors(f"count the rows of {physical!r}"):
         rows = access.client.query(
             physical, filter="", output_fields=["count(*)"], consistency_level="Strong"
         )
@@ -275,8 +275,8 @@ def _rows(access: MilvusAccess, physical: str | None) -> int:
 
 def _dump_texts(access: MilvusAccess, collection: str, target: str) -> Path:
     """Stream the ids, texts and metadata stored in ``collection`` to a JSONL file (bounded memory)."""
-    from worker.milvus.aliases import errors
     from worker.milvus.catalog import collection_model
+    from worker.milvus.connection import milvus_errors
     from worker.milvus.content import visible_metadata
     from worker.milvus.schema import ID_FIELD, METADATA_FIELD, TEXT_FIELD
     from worker.milvus.sync import iterate_rows
@@ -285,7 +285,7 @@ def _dump_texts(access: MilvusAccess, collection: str, target: str) -> Path:
     REINDEX_DIR.mkdir(parents=True, exist_ok=True)
     path = REINDEX_DIR / f"{target}.jsonl"
     partial = path.with_suffix(".partial")
-    with errors(f"read the texts of {collection!r}"), partial.open("w", encoding="utf-8") as out:
+    with milvus_errors(f"read the texts of {collection!r}"), partial.open("w", encoding="utf-8") as out:
         fields = [ID_FIELD, TEXT_FIELD, METADATA_FIELD]
         for batch in iterate_rows(access.client, physical, fields, timeout_s=access.timeout_s):
             for row in batch:

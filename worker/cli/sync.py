@@ -81,15 +81,15 @@ def sync_backfill(
 def start_sync(settings: Settings, collection: str, manifest: SyncManifest, model_id: str) -> LocalHashes:
     """Check ``manifest`` against ``collection``, blank the collection's mark, return the run's hashes."""
     from producer.backfill.manifest import LocalHashes
-    from worker.milvus.aliases import errors
     from worker.milvus.catalog import resolve
+    from worker.milvus.connection import milvus_errors
     from worker.milvus.sync import set_sync_mark, sync_mark
 
     trusted = False
     with milvus_session(settings):
         access = open_milvus(settings)
         try:
-            with errors(f"read the sync mark of {collection!r}"):
+            with milvus_errors(f"read the sync mark of {collection!r}"):
                 physical = resolve(access.client, collection, timeout_s=access.timeout_s)
                 if physical is not None:
                     mark = sync_mark(access.client, physical, timeout_s=access.timeout_s)
@@ -106,14 +106,14 @@ def start_sync(settings: Settings, collection: str, manifest: SyncManifest, mode
 
 def clear_sync_mark(settings: Settings, collection: str) -> None:
     """Blank ``collection``'s sync mark (a write no manifest records is about to happen)."""
-    from worker.milvus.aliases import errors
     from worker.milvus.catalog import resolve
+    from worker.milvus.connection import milvus_errors
     from worker.milvus.sync import set_sync_mark, sync_mark
 
     with milvus_session(settings):
         access = open_milvus(settings)
         try:
-            with errors(f"clear the sync mark of {collection!r}"):
+            with milvus_errors(f"clear the sync mark of {collection!r}"):
                 physical = resolve(access.client, collection, timeout_s=access.timeout_s)
                 if physical is not None and sync_mark(access.client, physical, timeout_s=access.timeout_s):
                     set_sync_mark(access.client, physical, "", _uncounted(access), timeout_s=access.timeout_s)
@@ -165,8 +165,8 @@ def seal(settings: Settings, collection: str, manifest: SyncManifest, *, count: 
     ``count``: check that the collection holds as many rows as the manifest ids first (a count is
     a scan on Milvus Lite, about a second per 50,000 rows: skipped where the run already knows).
     """
-    from worker.milvus.aliases import errors
     from worker.milvus.catalog import resolve
+    from worker.milvus.connection import milvus_errors
     from worker.milvus.sync import count_rows, set_sync_mark
 
     ids, hashed = manifest.counts()
@@ -174,7 +174,7 @@ def seal(settings: Settings, collection: str, manifest: SyncManifest, *, count: 
         return False
     access = open_milvus(settings)
     try:
-        with errors(f"seal the sync mark of {collection!r}"):
+        with milvus_errors(f"seal the sync mark of {collection!r}"):
             physical = resolve(access.client, collection, timeout_s=access.timeout_s)
             if physical is None:
                 return False

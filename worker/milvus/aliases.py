@@ -15,14 +15,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import re
-from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from producer.errors import ConfigError, EmbedqError, InvalidInputError, SinkUnavailableError
+from producer.errors import ConfigError
 from worker.milvus.catalog import recorded_model, resolve
-from worker.milvus.connection import connect_milvus, describe_error, is_transient
+from worker.milvus.connection import connect_milvus, milvus_errors
 from worker.milvus.lite_server import LiteWriteLock, ensure_lite_server, is_lite_path
 
 if TYPE_CHECKING:
@@ -76,7 +75,7 @@ def current_physical(access: MilvusAccess, name: str) -> str | None:
     model (it was made by embedq), or it could not be adopted later: refused here, before any work.
     """
     client, timeout_s = access.client, access.timeout_s
-    with errors(f"look up collection {name!r}"):
+    with milvus_errors(f"look up collection {name!r}"):
         physical = resolve(client, name, timeout_s=timeout_s)
         if physical == name and recorded_model(client.describe_collection(name, timeout=timeout_s)) is None:
             raise ConfigError(
@@ -100,7 +99,7 @@ def adopt(access: MilvusAccess, name: str) -> str | None:
     physical = current_physical(access, name)
     if physical is None or physical != name:
         return physical
-    with errors(f"adopt collection {name!r}"):
+    with milvus_errors(f"adopt collection {name!r}"):
         model = recorded_model(client.describe_collection(name, timeout=timeout_s))
         assert model is not None  # checked by current_physical
         target = physical_name(name, model[0])
@@ -123,7 +122,7 @@ def make_ready(access: MilvusAccess, physical: str) -> None:
     """
     guard = access.write_guard
     uncounted = guard.uncounted() if isinstance(guard, LiteWriteLock) else guard
-    with errors(f"flush and load collection {physical!r}"):
+    with milvus_errors(f"flush and load collection {physical!r}"):
         with uncounted:
             access.client.flush(physical, timeout=access.timeout_s)
         access.client.load_collection(physical, timeout=access.timeout_s)
@@ -136,7 +135,7 @@ def point_alias(access: MilvusAccess, alias: str, physical: str) -> None:
     """
     client, timeout_s = access.client, access.timeout_s
     make_ready(access, physical)
-    with errors(f"move alias {alias!r} to {physical!r}"):
+    with milvus_errors(f"move alias {alias!r} to {physical!r}"):
         aliases = client.list_aliases(timeout=timeout_s).get("aliases", [])
         with access.write_guard:
             if alias in aliases:
@@ -148,7 +147,7 @@ def point_alias(access: MilvusAccess, alias: str, physical: str) -> None:
 def drop(access: MilvusAccess, physical: str) -> None:
     """Drop a physical collection (never one an alias still names)."""
     client, timeout_s = access.client, access.timeout_s
-    with errors(f"drop collection {physical!r}"):
+    with milvus_errors(f"drop collection {physical!r}"):
         still_named = client.list_aliases(collection_name=physical, timeout=timeout_s).get("aliases", [])
         if still_named:
             raise ConfigError(
@@ -156,19 +155,3 @@ def drop(access: MilvusAccess, physical: str) -> None:
             )
         with access.write_guard:
             client.drop_collection(physical, timeout=timeout_s)
-
-
-@contextlib.contextmanager
-def errors(action: str) -> Iterator[None]:
-    """Turn pymilvus failures into SinkUnavailableError (retry) or InvalidInputError (fix first)."""
-    from pymilvus.exceptions import MilvusException
-
-    try:
-        yield
-    except EmbedqError:
-        raise
-    except (MilvusException, OSError) as exc:
-        detail = describe_error(exc)
-        if is_transient(exc):
-            raise SinkUnavailableError(f"Milvus was unavailable to {action} ({detail}): retry") from exc
-        raise InvalidInputError(f"Milvus refused to {action}: {detail}") from exc

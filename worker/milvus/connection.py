@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import grpc
 from pymilvus import MilvusClient
 from pymilvus.exceptions import ConnectionConfigException, MilvusException
 
-from producer.errors import ConfigError, SinkUnavailableError
+from producer.errors import ConfigError, EmbedqError, InvalidInputError, SinkUnavailableError
 from producer.redaction import redact_url, url_secrets
 
 _USERINFO = re.compile(r"(^|[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
@@ -85,6 +86,25 @@ def is_transient(exc: BaseException) -> bool:
         return exc.code in _TRANSIENT_GRPC_CODES
     message = str(exc.message).lower()
     return exc.code in _TRANSIENT_MILVUS_CODES or any(hint in message for hint in _TRANSIENT_HINTS)
+
+
+@contextlib.contextmanager
+def milvus_errors(action: str, *, unavailable_hint: str = "retry") -> Iterator[None]:
+    """Turn pymilvus failures to ``action`` into SinkUnavailableError (retry) or InvalidInputError (fix it).
+
+    ``unavailable_hint`` ends the message of a transient failure: what the user can do about it.
+    """
+    try:
+        yield
+    except EmbedqError:
+        raise
+    except (MilvusException, OSError) as exc:
+        detail = describe_error(exc)
+        if is_transient(exc):
+            raise SinkUnavailableError(
+                f"Milvus was unavailable to {action} ({detail}): {unavailable_hint}"
+            ) from exc
+        raise InvalidInputError(f"Milvus refused to {action}: {detail}") from exc
 
 
 _OUT_OF_SPACE_HINTS = ("no space left on device", "disk quota exceeded", "[errno 28]", "[errno 122]")

@@ -9,7 +9,7 @@ so a search running while an alias moves (a reindex) uses one model's vectors fr
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -20,10 +20,9 @@ from producer.errors import (
     InvalidInputError,
     ModelMismatchError,
     PermanentError,
-    SinkUnavailableError,
 )
 from worker.milvus.catalog import collection_model
-from worker.milvus.connection import describe_error, is_transient
+from worker.milvus.connection import milvus_errors
 from worker.milvus.filters import check_filter
 from worker.milvus.passages import grouped_search
 from worker.milvus.schema import MAX_TOP_K, METADATA_FIELD, METRIC, SEARCHABLE_FIELDS, VECTOR_FIELD
@@ -84,7 +83,7 @@ def search_text(
     fields = checked_output_fields(output_fields)
     asked = sorted({*fields, METADATA_FIELD}) if group_by_document else fields
     for attempt in (1, 2):
-        with _errors(collection):
+        with _search_errors(collection):
             physical, model_id, dim = collection_model(client, collection, timeout_s=timeout_s)
         vector = np.asarray(embed(model_id, [query]), dtype=np.float32)
         if vector.shape != (1, dim):
@@ -101,7 +100,7 @@ def search_text(
             )
 
         try:
-            with _errors(collection):
+            with _search_errors(collection):
                 if group_by_document:
                     hits = [search_hit(raw, fields, document=doc) for doc, raw in grouped_search(run, top_k)]
                 else:
@@ -173,19 +172,5 @@ def _still(client: MilvusClient, collection: str, physical: str, timeout_s: floa
         return True
 
 
-@contextlib.contextmanager
-def _errors(collection: str) -> Iterator[None]:
-    from pymilvus.exceptions import MilvusException
-
-    try:
-        yield
-    except EmbedqError:
-        raise
-    except (MilvusException, OSError) as exc:
-        detail = describe_error(exc)
-        if is_transient(exc):
-            raise SinkUnavailableError(
-                f"Milvus was unavailable to search {collection!r} ({detail}): "
-                "check that it is running, then retry"
-            ) from exc
-        raise InvalidInputError(f"Milvus refused the search of {collection!r}: {detail}") from exc
+def _search_errors(collection: str) -> contextlib.AbstractContextManager[None]:
+    return milvus_errors(f"search {collection!r}", unavailable_hint="check that it is running, then retry")

@@ -210,8 +210,9 @@ def build_worker_app(settings: Settings, encoder: Encoder, queues: Sequence[str]
                 getattr(encoder, "revision", None),
             )
         ),
+        retry_backoff_s=settings.retry_backoff_s,
     )
-    register_batch_task(app, encoder, limits)
+    register_batch_task(app, encoder, limits, retry_backoff_s=settings.retry_backoff_s)
     attributes = {
         "presence": WorkerPresence(encoder.model_id, encoder.dim, getattr(encoder, "max_length", None)),
         "fingerprint": encoder.fingerprint,

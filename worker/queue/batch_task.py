@@ -174,7 +174,13 @@ class BatchTask(EmbedTask):
             return  # the callers' own timeouts end their wait
 
 
-def register_batch_task(app: Celery, encoder: Encoder, limits: TextLimits) -> None:
+def register_batch_task(
+    app: Celery,
+    encoder: Encoder,
+    limits: TextLimits,
+    *,
+    retry_backoff_s: float = EmbedTask.retry_backoff_base_s,
+) -> None:
     """Register the batch task bound to ``encoder`` (its message is acked after every result is stored)."""
 
     def embed_batch(self: EmbedTask, *args: Any, **kwargs: Any) -> int:
@@ -185,4 +191,11 @@ def register_batch_task(app: Celery, encoder: Encoder, limits: TextLimits) -> No
         store_outcomes(app, outcomes, batch.reply_to)
         return len(outcomes)
 
-    app.task(base=BatchTask, bind=True, name=TASK_EMBED_BATCH, shared=False, ignore_result=True)(embed_batch)
+    app.task(
+        base=BatchTask,
+        bind=True,
+        name=TASK_EMBED_BATCH,
+        shared=False,
+        ignore_result=True,
+        retry_backoff_base_s=retry_backoff_s,
+    )(embed_batch)

@@ -309,11 +309,19 @@ def _upsert_body(
 
 
 def register_tasks(
-    app: Celery, encoder: Encoder, limits: TextLimits, sinks: CollectionSinks | None = None
+    app: Celery,
+    encoder: Encoder,
+    limits: TextLimits,
+    sinks: CollectionSinks | None = None,
+    *,
+    retry_backoff_s: float = EmbedTask.retry_backoff_base_s,
 ) -> None:
-    """Register the embed tasks (and, given ``sinks``, the upsert task) bound to ``encoder``."""
+    """Register the embed tasks (and, given ``sinks``, the upsert task) bound to ``encoder``.
+
+    ``retry_backoff_s``: the first retry's delay after a transient error (EMBEDQ_RETRY_BACKOFF_S).
+    """
+    options = {"base": EmbedTask, "bind": True, "shared": False, "retry_backoff_base_s": retry_backoff_s}
     for kind, name in TASK_FOR_KIND.items():
-        app.task(base=EmbedTask, bind=True, name=name, shared=False)(_task_body(kind, encoder, limits))
+        app.task(name=name, **options)(_task_body(kind, encoder, limits))
     if sinks is not None:
-        body = _upsert_body(encoder, sinks, limits)
-        app.task(base=EmbedTask, bind=True, name=TASK_UPSERT_DOCUMENTS, shared=False)(body)
+        app.task(name=TASK_UPSERT_DOCUMENTS, **options)(_upsert_body(encoder, sinks, limits))
