@@ -38,6 +38,17 @@ def is_config_error(exc: BaseException) -> bool:
     return False
 
 
+def refuse_at_once(exc: BaseException, interval: float) -> None:
+    """Kombu's connection errback: re-raise a credentials or database mistake instead of retrying it.
+
+    kombu retries a refused AUTH like a broker that is down (redis-py's AuthenticationError is a
+    ConnectionError): a wrong password took 6 s of retries to be reported. Anything else is
+    left to kombu's retries.
+    """
+    if is_config_error(exc):
+        raise exc
+
+
 def broker_error(exc: BaseException, shown_url: str, action: str = "reach") -> EmbedqError:
     """Return the embedq error for a failure to ``action`` the broker at ``shown_url`` (already redacted).
 

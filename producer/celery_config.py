@@ -15,7 +15,7 @@ from celery.exceptions import BackendStoreError
 from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
-from producer.broker_checks import broker_error
+from producer.broker_checks import broker_error, refuse_at_once
 from producer.protocol.names import queue_for_model
 from producer.sentinel import is_sentinel_url
 from producer.settings import Settings, redact_url
@@ -208,6 +208,8 @@ def celery_conf(settings: Settings) -> dict[str, Any]:
             # handshake with a server that does not speak TLS (rediss:// to a plain Redis).
             "socket_timeout": REDIS_SOCKET_TIMEOUT_S,
             "socket_connect_timeout": BROKER_CONNECT_TIMEOUT_S,
+            # Used by kombu's default_channel (every broker_client): a refused AUTH fails at once.
+            "errback": refuse_at_once,
         },
         "broker_connection_retry_on_startup": True,
         "redis_socket_timeout": REDIS_SOCKET_TIMEOUT_S,

@@ -218,6 +218,22 @@ def test_wrong_credentials_or_database_exit_2_at_once(
     assert time.monotonic() - started < 30
 
 
+@pytest.mark.parametrize(("password", "db"), [("wrong", 0), ("secret", 99)])
+def test_a_client_is_told_of_wrong_credentials_without_retrying(
+    server: redis.Redis, password: str, db: int
+) -> None:
+    # kombu retried a refused AUTH like a broker that is down: the error came after 6 s of retries.
+    server.config_set("requirepass", "secret")
+    started = time.monotonic()
+    with EmbeddingClient(_url(server, password, db)) as client, pytest.raises(ConfigError, match="refused"):
+        client.embed_documents(["x"])
+    assert time.monotonic() - started < 3  # the retries of an unreachable broker take 6 s
+    # A broker that is down is still retried, then reported as transient.
+    down = f"redis://127.0.0.1:{free_port()}/0"
+    with pytest.raises(BrokerUnavailableError), EmbeddingClient(down) as client:
+        client.embed_documents(["x"])
+
+
 # --- an unrecoverable error is a failure exit -------------------------------------------------------
 
 _BROKEN_WORKER = textwrap.dedent(
