@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import time
@@ -15,7 +16,12 @@ from producer.settings import Settings
 from tests.support.fakes import FakeEncoder
 from worker.ports import free_port
 from worker.queue.app import build_worker_app
-from worker.queue.broker_checks import FAR_BROKER_MS, far_broker_note, note_broker_distance
+from worker.queue.broker_checks import (
+    FAR_BROKER_MS,
+    BrokerDistanceNote,
+    far_broker_note,
+    note_broker_distance,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BULK = "embedq.org/fake.bulk"
@@ -70,6 +76,21 @@ def test_a_bulk_only_or_query_only_far_worker_is_not_warned(far_redis_url: str) 
 
 def test_a_near_worker_is_not_warned(redis_url: str) -> None:
     assert _notes(redis_url, None) == []
+
+
+def test_the_note_goes_through_the_workers_logging_and_the_step_is_registered(
+    far_redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Through logging, not print: a worker with --log-format json keeps one JSON object per line.
+    app = build_worker_app(Settings(broker_url=far_redis_url), FakeEncoder("org/fake"))
+    try:
+        assert any(issubclass(step, BrokerDistanceNote) for step in app.steps["consumer"])
+        with caplog.at_level(logging.WARNING, logger="worker.queue.broker_checks"):
+            note_broker_distance(app, BULK)
+    finally:
+        app.close()
+    assert [record.levelno for record in caplog.records] == [logging.WARNING]
+    assert "--queues bulk" in caplog.records[0].getMessage()
 
 
 def test_an_unreachable_broker_is_left_to_celery() -> None:

@@ -26,7 +26,7 @@ from producer.protocol.names import (
 )
 from producer.settings import Settings
 from worker.queue.batch_task import register_batch_task
-from worker.queue.broker_checks import check_broker_at_start, note_broker_distance
+from worker.queue.broker_checks import BrokerDistanceNote, check_broker_at_start
 from worker.queue.fleet import (
     advertise_pool,
     check_fleet_model,
@@ -221,6 +221,7 @@ def build_worker_app(settings: Settings, encoder: Encoder, queues: Sequence[str]
     }
     step = type("PresenceStep", (PresenceStep,), attributes)
     app.steps["consumer"].add(step)
+    app.steps["consumer"].add(type("BrokerDistanceNote", (BrokerDistanceNote,), {"bulk_queue": bulk_queue}))
     return app
 
 
@@ -251,7 +252,6 @@ def run_worker(
     try:
         check_broker_at_start(app, settings)
         _check_fleet_at_start(app, encoder)
-        note_broker_distance(app, model_queues(encoder.model_id)[1])
     except BaseException:
         observability.close()  # frees the metrics port of a worker that will not start
         raise
