@@ -95,6 +95,11 @@ def broker_round_trip_ms(
     return min(samples)
 
 
+def _serves_both(queues: Sequence[str], bulk_queue: str) -> bool:
+    """Whether a worker reading ``queues`` serves bulk work and something else (queries)."""
+    return bulk_queue in queues and list(queues) != [bulk_queue]
+
+
 def far_broker_note(round_trip_ms: float, queues: Sequence[str], bulk_queue: str) -> str | None:
     """Return the note for a worker serving queries and bulk work ``round_trip_ms`` from its broker, or None.
 
@@ -103,7 +108,7 @@ def far_broker_note(round_trip_ms: float, queues: Sequence[str], bulk_queue: str
     the ack, the next fetch and their bookkeeping, about five round trips. A bulk-only worker
     reserves the next chunk ahead and hides them (docs/SCALING.md, "Workers far from the broker").
     """
-    if round_trip_ms < FAR_BROKER_MS or bulk_queue not in queues or list(queues) == [bulk_queue]:
+    if round_trip_ms < FAR_BROKER_MS or not _serves_both(queues, bulk_queue):
         return None
     return (
         f"the broker is {round_trip_ms:.1f} ms away (fastest of {_PINGS} PINGs). This worker also serves "
@@ -117,8 +122,8 @@ def far_broker_note(round_trip_ms: float, queues: Sequence[str], bulk_queue: str
 def note_broker_distance(app: Celery, bulk_queue: str, say: Callable[[int, str], None] = logger.log) -> None:
     """Measure the broker's round trip and say so when it slows this worker's bulk work."""
     queues = [queue.name for queue in app.conf.task_queues or ()]
-    if bulk_queue not in queues or queues == [bulk_queue]:
-        return
+    if not _serves_both(queues, bulk_queue):
+        return  # no PINGs for a worker the note never concerns
     try:
         round_trip_ms = broker_round_trip_ms(lambda: broker_client(app))
     except (EmbedqError, RedisError, OSError):
