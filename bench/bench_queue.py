@@ -54,6 +54,7 @@ from producer.protocol.names import (
     presence_key,
     queue_for_model,
 )
+from producer.protocol.vectors_apart import vectors_key
 from tests.support.corpora import paragraphs
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -393,6 +394,7 @@ def _queue_run(client: EmbeddingClient) -> Callable[[list[str]], Settle]:
             workers_s = max(_done_at(client, job.task_ids)) - wall_start
             backend = client.app.backend
             keys = [backend.get_key_for_task(task_id) for task_id in job.task_ids]
+            keys += [vectors_key(task_id) for task_id in job.task_ids]  # stored apart (bulk tasks)
             backend.client.delete(*keys, job_key(job.id))
             return {"enqueue": enqueued_s, "workers": workers_s, "collect": total_s - workers_s}
 
@@ -433,7 +435,7 @@ def bench_bulk(contenders: list[Contender], texts: list[str], rounds: int, redis
 def bench_result_size(
     client: EmbeddingClient, texts: list[str], sizes: Sequence[int]
 ) -> list[tuple[int, int]]:
-    """Return (n texts, raw stored result bytes) for one task of each size."""
+    """Return (n texts, raw stored result bytes, with vectors stored apart) for one task of each size."""
     backend = client.app.backend
     out = []
     for n in sizes:
@@ -443,8 +445,9 @@ def bench_result_size(
             raise RuntimeError(
                 f"{n} texts were split into {len(job.task_ids)} tasks; raise max_texts_per_task"
             )
-        raw = backend.client.get(backend.get_key_for_task(job.task_ids[0]))
-        out.append((n, len(raw)))
+        (task_id,) = job.task_ids
+        record = backend.client.strlen(backend.get_key_for_task(task_id))
+        out.append((n, record + backend.client.strlen(vectors_key(task_id))))  # 0 when inline
     return out
 
 
@@ -527,7 +530,7 @@ def _print_bulk(contenders: list[Contender], docs: int) -> None:
 
 
 def _print_sizes(sizes: list[tuple[int, int]], dim: int) -> None:
-    print(f"\n3. stored result size (raw Redis value of one task), dim {dim}: 4 x dim = {4 * dim} B")
+    print(f"\n3. stored result size (raw Redis values of one task), dim {dim}: 4 x dim = {4 * dim} B")
     for n, nbytes in sizes:
         print(
             f"   n={n:<6} {nbytes:>10,} B  {nbytes / n:>9.1f} B/vector  "

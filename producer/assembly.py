@@ -8,13 +8,19 @@ that work into the wait, and drops each part's message bytes as soon as they are
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from itertools import accumulate, chain
+from typing import Any
 
 import numpy as np
 
 from producer.errors import ModelMismatchError
 from producer.protocol.messages import EmbedResult
+from producer.protocol.names import VECTOR_DTYPE
+from producer.protocol.vectors_apart import apart_key, with_vectors
+
+_LITTLE_ENDIAN = np.dtype(VECTOR_DTYPE).isnative
 
 
 class VectorAssembler:
@@ -45,6 +51,39 @@ class VectorAssembler:
 
     def add(self, index: int, result: EmbedResult) -> None:
         """Take task ``index``'s result: copy it into place if it can be, else keep it for the end."""
+        place = self._place(index, result)
+        if place is not None:
+            place[...] = result.view()
+            self._copied.add(index)
+        else:
+            self._kept[index] = result
+
+    def add_apart(self, index: int, record: dict[str, Any], read: Callable[[memoryview], None]) -> None:
+        """Take task ``index``'s result whose vectors are stored apart: ``read`` fills a buffer with them.
+
+        The vectors are read straight into their place in the job's array when they fit there.
+        """
+        key = apart_key(record)
+        if key is None:
+            raise ValueError("add_apart() takes a result record whose vectors are stored apart")
+        # Checked as any result is, over zero bytes of the right size (calloc: no page is touched).
+        head = EmbedResult.decode(with_vectors(record, bytes(key[1])))
+        if not _LITTLE_ENDIAN:  # the stored bytes are little-endian floats: converted by add()
+            buffer = bytearray(key[1])
+            read(memoryview(buffer))
+            self.add(index, replace(head, vectors=bytes(buffer)))
+            return
+        place = self._place(index, head)
+        if place is not None:
+            read(memoryview(place.data).cast("B"))
+            self._copied.add(index)
+            return
+        buffer = bytearray(key[1])
+        read(memoryview(buffer))
+        self._kept[index] = replace(head, vectors=bytes(buffer))
+
+    def _place(self, index: int, result: EmbedResult) -> np.ndarray | None:
+        """Check ``result`` against the job; return its rows of the job's array, or None to keep it apart."""
         if result.model != self._model:
             self._problem = self._problem or ModelMismatchError(
                 f"job {self._job_id} returned vectors of model {result.model!r}, expected {self._model!r}: "
@@ -61,11 +100,9 @@ class VectorAssembler:
             if result.count == self._rows[index]:
                 if self._out is None:
                     self._out = np.empty((self._starts[-1], result.dim), dtype=np.float32)
-                self._out[self._starts[index] : self._starts[index + 1]] = result.view()
-                self._copied.add(index)
-                return
+                return self._out[self._starts[index] : self._starts[index + 1]]
             self._rows = None  # a part of unexpected size: join everything at the end instead
-        self._kept[index] = result
+        return None
 
     def finish(self) -> tuple[np.ndarray, tuple[int, ...] | None]:
         """Return the (n, dim) float32 array in task order and the token counts (None if any are missing)."""

@@ -17,6 +17,8 @@ from redis.exceptions import RedisError
 
 from producer.broker_checks import broker_error, refuse_at_once
 from producer.protocol.names import queue_for_model
+from producer.protocol.vectors_apart import APART_TTL_MARGIN_S, VECTORS_KEY_FIELD, ApartVectors, vectors_key
+from producer.redis_raw import execute_transaction
 from producer.sentinel import is_sentinel_url
 from producer.settings import Settings, redact_url
 
@@ -107,11 +109,18 @@ class PollingRedisBackend(RedisBackend):  # type: ignore[misc]  # Celery ships n
         deletes: tuple[str, ...] = ()
         if state in states.READY_STATES and task_id in self._outcome_deletes:
             deletes = (self._outcome_deletes.pop(task_id),)
+        apart = None
+        vectors = result.get("vectors") if state == states.SUCCESS and type(result) is dict else None
+        if isinstance(vectors, ApartVectors):
+            apart = (vectors_key(meta["task_id"]), vectors)
+            record = {name: value for name, value in result.items() if name != "vectors"}
+            record[VECTORS_KEY_FIELD] = apart[0]
+            meta["result"] = record
         value = self.encode(meta)
         if isinstance(value, str) and len(value) > self._MAX_STR_VALUE_SIZE:
             raise BackendStoreError("value too large for Redis backend", state=state, task_id=task_id)
         expires = self.failure_expires if state == states.FAILURE else None
-        self.ensure(self._set_deleting, (self.get_key_for_task(task_id), value, expires, deletes))
+        self.ensure(self._set_deleting, (self.get_key_for_task(task_id), value, expires, deletes, apart))
         return result
 
     def _set(self, key: str | bytes, value: bytes | str, expires: float | None = None) -> None:
@@ -119,7 +128,12 @@ class PollingRedisBackend(RedisBackend):  # type: ignore[misc]  # Celery ships n
         self._set_deleting(key, value, expires, ())
 
     def _set_deleting(
-        self, key: str | bytes, value: bytes | str, expires: float | None, deletes: tuple[str, ...]
+        self,
+        key: str | bytes,
+        value: bytes | str,
+        expires: float | None,
+        deletes: tuple[str, ...],
+        apart: tuple[str, ApartVectors] | None = None,
     ) -> None:
         """Store a result, delete ``deletes`` in the same round trip; publish a large one only to listeners.
 
@@ -128,9 +142,25 @@ class PollingRedisBackend(RedisBackend):  # type: ignore[misc]  # Celery ships n
         (megabytes) the PUBLISH doubled the bytes the worker writes and Redis reads, for no one.
         Counting subscribers after the SET keeps stock Celery waiters working: one that subscribed
         before the SET is counted and gets the message; one that subscribes later reads the key.
+
+        ``apart``: (key, vectors) stored in the same transaction, straight from the vectors' memory,
+        expiring a little after the record (see protocol.vectors_apart).
         """
         ttl_s = self.expires if expires is None else expires
         small = len(value) < PUBLISH_ALWAYS_MAX_BYTES
+        if apart is not None:
+            ttl = (int(ttl_s),) if ttl_s else ()
+            commands: list[tuple[Any, ...]] = [
+                ("SET", apart[0], apart[1].raw(), *(("EX", ttl[0] + APART_TTL_MARGIN_S) if ttl else ())),
+                ("SET", key, value, *(("EX", ttl[0]) if ttl else ())),
+                ("PUBLISH", key, value) if small else ("PUBSUB", "NUMSUB", key),
+            ]
+            if deletes:
+                commands.append(("DEL", *deletes))
+            replies = execute_transaction(self.client, commands)
+            if not small and replies[2][1]:
+                self.client.publish(key, value)
+            return
         with self.client.pipeline() as pipe:
             pipe.set(key, value, ex=int(ttl_s) if ttl_s else None)
             if small:

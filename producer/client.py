@@ -318,8 +318,8 @@ class EmbeddingClient:
         self._send(
             TASK_FOR_KIND[kind],
             [
-                (task_id, EmbedRequest(model=self.model, kind=kind, texts=tuple(batch)).encode(), len(batch))
-                for task_id, batch in zip(task_ids, batches, strict=True)
+                (task_id, EmbedRequest(self.model, kind, tuple(batch), True).encode(), len(batch))
+                for task_id, batch in zip(task_ids, batches, strict=True)  # True: vectors stored apart
             ],
             f"{kind} texts",
             queue,

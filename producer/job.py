@@ -24,12 +24,15 @@ from producer.errors import (
     BrokerUnavailableError,
     DeadlineExceededError,
     EmbedqError,
+    MessageDecodeError,
     ResultTimeoutError,
     error_from_name,
 )
 from producer.notice import Notice
 from producer.protocol.messages import EmbedResult, JobManifest
 from producer.protocol.names import job_key
+from producer.protocol.vectors_apart import apart_key, gone_error, with_vectors
+from producer.redis_raw import read_into
 
 JobState = Literal["pending", "started", "done", "failed"]
 
@@ -101,14 +104,55 @@ class ResultReader:
             f"cannot read results from {url}: {exc}; check EMBEDQ_RESULT_BACKEND and that Redis is up"
         )
 
-    def outcomes(self, task_ids: Sequence[str]) -> list[TaskOutcome]:
-        """Return the outcome of each task, in order (unknown ids read as pending)."""
+    def outcomes(self, task_ids: Sequence[str], *, vectors: bool = True) -> list[TaskOutcome]:
+        """Return the outcome of each task, in order (unknown ids read as pending).
+
+        A result whose vectors are stored apart has them read back into its record (a second
+        round trip), unless ``vectors`` is False: then the record names their key, for
+        :meth:`read_vectors_into`.
+        """
         backend = self._app.backend
         try:
             raws = backend.mget([backend.get_key_for_task(task_id) for task_id in task_ids])
         except (RedisError, OperationalError, OSError) as exc:
             raise self._wrap(exc) from exc
-        return [outcome_of(None if raw is None else backend.decode_result(raw)) for raw in raws]
+        outcomes = [outcome_of(None if raw is None else backend.decode_result(raw)) for raw in raws]
+        return self._with_vectors(task_ids, outcomes) if vectors else outcomes
+
+    def _with_vectors(self, task_ids: Sequence[str], outcomes: list[TaskOutcome]) -> list[TaskOutcome]:
+        apart: list[tuple[int, str]] = []
+        for index, outcome in enumerate(outcomes):
+            if outcome.state != "done":
+                continue
+            try:
+                found = apart_key(outcome.value)
+            except MessageDecodeError as exc:
+                outcomes[index] = TaskOutcome("failed", error=exc)
+                continue
+            if found is not None:
+                apart.append((index, found[0]))
+        if not apart:
+            return outcomes
+        try:
+            raws = self._app.backend.client.mget([key for _, key in apart])
+        except (RedisError, OperationalError, OSError) as exc:
+            raise self._wrap(exc) from exc
+        for (index, key), raw in zip(apart, raws, strict=True):
+            outcomes[index] = (
+                TaskOutcome("failed", error=gone_error(task_ids[index], key))
+                if raw is None
+                else TaskOutcome("done", value=with_vectors(outcomes[index].value, raw))
+            )
+        return outcomes
+
+    def read_vectors_into(self, task_id: str, key: str, out: memoryview) -> None:
+        """Read the vectors stored apart under ``key`` straight into ``out`` (raise if they are gone)."""
+        try:
+            found = read_into(self._app.backend.client, key, out)
+        except (RedisError, OperationalError, OSError) as exc:
+            raise self._wrap(exc) from exc
+        if not found:
+            raise gone_error(task_id, key)
 
     def save_manifest(self, job_id: str, task_ids: Sequence[str]) -> None:
         """Record the tasks of a split job under its id, expiring with the results."""
@@ -185,7 +229,8 @@ class Job:
     def _fetch_all(self) -> list[TaskOutcome]:
         """Fetch the tasks not yet finished (one round trip); return every task's outcome in order."""
         pending = [task_id for task_id in self.task_ids if task_id not in self._final]
-        current = dict(zip(pending, self._reader.outcomes(pending), strict=True)) if pending else {}
+        outcomes = self._reader.outcomes(pending, vectors=False) if pending else []
+        current = dict(zip(pending, outcomes, strict=True))
         for task_id, outcome in current.items():
             if outcome.state in ("done", "failed"):
                 self._final[task_id] = outcome
@@ -199,7 +244,12 @@ class Job:
                 raise outcome.error
         for index, (task_id, outcome) in enumerate(zip(self.task_ids, outcomes, strict=True)):
             if outcome.state == "done" and index not in self._assembler:
-                self._assembler.add(index, EmbedResult.decode(outcome.value))
+                key = apart_key(outcome.value)
+                if key is None:
+                    self._assembler.add(index, EmbedResult.decode(outcome.value))
+                else:  # read straight into the job's array
+                    read = partial(self._reader.read_vectors_into, task_id, key[0])
+                    self._assembler.add_apart(index, outcome.value, read)
                 self._final[task_id] = TaskOutcome("done")  # the vectors now live in the assembler
                 self._progressed = True
         if any(outcome.state != "done" for outcome in outcomes):

@@ -16,6 +16,7 @@ import numpy as np
 
 from producer.errors import MessageDecodeError
 from producer.protocol.names import KINDS, VECTOR_DTYPE, WIRE_VERSION, Kind
+from producer.protocol.vectors_apart import ApartVectors
 
 
 def _unpack(raw: bytes, what: str) -> object:
@@ -68,15 +69,25 @@ class EmbedRequest:
     model: str
     kind: Kind
     texts: tuple[str, ...]
+    vectors_apart: bool = False
+    """The producer reads vectors stored apart from the result record (see protocol.vectors_apart)."""
 
     def encode(self) -> dict[str, Any]:
         """Return the msgpack-safe task argument."""
-        return {"v": WIRE_VERSION, "model": self.model, "kind": self.kind, "texts": list(self.texts)}
+        record = {"v": WIRE_VERSION, "model": self.model, "kind": self.kind, "texts": list(self.texts)}
+        if self.vectors_apart:  # only when asked: a request without it is read by older workers
+            record["vectors_apart"] = True
+        return record
 
     @classmethod
     def decode(cls, payload: object) -> EmbedRequest:
         """Rebuild a request from a task argument; raise MessageDecodeError if malformed."""
-        fields = _fields(payload, "EmbedRequest", frozenset({"model", "kind", "texts"}))
+        fields = _fields(
+            payload, "EmbedRequest", frozenset({"model", "kind", "texts"}), frozenset({"vectors_apart"})
+        )
+        apart = fields.get("vectors_apart", False)
+        if type(apart) is not bool:
+            raise MessageDecodeError(f"EmbedRequest.vectors_apart must be bool, got {type(apart).__name__}")
         model = _typed(fields, "model", str, "EmbedRequest")
         kind = _typed(fields, "kind", str, "EmbedRequest")
         if kind not in KINDS:
@@ -86,7 +97,7 @@ class EmbedRequest:
             if not isinstance(text, str):
                 kind_name = type(text).__name__
                 raise MessageDecodeError(f"EmbedRequest.texts[{index}] must be str, got {kind_name}")
-        return cls(model=model, kind=kind, texts=tuple(texts))
+        return cls(model=model, kind=kind, texts=tuple(texts), vectors_apart=apart)
 
     @classmethod
     def from_task_args(cls, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> EmbedRequest:
@@ -187,11 +198,13 @@ class EmbedResult:
 
     @staticmethod
     def encoded(
-        model: str, dim: int, count: int, vectors: bytes, tokens: Sequence[int] | None
+        model: str, dim: int, count: int, vectors: bytes | ApartVectors, tokens: Sequence[int] | None
     ) -> dict[str, Any]:
         """Return the msgpack-safe task result of parts the caller made consistent (no checks).
 
         For the worker's hot path: a batch answers each of its requests with one of these.
+        ``ApartVectors`` in place of the bytes are stored under a key of their own by the result
+        backend, which names the key in the record (see protocol.vectors_apart).
         """
         record = {"v": WIRE_VERSION, "model": model, "dim": dim, "count": count, "dtype": VECTOR_DTYPE}
         record["vectors"] = vectors

@@ -93,7 +93,8 @@ def test_one_batch_is_one_task_whose_id_is_the_job_id(
     job = client.embed_queries(["a", "bb"])
     (task,) = sent_tasks(fake_redis)
     assert job.id == task.task_id and job.task_ids == (task.task_id,)
-    assert task.name == TASK_EMBED_QUERIES and task.request == EmbedRequest(MODEL, "query", ("a", "bb"))
+    assert task.name == TASK_EMBED_QUERIES
+    assert task.request == EmbedRequest(MODEL, "query", ("a", "bb"), vectors_apart=True)
     assert task.content_type == "application/x-msgpack"
     assert fake_redis.get(job_key(job.id)) is None
 

@@ -12,6 +12,7 @@ from typing import Any, ClassVar, Protocol, cast
 import numpy as np
 from celery import Celery, Task, states
 
+from producer.celery_config import PollingRedisBackend
 from producer.errors import (
     InvalidInputError,
     MessageDecodeError,
@@ -23,6 +24,7 @@ from producer.errors import (
 from producer.protocol.messages import EmbedRequest, EmbedResult, UpsertRequest, UpsertResult
 from producer.protocol.names import TASK_FOR_KIND, TASK_UPSERT_DOCUMENTS, Kind, queue_for_model
 from producer.protocol.texts import validate_texts
+from producer.protocol.vectors_apart import APART_MIN_BYTES, ApartVectors
 from worker.metrics.recording import encode_observed, record_milvus_upsert, record_request, token_total
 from worker.milvus.content import content_hash
 from worker.milvus.passage_rows import passage_id
@@ -158,13 +160,39 @@ def _check_model(encoder: Encoder, requested: str) -> None:
 check_model = _check_model
 
 
-def embed_request(encoder: Encoder, request: EmbedRequest, limits: TextLimits) -> EmbedResult:
-    """Encode one request with the worker's model, refusing requests meant for another model."""
+def _encode_request(encoder: Encoder, request: EmbedRequest, limits: TextLimits) -> tuple[np.ndarray, Any]:
     _check_model(encoder, request.model)
     texts = validate_texts(request.texts, max_texts=limits.max_texts, max_text_chars=limits.max_text_chars)
     vectors, tokens = encode_observed(encoder, encoder.model_id, texts)
     record_request(encoder.model_id, request.kind, "ok", len(texts), token_total(tokens))
+    return vectors, tokens
+
+
+def embed_request(encoder: Encoder, request: EmbedRequest, limits: TextLimits) -> EmbedResult:
+    """Encode one request with the worker's model, refusing requests meant for another model."""
+    vectors, tokens = _encode_request(encoder, request, limits)
     return EmbedResult.from_array(encoder.model_id, vectors, None if tokens is None else tokens.tolist())
+
+
+def embed_apart(encoder: Encoder, request: EmbedRequest, limits: TextLimits) -> dict[str, Any]:
+    """Encode one request into a task result whose vectors the result backend stores apart.
+
+    Vectors under :data:`APART_MIN_BYTES` stay in the record (see protocol.vectors_apart).
+    """
+    vectors, tokens = _encode_request(encoder, request, limits)
+    if vectors.ndim != 2:
+        raise ValueError(f"vectors must be 2-D (n, dim), got shape {vectors.shape}")
+    apart = ApartVectors(vectors)
+    counts = None if tokens is None else tokens.tolist()
+    count, dim = (int(size) for size in vectors.shape)
+    if apart.nbytes < APART_MIN_BYTES:
+        return EmbedResult.encoded(encoder.model_id, dim, count, apart.raw().tobytes(), counts)
+    return EmbedResult.encoded(encoder.model_id, dim, count, apart, counts)
+
+
+def _stores_apart(task: Task) -> bool:
+    """Whether this run's result goes through embedq's Redis backend (not eager), which stores apart."""
+    return isinstance(task.backend, PollingRedisBackend) and not task.request.is_eager
 
 
 def upsert_request(
@@ -290,6 +318,8 @@ def _task_body(kind: Kind, encoder: Encoder, limits: TextLimits) -> Callable[...
         request = EmbedRequest.from_task_args(args, kwargs)
         if request.kind != kind:
             raise MessageDecodeError(f"a {request.kind} request was sent to the {kind} task {self.name}")
+        if request.vectors_apart and _stores_apart(self):
+            return embed_apart(encoder, request, limits)
         return embed_request(encoder, request, limits).encode()
 
     run.__name__ = f"embed_{kind}s"
