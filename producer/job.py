@@ -47,6 +47,11 @@ _STATE_OF: dict[str, JobState] = {
 _FIRST_POLL_S = 0.0005
 _POLL_GROWTH = 1.5
 _MAX_POLL_S = 0.05
+# A split job waits on its tasks' own channels instead (one subscription per waiting call), with a
+# check at least this often in case a state was stored without a message.
+_NOTIFIED_MIN_TASKS = 2
+_NOTIFIED_CHECK_S = 0.25
+_SUBSCRIBE_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -145,6 +150,31 @@ class ResultReader:
             )
         return outcomes
 
+    def subscribe(self, task_ids: Sequence[str]) -> Any:
+        """Return a pub/sub connection subscribed to the channels the tasks' states are published on.
+
+        The result backend publishes every state it stores (STARTED, a result record, a failure)
+        on the channel named by the task's key, as Celery's does; a large record only when someone
+        listens, and a bulk task's record is small (its vectors are stored apart). Returns once the
+        server confirmed every subscription.
+        """
+        backend = self._app.backend
+        channels = [backend.get_key_for_task(task_id) for task_id in task_ids]
+        pubsub = backend.client.pubsub(ignore_subscribe_messages=False)
+        try:
+            pubsub.subscribe(*channels)
+            confirmed = 0
+            deadline = time.monotonic() + _SUBSCRIBE_TIMEOUT_S
+            while confirmed < len(channels) and time.monotonic() < deadline:
+                message = pubsub.get_message(timeout=_SUBSCRIBE_TIMEOUT_S)
+                confirmed += message is not None and message.get("type") == "subscribe"
+            if confirmed < len(channels):
+                raise TimeoutError(f"{len(channels) - confirmed} subscriptions were not confirmed")
+        except BaseException:
+            pubsub.close()
+            raise
+        return pubsub
+
     def read_vectors_into(self, task_id: str, key: str, out: memoryview) -> None:
         """Read the vectors stored apart under ``key`` straight into ``out`` (raise if they are gone)."""
         try:
@@ -179,8 +209,9 @@ class Job:
     """An embedding request in flight: poll its status or wait for its (n, dim) float32 vectors.
 
     A job sent through a client's batching has a ``notice`` Future, completed by the client's
-    result listener: waiting on it costs no polling. Other jobs (large ones, jobs reattached by id)
-    are read by id with growing pauses.
+    result listener: waiting on it costs no polling. A split job's ``result()`` wakes on its
+    tasks' own result channels; other waits (one task, ``result_async``) read by id with growing
+    pauses.
     """
 
     def __init__(
@@ -317,10 +348,47 @@ class Job:
                     raise
                 raise self._timeout(timeout_s or 0.0) from None
             return self._from_notice(outcome)
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        if len(self.task_ids) >= _NOTIFIED_MIN_TASKS:
+            vectors = self._result_notified(deadline, timeout_s)
+            if vectors is not None:
+                return vectors
+            timeout_s = None if deadline is None else max(0.0, deadline - time.monotonic())
         delays = self._poll_delays(timeout_s)
         while (vectors := self._try_collect()) is None:
             time.sleep(next(delays))
         return vectors
+
+    def _result_notified(self, deadline: float | None, timeout_s: float | None) -> np.ndarray | None:
+        """Wait for a split job, collecting whenever one of its tasks stores a state (no polling).
+
+        Wakes at least every ``_NOTIFIED_CHECK_S`` anyway (a state stored without a message). None
+        means the subscription failed or broke: the caller polls from where this left off.
+        """
+        pending = [task_id for task_id in self.task_ids if task_id not in self._final]
+        try:
+            pubsub = self._reader.subscribe(pending)
+        except (RedisError, OperationalError, OSError):
+            return None
+        try:
+            while (vectors := self._try_collect()) is None:
+                wait_s = _NOTIFIED_CHECK_S
+                if deadline is not None:
+                    remaining_s = deadline - time.monotonic()
+                    if remaining_s <= 0:
+                        raise self._timeout(timeout_s or 0.0)
+                    wait_s = min(wait_s, remaining_s)
+                if pubsub.get_message(timeout=wait_s) is not None:
+                    while pubsub.get_message(timeout=0) is not None:  # a burst: one collect for all
+                        pass
+            return vectors
+        except EmbedqError:  # the job's own failure or timeout (a TimeoutError is an OSError too)
+            raise
+        except (RedisError, OperationalError, OSError):
+            return None
+        finally:
+            with contextlib.suppress(RedisError, OSError):
+                pubsub.close()
 
     async def result_async(self, timeout_s: float | None = 60.0) -> np.ndarray:
         """Await the vectors without blocking the event loop.

@@ -106,3 +106,24 @@ def test_vectors_gone_from_redis_are_a_typed_error_that_names_the_fix(
         (fine,) = client.reader.outcomes([job.task_ids[0]])
         assert fine.state == "done" and EmbedResult.decode(fine.value).count == 150
     assert worker.process.poll() is None
+
+
+def test_a_split_job_waits_on_its_tasks_channels_instead_of_polling(
+    redis_url: str, worker: WorkerProcess, encoder: StaticEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    texts = TEXTS * 8  # 2,400 texts in tasks of 150: 16 tasks, about a second of the worker's time
+    reads: list[int] = []
+    with EmbeddingClient(redis_url, max_texts_per_task=150, batch_wait_ms=None) as client:
+        reader_outcomes = client.reader.outcomes
+
+        def counted(task_ids: list[str], **options: bool) -> object:
+            reads.append(len(task_ids))
+            return reader_outcomes(task_ids, **options)
+
+        monkeypatch.setattr(client.reader, "outcomes", counted)
+        job = client.embed_documents(texts)
+        assert len(job.task_ids) == 16
+        np.testing.assert_array_equal(job.result(timeout_s=60), encoder.encode(texts))
+    # One read after subscribing, then one per burst of states (STARTED, then the result, of
+    # each task) and a check every 0.25 s: polling from 0.5 ms read 10-20 times per task.
+    assert len(reads) <= 2 * 16 + 8, reads
