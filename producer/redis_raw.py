@@ -10,7 +10,8 @@ client's own pool, so TLS, Sentinel and the pool's limits apply as to any other 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from redis.exceptions import ResponseError
@@ -21,6 +22,26 @@ Command = Sequence[Any]
 _CRLF = b"\r\n"
 _MAX_HEADER = 64
 _MAX_ERROR_LINE = 64 * 1024
+
+
+@contextmanager
+def _lent(client: Any) -> Iterator[Any]:
+    """Lend a connection of the client's pool; drop it after anything but a whole error reply.
+
+    A ResponseError or MessageDecodeError leaves the connection at a reply boundary (the one
+    exception, a value not read, disconnects itself); any other failure leaves it unknown.
+    """
+    pool = client.connection_pool
+    connection = pool.get_connection()
+    try:
+        yield connection
+    except (ResponseError, MessageDecodeError):
+        raise
+    except BaseException:
+        connection.disconnect()
+        raise
+    finally:
+        pool.release(connection)
 
 
 def _pack(encode: Any, commands: Sequence[Command]) -> list[bytes | memoryview]:
@@ -50,29 +71,19 @@ def execute_transaction(client: Any, commands: Sequence[Command]) -> list[Any]:
     raises its ResponseError after every reply was read (the connection stays usable); a
     connection error drops the connection and propagates.
     """
-    pool = client.connection_pool
-    connection = pool.get_connection()
-    try:
-        try:
-            chunks = _pack(connection.encoder.encode, [("MULTI",), *commands, ("EXEC",)])
-            connection.send_packed_command(chunks, check_health=False)
-            first_error: ResponseError | None = None
-            for _ in range(len(commands) + 1):  # OK for MULTI, QUEUED for each command
-                try:
-                    connection.read_response()
-                except ResponseError as exc:
-                    first_error = first_error or exc
+    with _lent(client) as connection:
+        chunks = _pack(connection.encoder.encode, [("MULTI",), *commands, ("EXEC",)])
+        connection.send_packed_command(chunks, check_health=False)
+        first_error: ResponseError | None = None
+        for _ in range(len(commands) + 1):  # OK for MULTI, QUEUED for each command
             try:
-                replies = connection.read_response()
-            except ResponseError as exc:  # EXECABORT after a command was refused while queueing
-                raise first_error or exc from None
-        except ResponseError:
-            raise
-        except BaseException:
-            connection.disconnect()
-            raise
-    finally:
-        pool.release(connection)
+                connection.read_response()
+            except ResponseError as exc:
+                first_error = first_error or exc
+        try:
+            replies = connection.read_response()
+        except ResponseError as exc:  # EXECABORT after a command was refused while queueing
+            raise first_error or exc from None
     if first_error is not None:
         raise first_error
     for reply in replies:
@@ -112,9 +123,7 @@ def read_into(client: Any, key: str, out: memoryview) -> bool:
     A value of another size than ``out`` raises MessageDecodeError. A client whose connections
     hold no plain socket (another connection class) reads through the library, with its copies.
     """
-    pool = client.connection_pool
-    connection = pool.get_connection()
-    try:
+    with _lent(client) as connection:
         sock = getattr(connection, "_sock", None)
         if sock is None or not hasattr(sock, "recv_into"):
             connection.send_command("GET", key)
@@ -125,27 +134,19 @@ def read_into(client: Any, key: str, out: memoryview) -> bool:
                 raise MessageDecodeError(f"{key} holds {len(value)} bytes, expected {out.nbytes}")
             out[:] = value
             return True
-        try:
-            connection.send_command("GET", key, check_health=False)
-            header = _read_header(sock)
-            kind, rest = header[:1], header[1:]
-            if kind == b"-":
-                raise ResponseError(rest.decode("utf-8", "replace"))
-            if kind == b"_" or (kind == b"$" and rest == b"-1"):
-                return False
-            if kind != b"$":
-                raise ConnectionError(f"unexpected reply from Redis to GET: {header!r:.80}")
-            size = int(rest)
-            if size != out.nbytes:
-                connection.disconnect()  # the value is not read: the connection cannot be reused
-                raise MessageDecodeError(f"{key} holds {size} bytes, expected {out.nbytes}")
-            _read_exactly(sock, out)
-            _read_exactly(sock, memoryview(bytearray(2)))
-            return True
-        except (ResponseError, MessageDecodeError):
-            raise
-        except BaseException:
-            connection.disconnect()
-            raise
-    finally:
-        pool.release(connection)
+        connection.send_command("GET", key, check_health=False)
+        header = _read_header(sock)
+        kind, rest = header[:1], header[1:]
+        if kind == b"-":
+            raise ResponseError(rest.decode("utf-8", "replace"))
+        if kind == b"_" or (kind == b"$" and rest == b"-1"):
+            return False
+        if kind != b"$":
+            raise ConnectionError(f"unexpected reply from Redis to GET: {header!r:.80}")
+        size = int(rest)
+        if size != out.nbytes:
+            connection.disconnect()  # the value is not read: the connection cannot be reused
+            raise MessageDecodeError(f"{key} holds {size} bytes, expected {out.nbytes}")
+        _read_exactly(sock, out)
+        _read_exactly(sock, memoryview(bytearray(2)))
+        return True
