@@ -68,19 +68,15 @@ class VectorAssembler:
             raise ValueError("add_apart() takes a result record whose vectors are stored apart")
         # Checked as any result is, over zero bytes of the right size (calloc: no page is touched).
         head = EmbedResult.decode(with_vectors(record, bytes(key[1])))
-        if not _LITTLE_ENDIAN:  # the stored bytes are little-endian floats: converted by add()
-            buffer = bytearray(key[1])
-            read(memoryview(buffer))
-            self.add(index, replace(head, vectors=bytes(buffer)))
-            return
-        place = self._place(index, head)
+        # The stored bytes are little-endian floats: elsewhere add() converts them.
+        place = self._place(index, head) if _LITTLE_ENDIAN else None
         if place is not None:
             read(memoryview(place.data).cast("B"))
             self._copied.add(index)
             return
         buffer = bytearray(key[1])
         read(memoryview(buffer))
-        self._kept[index] = replace(head, vectors=bytes(buffer))
+        self.add(index, replace(head, vectors=bytes(buffer)))
 
     def _place(self, index: int, result: EmbedResult) -> np.ndarray | None:
         """Check ``result`` against the job; return its rows of the job's array, or None to keep it apart."""

@@ -147,30 +147,19 @@ class PollingRedisBackend(RedisBackend):  # type: ignore[misc]  # Celery ships n
         expiring a little after the record (see protocol.vectors_apart).
         """
         ttl_s = self.expires if expires is None else expires
+        ttl = int(ttl_s) if ttl_s else None
         small = len(value) < PUBLISH_ALWAYS_MAX_BYTES
+        commands: list[tuple[Any, ...]] = []
         if apart is not None:
-            ttl = (int(ttl_s),) if ttl_s else ()
-            commands: list[tuple[Any, ...]] = [
-                ("SET", apart[0], apart[1].raw(), *(("EX", ttl[0] + APART_TTL_MARGIN_S) if ttl else ())),
-                ("SET", key, value, *(("EX", ttl[0]) if ttl else ())),
-                ("PUBLISH", key, value) if small else ("PUBSUB", "NUMSUB", key),
-            ]
-            if deletes:
-                commands.append(("DEL", *deletes))
-            replies = execute_transaction(self.client, commands)
-            if not small and replies[2][1]:
-                self.client.publish(key, value)
-            return
-        with self.client.pipeline() as pipe:
-            pipe.set(key, value, ex=int(ttl_s) if ttl_s else None)
-            if small:
-                pipe.publish(key, value)
-            else:
-                pipe.pubsub_numsub(key)
-            if deletes:
-                pipe.delete(*deletes)
-            replies = pipe.execute()
-        if not small and any(count for _, count in replies[1]):
+            commands.append(
+                ("SET", apart[0], apart[1].raw(), *(() if ttl is None else ("EX", ttl + APART_TTL_MARGIN_S)))
+            )
+        commands.append(("SET", key, value, *(() if ttl is None else ("EX", ttl))))
+        commands.append(("PUBLISH", key, value) if small else ("PUBSUB", "NUMSUB", key))
+        if deletes:
+            commands.append(("DEL", *deletes))
+        replies = execute_transaction(self.client, commands)
+        if not small and replies[len(commands) - 1 - bool(deletes)][1]:  # PUBSUB NUMSUB: [channel, count]
             self.client.publish(key, value)
 
 

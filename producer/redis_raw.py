@@ -22,6 +22,7 @@ Command = Sequence[Any]
 _CRLF = b"\r\n"
 _MAX_HEADER = 64
 _MAX_ERROR_LINE = 64 * 1024
+_OWN_CHUNK_BYTES = 64 * 1024  # a larger bytes argument is sent as it is, not copied into the command
 
 
 @contextmanager
@@ -45,16 +46,17 @@ def _lent(client: Any) -> Iterator[Any]:
 
 
 def _pack(encode: Any, commands: Sequence[Command]) -> list[bytes | memoryview]:
-    """RESP chunks of ``commands``; a memoryview argument is sent as it is, not copied."""
+    """RESP chunks of ``commands``; a memoryview or large bytes argument is sent as it is, not copied."""
     chunks: list[bytes | memoryview] = []
     pending: list[bytes] = []
     for command in commands:
         pending.append(b"*%d\r\n" % len(command))
         for arg in command:
-            if isinstance(arg, memoryview):
-                pending.append(b"$%d\r\n" % arg.nbytes)
+            if isinstance(arg, memoryview) or (isinstance(arg, bytes) and len(arg) > _OWN_CHUNK_BYTES):
+                view = memoryview(arg)
+                pending.append(b"$%d\r\n" % view.nbytes)
                 chunks.append(b"".join(pending))
-                chunks.append(arg)
+                chunks.append(view)
                 pending = [_CRLF]
             else:
                 value = encode(arg)
