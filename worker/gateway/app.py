@@ -20,6 +20,7 @@ from worker.gateway.hot_routes import GatewayApp
 from worker.gateway.metrics import HttpMetrics, RequestMetricsMiddleware
 from worker.gateway.openapi import ROUTES as DOCS_ROUTES
 from worker.gateway.search import Collections
+from worker.queue.heap import freeze_heap
 
 
 def create_app(settings: Settings, config: GatewaySettings) -> GatewayApp:
@@ -37,6 +38,9 @@ def create_app(settings: Settings, config: GatewaySettings) -> GatewayApp:
             settings, request_timeout_s=config.request_timeout_s, max_texts_per_job=None
         )
         app.state.collections = Collections(settings)
+        # What exists now lives as long as the process: full collections skip it from here on, so
+        # they no longer hold every request in flight for tens of milliseconds (worker/queue/heap.py).
+        freeze_heap()
         try:
             yield
         finally:

@@ -39,6 +39,7 @@ from worker.queue.fleet import (
     withdraw_pool,
 )
 from worker.queue.guard import install_message_guard
+from worker.queue.heap import freeze_at_start
 from worker.queue.sentinel import install_sentinel_guard
 from worker.queue.tasks import CollectionSinks, Encoder, Sink, TextLimits, register_tasks
 
@@ -283,9 +284,11 @@ def run_worker(
         exit_codes.append(getattr(sender, "exitcode", None))
 
     signals.worker_shutdown.connect(remember_exit_code, weak=False)
+    unfreeze_hooks = freeze_at_start()
     try:
         app.worker_main(argv)
     finally:
+        unfreeze_hooks()
         signals.worker_shutdown.disconnect(remember_exit_code)
         observability.close()
     if any(getattr(step, "refused", None) for step in app.steps["consumer"]):
