@@ -143,6 +143,35 @@ def test_embed_without_a_broker_url_matches_the_in_process_encoder_and_leaves_no
     assert run.left == []
 
 
+@pytest.mark.parametrize(
+    ("stdin", "message"),
+    [
+        (
+            b"good line\nbad \xff line\n",
+            "embedq: error: texts[1] holds the surrogate code point U+DCFF at character 4",
+        ),
+        (b"\n  \n", "embedq: error: no texts to embed"),
+    ],
+)
+def test_embed_rejects_bad_stdin_before_starting_any_worker(
+    tmp_path: Path, stdin: bytes, message: str
+) -> None:
+    done = subprocess.run(
+        [str(EMBEDQ), "embed", "-", "--json"],
+        input=stdin,
+        capture_output=True,
+        env=cli_env(tmp_path),
+        cwd=tmp_path,
+        timeout=60,
+    )
+
+    stderr = done.stderr.decode()
+    assert done.returncode == 2
+    assert stderr.startswith(message), stderr
+    assert len(stderr.splitlines()) == 1  # no embedded broker was announced: nothing was started
+    assert done.stdout == b""
+
+
 def test_embed_with_a_broker_url_uses_its_workers_even_with_only_the_producer_installed(
     worker: WorkerProcess, redis_url: str, tmp_path: Path
 ) -> None:

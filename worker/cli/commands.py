@@ -9,7 +9,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 
-from producer.errors import EXIT_FAILED, ConfigError
+from producer.errors import EXIT_FAILED, ConfigError, InvalidInputError
+from producer.protocol.texts import validate_texts
 from producer.settings import Settings, check_model_id
 
 
@@ -65,6 +66,10 @@ def embed_command(args: argparse.Namespace, settings: Settings) -> int:
     from worker.cli.output import vector_summary, vectors_json
 
     texts = _read_texts(args.texts)
+    # Checked before any local worker starts: a bad line is reported at once, not seconds later.
+    if not texts:
+        raise InvalidInputError("no texts to embed: pass them as arguments or as lines on stdin with -")
+    validate_texts(texts, max_texts=None, max_text_chars=settings.max_text_chars)
     with serving(settings, needs_milvus=False) as served, EmbeddingClient.from_settings(served) as client:
         job = client.embed_queries(texts) if args.query else client.embed_documents(texts)
         vectors = job.result(timeout_s=args.timeout)
