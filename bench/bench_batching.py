@@ -128,6 +128,26 @@ class Counter:
 
 
 @dataclass
+class Kept:
+    """Every text and vector embedq returned, for the check at the end.
+
+    Two flat lists of untracked objects (str, ndarray): a (text, vector) tuple per request would
+    be one more object for Python's collector until its next pass, and with hundreds of thousands
+    of requests kept, those tuples made the collector's full passes, which stop every thread of
+    this process for tens of milliseconds, 2-3 times as frequent: the harness would add to the
+    tail it measures.
+    """
+
+    texts: list[str] = field(default_factory=list)
+    vectors: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, text: str, vectors: np.ndarray) -> None:
+        """Keep one request's text and vectors."""
+        self.texts.append(text)
+        self.vectors.append(vectors)
+
+
+@dataclass
 class Run:
     """Latencies (ms) of one contender in one round, its wall time and the tasks it took."""
 
@@ -176,9 +196,7 @@ def threaded(call: Callable[[str], object], threads: int, seconds: float, counte
     return run
 
 
-def asyncio_tasks(
-    client: EmbeddingClient, tasks: int, seconds: float, counter: Counter, kept: list[tuple[str, np.ndarray]]
-) -> Run:
+def asyncio_tasks(client: EmbeddingClient, tasks: int, seconds: float, counter: Counter, kept: Kept) -> Run:
     """Run ``tasks`` asyncio tasks in one loop, each awaiting one query at a time, for ``seconds``."""
     run = Run()
 
@@ -188,7 +206,7 @@ def asyncio_tasks(
             start = time.perf_counter()
             vectors = await client.embed_queries([text]).result_async(timeout_s=60)
             run.latencies_ms.append((time.perf_counter() - start) * 1000)
-            kept.append((text, vectors))
+            kept.add(text, vectors)
 
     async def main() -> None:
         stop_at = time.perf_counter() + seconds
@@ -283,7 +301,7 @@ def _batch_tasks(worker: WorkerProcess) -> int:
 def _bench(args: argparse.Namespace, db_url: str, encoder: Any, worker: WorkerProcess) -> Rounds:
     app = stock_app(db_url)
     counter = Counter()
-    kept: list[tuple[str, np.ndarray]] = []
+    kept = Kept()
     keep_lock = threading.Lock()
     rounds = Rounds()
     with EmbeddingClient(
@@ -293,7 +311,7 @@ def _bench(args: argparse.Namespace, db_url: str, encoder: Any, worker: WorkerPr
         def embedq_call(text: str) -> None:
             vectors = client.embed_queries([text]).result(timeout_s=60)
             with keep_lock:
-                kept.append((text, vectors))
+                kept.add(text, vectors)
 
         def stock_call(text: str) -> None:
             app.send_task(STOCK_TASK, args=[text]).get(timeout=60)
@@ -325,8 +343,8 @@ def _bench(args: argparse.Namespace, db_url: str, encoder: Any, worker: WorkerPr
             rounds.add("single: stock no-op .get()", threaded(stock_call, 1, args.single_s, counter))
             rounds.add("single: embedq", threaded(embedq_call, 1, args.single_s, counter))
             print(f"round {round_no + 1}/{args.rounds} done", flush=True)
-    texts = [text for text, _ in kept]
-    got = np.concatenate([vectors for _, vectors in kept])
+    texts = kept.texts
+    got = np.concatenate(kept.vectors)
     expected = encoder.encode(texts)
     mismatched = int(np.sum(np.any(got != expected, axis=1)))
     print(f"vectors checked against the in-process encoder: {len(texts)}, not equal: {mismatched}")
